@@ -1,0 +1,36 @@
+# stm-lab: one entry point. `make book` sets everything up and builds the book; `make test` runs the tests.
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PROFILE ?= smoke
+
+.PHONY: setup book notebooks test results clean
+.DEFAULT_GOAL := book
+
+# the virtual environment is rebuilt when pyproject.toml changes
+$(VENV)/.installed: pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found; run with PYTHON=/path/to/python3.11"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+# executed copies of the notebooks (book/generated/), then the HTML book (_build/html)
+notebooks: setup
+	$(PY) -m stm_lab.cli notebooks --profile $(PROFILE)
+
+book: notebooks
+	$(VENV)/bin/jupyter-book build . --keep-going
+	@echo "Book: file://$(CURDIR)/_build/html/index.html"
+
+test: setup
+	$(PY) -m pytest -q
+
+# recompute the committed results that need no training (parameters and MACs, Table III)
+results: setup
+	$(PY) -m stm_lab.cli complexity
+
+clean:
+	rm -rf _build book/generated

@@ -1,0 +1,11 @@
+"""stm-lab: a reproducible companion to "Demystify Transformers & Convolutions in Modern Image Deep Networks".
+
+Importing the package registers every spatial token mixer (``stm_lab.mixers.MIXERS``) and every unified model
+with timm (``timm.list_models('u_*')``).
+"""
+__version__ = '0.1.0'
+
+from . import mixers  # noqa: F401  (registers the mixers)
+from .backbone import UnifiedConfig, UnifiedNet  # noqa: F401
+from .mixers import MIXERS, TokenMixer, register_mixer  # noqa: F401
+from .models import create_model, register_family  # noqa: F401  (registers the models with timm)

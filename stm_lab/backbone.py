@@ -1,0 +1,249 @@
+"""The unified architecture of the paper (Sec. 4, Figs. 2-4): one backbone, any spatial token mixer.
+
+    stem        3x3/2 conv -> LN -> GELU -> 3x3/2 conv -> LN                      (stride 4)
+    stage i     [transition: 3x3/2 conv -> LN, for i > 0] -> [stage input hook] -> depth_i blocks -> [stage LN]
+    block       x = x + drop_path(gamma1 * mixer(norm1(x)));  x = x + drop_path(gamma2 * mlp(norm2(x)))
+    head        1x1 conv to 1.5 * C4 -> BN -> GELU -> global average pool -> [LN] -> linear
+
+Everything inside runs channels-last, ``(B, H, W, C)``, which is what mixers take; ``forward_intermediates``
+returns NCHW maps as timm does. The backbone never asks which mixer it holds: per-mixer needs go through the
+mixer contract (``stm_lab/mixers/base.py``).
+
+Ablation switches (Table VI / Fig. 4): ``norm_after_pool`` (B: LN after pooling), ``stage_norm=False``
+(C: no stage norms), ``block='single'`` (D/E: ConvNeXt-style block with one residual,
+``x + drop_path(gamma * mlp(norm(mixer(x))))``). The HaloNet variants of Table VII are mixer options.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+from timm.layers import DropPath, LayerScale, Mlp, trunc_normal_
+
+from .mixers import create_mixer, get_mixer_class, stage_input
+
+BLOCK_TYPES = ('double', 'single')
+
+
+@dataclass
+class UnifiedConfig:
+    """Everything that defines a unified model; saved with every checkpoint and result."""
+    mixer: str = 'dw_conv'
+    depths: Tuple[int, ...] = (2, 2, 9, 2)
+    dims: Tuple[int, ...] = (32, 64, 128, 256)
+    heads: Tuple[int, ...] = (1, 2, 4, 8)  # heads per stage (DCNv3: groups)
+    mlp_ratios: Tuple[float, ...] = (4, 4, 4, 4)
+    mixer_options: dict = field(default_factory=dict)  # passed to every mixer
+    stage_mixer_options: Tuple[dict, ...] = ({}, {}, {}, {})  # per stage, on top of mixer_options
+    drop_path_rate: float = 0.0
+    layer_scale_init: float = 1e-6
+    norm_eps: float = 1e-5  # block norms (the paper's code uses 1e-5 or 1e-6 depending on the mixer)
+    stage_norm: bool = True
+    norm_after_pool: bool = False
+    block: str = 'double'
+    single_res_pre_norm: bool = False  # single-residual block: LN before the mixer (the paper's DW-Conv D/E)
+    head_ratio: float = 1.5
+    num_classes: int = 1000
+    in_chans: int = 3
+    img_size: int = 224
+
+    def __post_init__(self):
+        get_mixer_class(self.mixer)  # fails early with the list of valid names
+        n = len(self.depths)
+        for name in ('dims', 'heads', 'mlp_ratios', 'stage_mixer_options'):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f'{name} has {len(getattr(self, name))} entries, depths has {n}')
+        if self.block not in BLOCK_TYPES:
+            raise ValueError(f'unknown block type {self.block!r}; valid: {", ".join(BLOCK_TYPES)}')
+        self.depths, self.dims, self.heads, self.mlp_ratios = (
+            tuple(self.depths), tuple(self.dims), tuple(self.heads), tuple(self.mlp_ratios))
+        self.stage_mixer_options = tuple(dict(o) for o in self.stage_mixer_options)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ChannelsLastLN(nn.LayerNorm):
+    """LayerNorm over channels of an NCHW map (the paper's LayerNorm2d), eps 1e-6."""
+
+    def __init__(self, dim, eps=1e-6):
+        super().__init__(dim, eps=eps)
+
+    def forward(self, x):  # (B, C, H, W)
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class Stem(nn.Sequential):
+    def __init__(self, in_chans, dim):
+        super().__init__(
+            nn.Conv2d(in_chans, dim // 2, 3, stride=2, padding=1), ChannelsLastLN(dim // 2), nn.GELU(),
+            nn.Conv2d(dim // 2, dim, 3, stride=2, padding=1), ChannelsLastLN(dim))
+
+
+class Transition(nn.Sequential):
+    """Overlapping 3x3 stride-2 downsampling between stages (Sec. 4.1)."""
+
+    def __init__(self, dim_in, dim_out):
+        super().__init__(nn.Conv2d(dim_in, dim_out, 3, stride=2, padding=1, bias=False), ChannelsLastLN(dim_out))
+
+
+class Block(nn.Module):
+    """Transformer-style block (double residual) or ConvNeXt-style block (single residual), channels-last."""
+
+    def __init__(self, dim, mixer: nn.Module, mlp_ratio=4.0, drop_path=0.0, layer_scale_init=1e-6,
+                 norm_eps=1e-5, block='double', single_res_pre_norm=False):
+        super().__init__()
+        self.single = block == 'single'
+        ls = (lambda: LayerScale(dim, layer_scale_init)) if layer_scale_init else nn.Identity
+        self.mixer = mixer
+        if self.single:
+            self.norm1 = nn.LayerNorm(dim, eps=norm_eps) if single_res_pre_norm else nn.Identity()
+        else:
+            self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+            self.ls1 = ls()
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
+        self.ls2 = ls()
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x):  # (B, H, W, C)
+        if self.single:
+            return x + self.drop_path(self.ls2(self.mlp(self.norm2(self.mixer(self.norm1(x))))))
+        x = x + self.drop_path(self.ls1(self.mixer(self.norm1(x))))
+        return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
+
+
+class Stage(nn.Module):
+    def __init__(self, downsample: Optional[nn.Module], entry: Optional[nn.Module], blocks: List[nn.Module],
+                 norm: Optional[nn.Module]):
+        super().__init__()
+        self.downsample = downsample or nn.Identity()  # NCHW -> NCHW
+        self.entry = entry or nn.Identity()  # mixer's stage input hook, channels-last
+        self.blocks = nn.Sequential(*blocks)
+        self.norm = norm or nn.Identity()  # channels-last
+
+    def forward(self, x):  # (B, C, H, W) -> (B, H, W, C)
+        x = self.downsample(x).permute(0, 2, 3, 1)
+        return self.norm(self.blocks(self.entry(x)))
+
+
+class UnifiedNet(nn.Module):
+    """The unified backbone. Keyword arguments are the fields of :class:`UnifiedConfig`."""
+
+    def __init__(self, **kwargs):
+        super().__init__()
+        kwargs.pop('pretrained_cfg', None)  # timm passes these; they carry no architecture
+        kwargs.pop('pretrained_cfg_overlay', None)
+        self.config = cfg = UnifiedConfig(**kwargs)
+        self.num_classes = cfg.num_classes
+        dims, n = cfg.dims, len(cfg.depths)
+        dpr = torch.linspace(0, cfg.drop_path_rate, sum(cfg.depths)).tolist()
+        self.stem = Stem(cfg.in_chans, dims[0])
+        stages, k = [], 0
+        for i in range(n):
+            feat_size = (-(-cfg.img_size // 2 ** (i + 2)),) * 2  # stride 4, 8, 16, 32 with ceil (padding 1)
+            options = {**cfg.mixer_options, **cfg.stage_mixer_options[i]}
+            blocks = []
+            for j in range(cfg.depths[i]):
+                mixer = create_mixer(cfg.mixer, dims[i], cfg.heads[i], block_index=j, stage_index=i,
+                                     feat_size=feat_size, **options)
+                blocks.append(Block(dims[i], mixer, cfg.mlp_ratios[i], dpr[k], cfg.layer_scale_init, cfg.norm_eps,
+                                    cfg.block, cfg.single_res_pre_norm))
+                k += 1
+            stages.append(Stage(
+                Transition(dims[i - 1], dims[i]) if i > 0 else None,
+                stage_input(cfg.mixer, dims[i], feat_size, **options),
+                blocks,
+                nn.LayerNorm(dims[i], eps=1e-6) if cfg.stage_norm else None))
+        self.stages = nn.ModuleList(stages)
+        # without stage norms and without LN after pooling, the last stage gets one norm (as in the paper's code)
+        self.end_norm = (nn.LayerNorm(dims[-1], eps=1e-6) if not cfg.stage_norm and not cfg.norm_after_pool
+                         else nn.Identity())
+        self.num_features = self.head_hidden_size = int(dims[-1] * cfg.head_ratio)
+        self.conv_head = nn.Sequential(
+            nn.Conv2d(dims[-1], self.num_features, 1, bias=False), nn.BatchNorm2d(self.num_features), nn.GELU())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool_norm = nn.LayerNorm(self.num_features, eps=1e-6) if cfg.norm_after_pool else nn.Identity()
+        self.head = nn.Linear(self.num_features, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        self.feature_info = [dict(num_chs=d, reduction=2 ** (i + 2), module=f'stages.{i}') for i, d in enumerate(dims)]
+        self.init_weights()
+
+    def init_weights(self):
+        """trunc_normal(0.02) for every conv/linear weight, zero biases (the paper's global init); then every
+        submodule that defines ``init_weights`` re-applies its own (so DCNv3's zero-init offsets survive)."""
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        for m in self.modules():
+            if m is not self and hasattr(m, 'init_weights'):
+                m.init_weights()
+
+    @torch.jit.ignore
+    def no_weight_decay(self):
+        """Names of position tables (per the mixers' ``no_weight_decay_keys``), excluded from weight decay."""
+        keys = {k for m in self.modules() for k in getattr(m, 'no_weight_decay_keys', ())}
+        return {n for n, _ in self.named_parameters() if n.rsplit('.', 1)[-1] in keys}
+
+    def get_classifier(self):
+        return self.head
+
+    def reset_classifier(self, num_classes: int):
+        self.num_classes = self.config.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_features(self, x):  # (B, 3, H, W) -> (B, C4, H/32, W/32)
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage(x).permute(0, 3, 1, 2)
+        return self.end_norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    def forward_head(self, x, pre_logits: bool = False):
+        x = self.pool_norm(self.pool(self.conv_head(x)).flatten(1))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, Sequence[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ):
+        """Stage outputs (after each stage's norm, as the paper's ERF analysis takes them), NCHW.
+
+        Args:
+            indices: stages to return; an int n means the last n stages; None means all.
+            norm: unused (stage outputs are already normalized when stage norms are on); kept for timm's API.
+            stop_early: stop after the last requested stage (only with ``intermediates_only``).
+            intermediates_only: return only the list of maps.
+        """
+        if output_fmt != 'NCHW':
+            raise ValueError(f"output_fmt {output_fmt!r} not supported; use 'NCHW'")
+        n = len(self.stages)
+        if indices is None:
+            take = list(range(n))
+        elif isinstance(indices, int):
+            take = list(range(n - indices, n))
+        else:
+            take = [i % n for i in indices]
+        feats = []
+        x = self.stem(x)
+        last = max(take)
+        for i, stage in enumerate(self.stages):
+            x = stage(x).permute(0, 3, 1, 2)
+            if i in take:
+                feats.append(x)
+            if intermediates_only and stop_early and i == last:
+                return feats
+        if intermediates_only:
+            return feats
+        x = self.end_norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return x, feats

@@ -1,0 +1,130 @@
+"""The ``stm-lab`` command.
+
+    stm-lab models [PATTERN]             list the registered models (timm names) with their parameter counts
+    stm-lab mixers                       list the registered spatial token mixers
+    stm-lab complexity [--models ...]    parameters and MACs at 224x224 beside the paper's Table III
+    stm-lab notebooks [--profile P]      execute notebooks/*.ipynb with papermill into book/generated/
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from .results import ROOT
+
+NOTEBOOKS_DIR = ROOT / 'notebooks'
+GENERATED_DIR = ROOT / 'book' / 'generated'
+
+
+def cmd_models(args) -> int:
+    import timm
+    import stm_lab  # noqa: F401  (registers the models)
+    from .analysis.complexity import count_params
+    for name in timm.list_models(args.pattern):
+        line = name
+        if args.params:
+            line += f'\t{count_params(timm.create_model(name)) / 1e6:.2f}M'
+        print(line)
+    return 0
+
+
+def cmd_mixers(args) -> int:
+    from .mixers import MIXERS
+    for name, cls in sorted(MIXERS.items()):
+        doc = (cls.__module__ and sys.modules[cls.__module__].__doc__ or '').strip().splitlines()
+        print(f'{name:12s} {doc[0] if doc else ""}')
+    return 0
+
+
+def format_table3(records) -> str:
+    head = (f'{"model":22s} {"params":>8s} {"paper":>6s} {"diff":>6s} {"excl.pos":>8s} {"diff":>6s} | '
+            f'{"GMACs":>6s} {"paper":>6s} {"diff":>6s} {"excl.att":>8s} {"diff":>6s}')
+    lines = [head, '-' * len(head)]
+    for r in records:
+        pp, pf = r['paper_params_m'], r['paper_gflops']
+
+        def d(ours, paper):
+            return f'{100 * (ours / paper - 1):+5.1f}%' if paper else '     -'
+        lines.append(
+            f'{r["model"]:22s} {r["params_m"]:7.2f}M {pp or 0:5.1f}M {d(r["params_m"], pp)} '
+            f'{r["params_no_pos_m"]:7.2f}M {d(r["params_no_pos_m"], pp)} | {r["gmacs"]:6.2f} {pf or 0:6.2f} '
+            f'{d(r["gmacs"], pf)} {r["gmacs_no_attention"]:8.2f} {d(r["gmacs_no_attention"], pf)}')
+    return '\n'.join(lines)
+
+
+def cmd_complexity(args) -> int:
+    import stm_lab  # noqa: F401
+    from .analysis.complexity import table3
+    from .results import provenance, save_result
+    t0 = time.time()
+    records = table3(args.models or None, img_size=args.img_size)
+    print(format_table3(records))
+    if args.save and not args.models:  # a partial table never replaces the committed one
+        path = save_result('paper', 'table3_complexity', records, config=dict(img_size=args.img_size, num_classes=1000),
+                           prov=provenance('paper', wall_time_s=round(time.time() - t0, 1)))
+        print(f'saved {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}')
+    return 0
+
+
+def cmd_notebooks(args) -> int:
+    """Execute every notebook; a failing one is reported and the others still run."""
+    import papermill as pm
+    from .figures import install_book_assets
+    install_book_assets()
+    GENERATED_DIR.mkdir(parents=True, exist_ok=True)
+    sources = sorted(NOTEBOOKS_DIR.glob('*.ipynb'))
+    if args.only:
+        sources = [p for p in sources if p.stem in args.only]
+    failed = []
+    for src in sources:
+        out = GENERATED_DIR / src.name
+        t0 = time.time()
+        print(f'[notebooks] {src.name} ...', flush=True)
+        try:
+            pm.execute_notebook(str(src), str(out), parameters=dict(profile=args.profile), cwd=str(ROOT),
+                                kernel_name='python3', progress_bar=False)
+            print(f'[notebooks] {src.name} ok ({time.time() - t0:.0f} s)')
+        except Exception as e:  # papermill raises PapermillExecutionError with the cell's traceback
+            failed.append(src.name)
+            print(f'[notebooks] {src.name} FAILED ({time.time() - t0:.0f} s): {str(e).strip().splitlines()[-1]}'
+                  f'\n            executed copy with the error: {out}', file=sys.stderr)
+    print(f'[notebooks] {len(sources) - len(failed)} of {len(sources)} ran'
+          + (f'; failed: {", ".join(failed)}' if failed else ''))
+    return 1 if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog='stm-lab', description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    sub = p.add_subparsers(dest='command', required=True)
+    s = sub.add_parser('models', help='list the registered models')
+    s.add_argument('pattern', nargs='?', default='u_*')
+    s.add_argument('--params', action='store_true', help='also build each model and print its parameter count')
+    s.set_defaults(func=cmd_models)
+    s = sub.add_parser('mixers', help='list the registered spatial token mixers')
+    s.set_defaults(func=cmd_mixers)
+    s = sub.add_parser('complexity', help="parameters and MACs beside the paper's Table III")
+    s.add_argument('--models', nargs='*', help='model names (default: the 20 models of Table III)')
+    s.add_argument('--img-size', type=int, default=224)
+    s.add_argument('--no-save', dest='save', action='store_false',
+                   help='print only; by default results/paper/table3_complexity.json is written')
+    s.set_defaults(func=cmd_complexity)
+    s = sub.add_parser('notebooks', help='execute the notebooks into book/generated/')
+    s.add_argument('--profile', default='smoke', choices=('smoke', 'cpu', 'paper'))
+    s.add_argument('--only', nargs='*', help='notebook names (without .ipynb)')
+    s.set_defaults(func=cmd_notebooks)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (KeyError, ValueError, FileNotFoundError) as e:
+        print(f'stm-lab: error: {e.args[0] if e.args else e}', file=sys.stderr)
+        return 2
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""Spatial token mixers (STMs), one file each, and the registry that names them.
+
+``MIXERS`` maps a name to a mixer class. Add your own with the decorator::
+
+    from stm_lab.mixers import register_mixer, TokenMixer
+
+    @register_mixer('my_mixer')
+    class MyMixer(TokenMixer):
+        def forward(self, x):  # (B, H, W, C) -> (B, H, W, C)
+            ...
+
+and it can be used in the unified backbone (``UnifiedNet(mixer='my_mixer', ...)``) like any built-in one.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Callable, Dict, Type
+
+import torch.nn as nn
+
+from .base import TokenMixer
+
+MIXERS: Dict[str, Type[nn.Module]] = {}
+
+# keywords the backbone passes to every mixer (see base.py)
+CONTEXT_KEYS = ('block_index', 'stage_index', 'feat_size')
+
+
+def register_mixer(name: str) -> Callable[[Type[nn.Module]], Type[nn.Module]]:
+    """Class decorator: register a mixer class under ``name``."""
+    def wrap(cls):
+        if name in MIXERS and MIXERS[name] is not cls:
+            raise ValueError(f'mixer name {name!r} is already registered to {MIXERS[name].__qualname__}')
+        MIXERS[name] = cls
+        cls.mixer_name = name
+        return cls
+    return wrap
+
+
+def get_mixer_class(name: str) -> Type[nn.Module]:
+    try:
+        return MIXERS[name]
+    except KeyError:
+        raise KeyError(f'unknown mixer {name!r}; valid mixers: {", ".join(sorted(MIXERS))}') from None
+
+
+def _accepted(cls, kwargs: dict) -> dict:
+    """Keep only the keywords ``cls.__init__`` accepts (all of them if it takes ``**kwargs``)."""
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return kwargs
+    return {k: v for k, v in kwargs.items() if k in params}
+
+
+def create_mixer(name: str, dim: int, num_heads: int, **options) -> nn.Module:
+    """Build a registered mixer. Context keywords a user's mixer does not accept are dropped;
+    its own options are passed through unchanged (so a misspelt option still fails loudly)."""
+    cls = get_mixer_class(name)
+    context = {k: options.pop(k) for k in CONTEXT_KEYS if k in options}
+    return cls(dim, num_heads, **options, **_accepted(cls, context))
+
+
+def stage_input(name: str, dim: int, feat_size, **options):
+    """The module a mixer wants applied at the start of each stage, or None."""
+    hook = getattr(get_mixer_class(name), 'stage_input', None)
+    return hook(dim, feat_size, **options) if hook is not None else None
+
+
+# built-in mixers register themselves on import
+from . import identity, pooling, dwconv, halo, sr_attn, swin, dcnv3  # noqa: E402,F401
+
+__all__ = ['MIXERS', 'TokenMixer', 'register_mixer', 'get_mixer_class', 'create_mixer', 'stage_input']

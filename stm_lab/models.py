@@ -1,0 +1,239 @@
+"""Named unified models (paper Table III), registered with timm.
+
+After ``import stm_lab``::
+
+    timm.create_model('u_swin_micro', num_classes=10, img_size=64)
+    timm.list_models('u_*')
+
+Families (prefix -> mixer): ``u_halonet`` halo_attn, ``u_pvt`` sr_attn, ``u_swin`` sw_attn, ``u_dwconv`` dw_conv,
+``u_internimage`` dcnv3, plus the lower bounds ``u_identity`` and ``u_pooling``. Scales ``micro``, ``tiny``,
+``small``, ``base`` follow the paper's configurations (depths, widths, heads/groups, SR ratios, MLP ratios,
+drop-path rates of the authors' factories); ``test`` is a tiny layout for fast tests. Table VI ablation variants
+are ``u_<family>_small_{b,c,d,e}`` (A is the plain model) and Table VII's are ``u_halonet_small_{switch,1px,shift}``.
+
+Sizes that depend on the input (:func:`adapt_to_img_size`), chosen so that 224 gives the paper's values:
+- window (Swin) and query block (HaloNet): 7 if 7 divides the stage-1 map side (``ceil(img_size / 4)``), else
+  the largest divisor of that side in [4, 7], else 7 (maps are then padded); 224 -> 7, 64 -> 4, 96 -> 6.
+  Halo band = block // 2 (224 -> 3, 64 -> 2). Maps smaller than a window use one window (Swin drops the shift).
+- PVT spatial-reduction ratio of stage i: the paper's ratio (8, 4, 2, 1), halved until the reduced map keeps at
+  least 7 tokens per side (or down to 1); 224 -> (8, 4, 2, 1), 64 -> (2, 1, 1, 1).
+Register a family for your own mixer with :func:`register_family`.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional, Tuple
+
+import timm
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import build_model_with_cfg, register_model
+
+from .backbone import UnifiedNet
+
+SCALES = ('micro', 'tiny', 'small', 'base')
+
+
+@dataclass(frozen=True)
+class Layout:
+    depths: Tuple[int, ...]
+    dims: Tuple[int, ...]
+    heads: Tuple[int, ...]
+    drop_path_rate: float = 0.0
+    mlp_ratios: Tuple[float, ...] = (4, 4, 4, 4)
+
+
+def _dims(c):
+    return (c, 2 * c, 4 * c, 8 * c)
+
+
+# Local-attention layouts (HaloNet and Swin share them): head dim 32 everywhere
+_LOCAL = {
+    'micro': Layout((2, 2, 9, 2), _dims(32), (1, 2, 4, 8), 0.0),
+    'tiny': Layout((2, 2, 6, 2), _dims(96), (3, 6, 12, 24), 0.2),
+    'small': Layout((2, 2, 18, 2), _dims(96), (3, 6, 12, 24), 0.3),
+    'base': Layout((2, 2, 18, 2), _dims(128), (4, 8, 16, 32), 0.5),
+}
+_PVT_DIMS = (64, 128, 320, 512)
+_PVT = {
+    'micro': Layout((2, 2, 3, 2), (32, 64, 160, 256), (1, 2, 5, 8), 0.0, (8, 8, 4, 4)),
+    'tiny': Layout((3, 4, 9, 3), _PVT_DIMS, (1, 2, 5, 8), 0.1, (8, 8, 4, 4)),
+    'small': Layout((3, 4, 21, 3), _PVT_DIMS, (1, 2, 5, 8), 0.3, (8, 8, 4, 4)),
+    'base': Layout((3, 8, 45, 3), _PVT_DIMS, (1, 2, 5, 8), 0.5, (4, 4, 4, 4)),
+}
+_DWCONV = {  # heads are unused by dw_conv
+    'micro': Layout((3, 3, 8, 3), _dims(32), (1, 2, 4, 8), 0.0),
+    'tiny': Layout((2, 2, 9, 2), _dims(96), (3, 6, 12, 24), 0.1),
+    'small': Layout((2, 2, 24, 2), _dims(96), (3, 6, 12, 24), 0.4),
+    'base': Layout((2, 2, 24, 2), _dims(128), (4, 8, 16, 32), 0.5),
+}
+_DCN = {  # groups = C / 16
+    'micro': Layout((2, 2, 9, 2), _dims(32), (2, 4, 8, 16), 0.0),
+    'tiny': Layout((4, 4, 18, 4), _dims(64), (4, 8, 16, 32), 0.1),
+    'small': Layout((4, 4, 21, 4), _dims(80), (5, 10, 20, 40), 0.3),
+    'base': Layout((4, 4, 21, 4), _dims(112), (7, 14, 28, 56), 0.5),
+}
+# one tiny layout for tests: 16 channels per head/group, two blocks in stage 3 (so Swin shifts once)
+_TEST = Layout((1, 1, 2, 1), (16, 32, 48, 64), (1, 2, 3, 4), 0.0)
+
+
+@dataclass(frozen=True)
+class Family:
+    mixer: str
+    layouts: Dict[str, Layout]
+    norm_eps: float = 1e-5
+    options: dict = field(default_factory=dict)
+    single_res_pre_norm: bool = False  # ConvNeXt-style (D/E) variants keep an LN before the mixer
+
+
+FAMILIES: Dict[str, Family] = {
+    'halonet': Family('halo_attn', _LOCAL, 1e-5),
+    'pvt': Family('sr_attn', _PVT, 1e-5),
+    'swin': Family('sw_attn', _LOCAL, 1e-6),
+    'dwconv': Family('dw_conv', _DWCONV, 1e-6, single_res_pre_norm=True),
+    'internimage': Family('dcnv3', _DCN, 1e-5),
+    # lower bounds: U-DWConv's micro layout with the mixer replaced
+    'identity': Family('identity', {'micro': _DWCONV['micro']}, 1e-6),
+    'pooling': Family('pooling', {'micro': _DWCONV['micro']}, 1e-6),
+}
+
+# Table VI (Fig. 4): A is the unified model; B adds LN after pooling; C also drops stage norms;
+# D uses the ConvNeXt-style single-residual block; E = D with C's norms
+ABLATIONS = {
+    'b': dict(norm_after_pool=True),
+    'c': dict(norm_after_pool=True, stage_norm=False),
+    'd': dict(block='single'),
+    'e': dict(block='single', norm_after_pool=True, stage_norm=False),
+}
+# Table VII: HaloNet local-attention variants (small scale)
+HALO_VARIANTS = {
+    'switch': dict(switch=True),  # halo only on every other block
+    '1px': dict(halo=1),
+    'shift': dict(centric=False),  # query block at the top-left corner of its key window
+}
+
+
+def window_for(img_size: int) -> int:
+    side = math.ceil(img_size / 4)
+    if side % 7 == 0:
+        return 7
+    return next((w for w in (6, 5, 4) if side % w == 0), 7)
+
+
+def sr_ratios_for(img_size: int, paper=(8, 4, 2, 1)) -> Tuple[int, ...]:
+    out = []
+    for i, r in enumerate(paper):
+        side = math.ceil(img_size / 2 ** (i + 2))
+        while r > 1 and side // r < 7:
+            r //= 2
+        out.append(r)
+    return tuple(out)
+
+
+def adapt_to_img_size(mixer: str, img_size: int) -> Tuple[dict, Tuple[dict, ...]]:
+    """Input-size-dependent mixer options: (options for all stages, per-stage options)."""
+    if mixer == 'sw_attn':
+        return dict(window=window_for(img_size)), ({},) * 4
+    if mixer == 'halo_attn':
+        b = window_for(img_size)
+        return dict(block=b, halo=b // 2), ({},) * 4
+    if mixer == 'sr_attn':
+        return {}, tuple(dict(sr_ratio=r) for r in sr_ratios_for(img_size))
+    return {}, ({},) * 4
+
+
+def model_config(family: str, scale: str, img_size: int = 224, **overrides) -> dict:
+    """Keyword arguments of :class:`UnifiedNet` for a family at a scale (``overrides`` win)."""
+    if family not in FAMILIES:
+        raise KeyError(f'unknown model family {family!r}; valid: {", ".join(sorted(FAMILIES))}')
+    fam = FAMILIES[family]
+    layouts = {**fam.layouts, 'test': _TEST}
+    if scale not in layouts:
+        raise KeyError(f'family {family!r} has no scale {scale!r}; valid: {", ".join(layouts)}')
+    lay = layouts[scale]
+    options, stage_options = adapt_to_img_size(fam.mixer, img_size)
+    cfg = dict(mixer=fam.mixer, depths=lay.depths, dims=lay.dims, heads=lay.heads, mlp_ratios=lay.mlp_ratios,
+               drop_path_rate=lay.drop_path_rate, norm_eps=fam.norm_eps, img_size=img_size,
+               mixer_options={**options, **fam.options}, stage_mixer_options=stage_options,
+               single_res_pre_norm=fam.single_res_pre_norm)
+    extra_options = overrides.pop('mixer_options', {})
+    cfg['mixer_options'] = {**cfg['mixer_options'], **extra_options}
+    cfg.update(overrides)
+    return cfg
+
+
+default_cfgs: Dict[str, dict] = {}  # read by timm's register_model
+
+
+def _pretrained_cfg(img_size: int) -> dict:
+    return dict(url='', num_classes=1000, input_size=(3, img_size, img_size), pool_size=None,
+                crop_pct=0.875, interpolation='bicubic', mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
+                first_conv='stem.0', classifier='head', license='apache-2.0')
+
+
+def _register(name: str, family: str, scale: str, variant: Optional[dict] = None,
+              default_img_size: int = 224) -> Callable:
+    variant = dict(variant or {})
+
+    def entrypoint(pretrained: bool = False, **kwargs):
+        if pretrained:
+            raise ValueError(f'{name}: no pretrained weights are published under this name; train one with '
+                             f'`stm-lab train` and load its checkpoint')
+        img_size = kwargs.pop('img_size', default_img_size)
+        extra = dict(variant)
+        extra['mixer_options'] = {**extra.get('mixer_options', {}), **kwargs.pop('mixer_options', {})}
+        cfg = model_config(family, scale, img_size, **extra, **kwargs)
+        return build_model_with_cfg(UnifiedNet, name, pretrained=False, **cfg)
+
+    entrypoint.__name__ = entrypoint.__qualname__ = name
+    entrypoint.__module__ = __name__
+    entrypoint.__doc__ = f'U-{family} {scale} ({FAMILIES[family].mixer}){" " + str(variant) if variant else ""}'
+    default_cfgs[name] = _pretrained_cfg(default_img_size)
+    register_model(entrypoint)
+    globals()[name] = entrypoint
+    return entrypoint
+
+
+def register_family(prefix: str, mixer: str, layouts: Optional[Dict[str, Layout]] = None, norm_eps: float = 1e-5,
+                    options: Optional[dict] = None, single_res_pre_norm: bool = False) -> list:
+    """Register ``<prefix>_{micro,tiny,small,base,test}`` for a mixer (e.g. a user's own, registered with
+    ``register_mixer``). ``layouts`` defaults to the local-attention layouts (2-2-9-2 micro ... base).
+    Returns the registered model names."""
+    if not prefix.startswith('u_'):
+        raise ValueError(f"model family prefix must start with 'u_' (got {prefix!r}) so list_models('u_*') finds it")
+    family = prefix[2:]
+    FAMILIES[family] = Family(mixer, dict(layouts or _LOCAL), norm_eps, dict(options or {}), single_res_pre_norm)
+    return _register_scales(family)
+
+
+def _register_scales(family: str) -> list:
+    names = []
+    for scale in [*FAMILIES[family].layouts, 'test']:
+        names.append(f'u_{family}_{scale}')
+        _register(names[-1], family, scale, default_img_size=64 if scale == 'test' else 224)
+    return names
+
+
+def create_model(name: str, **kwargs):
+    """``timm.create_model`` for the unified models, with an error that lists the valid names."""
+    valid = timm.list_models('u_*')
+    if name not in valid:
+        close = difflib.get_close_matches(name, valid, n=3)
+        hint = f' Did you mean: {", ".join(close)}?' if close else ''
+        raise KeyError(f'unknown model {name!r}.{hint} Valid models: {", ".join(valid)}')
+    return timm.create_model(name, **kwargs)
+
+
+def paper_model_names() -> list:
+    """The 20 models of Table III, in its order (scale-major)."""
+    return [f'u_{f}_{s}' for s in SCALES for f in ('halonet', 'pvt', 'swin', 'dwconv', 'internimage')]
+
+
+for _family in list(FAMILIES):
+    _register_scales(_family)
+for _family in ('halonet', 'pvt', 'swin', 'dwconv', 'internimage'):
+    for _letter, _switch in ABLATIONS.items():
+        _register(f'u_{_family}_small_{_letter}', _family, 'small', _switch)
+for _name, _opts in HALO_VARIANTS.items():
+    _register(f'u_halonet_small_{_name}', 'halonet', 'small', dict(mixer_options=_opts))
