@@ -139,7 +139,8 @@ class UnifiedNet(nn.Module):
         self.config = cfg = UnifiedConfig(**kwargs)
         self.num_classes = cfg.num_classes
         dims, n = cfg.dims, len(cfg.depths)
-        dpr = torch.linspace(0, cfg.drop_path_rate, sum(cfg.depths)).tolist()
+        total = sum(cfg.depths)  # drop-path rate grows linearly with the global block index
+        dpr = [cfg.drop_path_rate * k / max(total - 1, 1) for k in range(total)]
         self.stem = Stem(cfg.in_chans, dims[0])
         stages, k = [], 0
         for i in range(n):

@@ -73,13 +73,14 @@ def cmd_notebooks(args) -> int:
     import papermill as pm
     from .figures import install_book_assets
     install_book_assets()
-    GENERATED_DIR.mkdir(parents=True, exist_ok=True)
-    sources = sorted(NOTEBOOKS_DIR.glob('*.ipynb'))
+    src_dir, out_dir = Path(args.src), Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sources = sorted(src_dir.glob('*.ipynb'))
     if args.only:
         sources = [p for p in sources if p.stem in args.only]
     failed = []
     for src in sources:
-        out = GENERATED_DIR / src.name
+        out = out_dir / src.name
         t0 = time.time()
         print(f'[notebooks] {src.name} ...', flush=True)
         try:
@@ -113,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser('notebooks', help='execute the notebooks into book/generated/')
     s.add_argument('--profile', default='smoke', choices=('smoke', 'cpu', 'paper'))
     s.add_argument('--only', nargs='*', help='notebook names (without .ipynb)')
+    s.add_argument('--src', default=str(NOTEBOOKS_DIR), help='folder of notebook sources')
+    s.add_argument('--out', default=str(GENERATED_DIR), help='folder for the executed copies')
     s.set_defaults(func=cmd_notebooks)
     return p
 

@@ -77,12 +77,11 @@ def count_macs(model: nn.Module, img_size: int = 224, in_chans: int = 3) -> Dict
 
 def table3(models=None, img_size: int = 224, num_classes: int = 1000) -> list:
     """One record per model: our parameters and MACs at ``img_size`` beside the paper's Table III."""
-    import timm
-    from ..models import paper_model_names
+    from ..models import create_model, paper_model_names
     from ..paper import TABLE3
     records = []
     for name in models or paper_model_names():
-        model = timm.create_model(name, num_classes=num_classes, img_size=img_size)
+        model = create_model(name, num_classes=num_classes, img_size=img_size)
         macs = count_macs(model, img_size)
         params = count_params(model)
         pos = count_position_params(model)

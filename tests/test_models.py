@@ -1,0 +1,176 @@
+"""Registry-parametrized model tests (timm style): every unified model family through one set of checks."""
+import inspect
+
+import pytest
+import timm
+import torch
+
+import stm_lab
+from stm_lab import backbone
+from stm_lab.analysis.complexity import count_params, count_position_params
+from stm_lab.models import (ABLATIONS, FAMILIES, HALO_VARIANTS, SCALES, adapt_to_img_size, create_model,
+                            paper_model_names)
+from stm_lab.paper import TABLE3
+
+TEST_MODELS = timm.list_models('u_*_test')
+
+
+def test_registry_lists_every_model():
+    names = set(timm.list_models('u_*'))
+    expected = {f'u_{f}_{s}' for f, fam in FAMILIES.items() for s in [*fam.layouts, 'test']}
+    expected |= {f'u_{f}_small_{v}' for f in ('halonet', 'pvt', 'swin', 'dwconv', 'internimage') for v in ABLATIONS}
+    expected |= {f'u_halonet_small_{v}' for v in HALO_VARIANTS}
+    assert expected <= names
+    assert set(paper_model_names()) <= names and len(paper_model_names()) == 20
+    assert set(paper_model_names()) == set(TABLE3)
+
+
+@pytest.mark.parametrize('name', TEST_MODELS)
+def test_forward_backward_every_parameter_gets_a_gradient(name):
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=7)
+    with torch.no_grad():  # zero-initialized layers (DCNv3 offsets) pass no gradient back until they move
+        for p in model.parameters():
+            if p.ndim > 1 and not p.any():
+                p.normal_(0, 0.02)
+    x = torch.randn(2, 3, 48, 40)  # not square, not the build size: mixers must pad
+    out = model(x)
+    assert out.shape == (2, 7) and torch.isfinite(out).all()
+    out.square().mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing, f'parameters without gradient: {missing}'
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize('name', TEST_MODELS)
+def test_same_seed_same_output(name):
+    x = torch.randn(1, 3, 64, 64)
+    outs = []
+    for _ in range(2):
+        torch.manual_seed(123)
+        outs.append(timm.create_model(name).eval()(x))
+    assert torch.equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize('name', TEST_MODELS)
+def test_forward_intermediates_are_the_four_stages(name):
+    model = timm.create_model(name).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        final, feats = model.forward_intermediates(x)
+        dims = model.config.dims
+        assert [f.shape for f in feats] == [(1, d, 64 // 2 ** (i + 2), 64 // 2 ** (i + 2)) for i, d in enumerate(dims)]
+        assert torch.allclose(final, model.forward_features(x))
+        assert torch.allclose(model.forward_head(final), model(x))
+        assert model.forward_head(final, pre_logits=True).shape == (1, model.num_features)
+        last_two = model.forward_intermediates(x, indices=2, intermediates_only=True)
+        assert len(last_two) == 2 and torch.equal(last_two[1], feats[3])
+        first = model.forward_intermediates(x, indices=[0], intermediates_only=True, stop_early=True)
+        assert torch.equal(first[0], feats[0])
+
+
+def test_unknown_model_lists_valid_names():
+    with pytest.raises(KeyError, match='u_swin_micro') as e:
+        create_model('u_swin_mikro')
+    assert 'Did you mean' in str(e.value)
+
+
+def test_unknown_family_and_scale():
+    with pytest.raises(KeyError, match='valid'):
+        stm_lab.models.model_config('resnet', 'micro')
+    with pytest.raises(KeyError, match='micro'):
+        stm_lab.models.model_config('swin', 'huge')
+
+
+def test_heads_must_divide_dim_at_construction():
+    with pytest.raises(ValueError, match='divisible'):
+        timm.create_model('u_swin_test', heads=(3, 2, 3, 4))
+
+
+def test_unknown_mixer_in_config_lists_valid_mixers():
+    with pytest.raises(KeyError, match='sw_attn'):
+        backbone.UnifiedNet(mixer='window_attn')
+
+
+def test_backbone_has_no_branch_on_mixer_type():
+    src = inspect.getsource(backbone)
+    for name in stm_lab.MIXERS:
+        assert f"'{name}'" not in src.replace("mixer: str = 'dw_conv'", '')
+
+
+def test_img_size_rule_gives_paper_values_at_224():
+    assert adapt_to_img_size('sw_attn', 224)[0] == dict(window=7)
+    assert adapt_to_img_size('halo_attn', 224)[0] == dict(block=7, halo=3)
+    assert [o['sr_ratio'] for o in adapt_to_img_size('sr_attn', 224)[1]] == [8, 4, 2, 1]
+    assert adapt_to_img_size('sw_attn', 64)[0] == dict(window=4)
+    assert adapt_to_img_size('halo_attn', 64)[0] == dict(block=4, halo=2)
+    assert [o['sr_ratio'] for o in adapt_to_img_size('sr_attn', 64)[1]] == [2, 1, 1, 1]
+    m = timm.create_model('u_swin_test', img_size=224)
+    assert m.stages[0].blocks[0].mixer.window == 7
+
+
+def test_block_layout_of_the_paper_micro_models():
+    m = timm.create_model('u_swin_micro')
+    assert [len(s.blocks) for s in m.stages] == [2, 2, 9, 2]
+    shifts = [b.mixer.shift for b in m.stages[2].blocks]
+    assert shifts == [0, 3] * 4 + [0]  # shifted windows on odd blocks
+    m = timm.create_model('u_internimage_micro')
+    assert [s.blocks[0].mixer.num_heads for s in m.stages] == [2, 4, 8, 16]
+    m = timm.create_model('u_pvt_micro')
+    assert [s.blocks[0].mixer.sr_ratio for s in m.stages] == [8, 4, 2, 1]
+    assert m.num_features == 384  # 1.5 x C4 head
+
+
+def test_ablation_switches():
+    a, b, c, d = (timm.create_model(n) for n in ('u_swin_test', 'u_swin_test', 'u_swin_test', 'u_swin_test'))
+    b = timm.create_model('u_swin_test', **ABLATIONS['b'])
+    c = timm.create_model('u_swin_test', **ABLATIONS['c'])
+    d = timm.create_model('u_swin_test', **ABLATIONS['d'])
+    e = timm.create_model('u_dwconv_test', **ABLATIONS['e'])
+    ln = torch.nn.LayerNorm
+    assert isinstance(b.pool_norm, ln) and not isinstance(a.pool_norm, ln)
+    assert all(isinstance(s.norm, ln) for s in b.stages) and not any(isinstance(s.norm, ln) for s in c.stages)
+    assert not isinstance(c.end_norm, ln)  # C has LN after pooling, so no extra end norm
+    assert d.stages[0].blocks[0].single and not hasattr(d.stages[0].blocks[0], 'ls1')
+    assert not isinstance(d.stages[0].blocks[0].norm1, ln)  # no norm before an attention mixer in D/E
+    assert isinstance(e.stages[0].blocks[0].norm1, ln)  # the paper's DW-Conv keeps it
+    x = torch.randn(1, 3, 64, 64)
+    for m in (b, c, d, e):
+        assert m(x).shape == (1, 1000)
+
+
+def test_small_variants_are_registered_with_their_switches():
+    m = timm.create_model('u_halonet_small_shift', img_size=64)
+    assert m.stages[0].blocks[0].mixer.centric is False
+    m = timm.create_model('u_halonet_small_switch', img_size=64)
+    assert [b.mixer.halo for b in m.stages[2].blocks[:4]] == [0, 2, 0, 2]
+    m = timm.create_model('u_halonet_small_1px', img_size=224)
+    assert m.stages[0].blocks[0].mixer.halo == 1
+    m = timm.create_model('u_pvt_small_c', img_size=64)
+    assert m.config.stage_norm is False and m.config.norm_after_pool is True
+
+
+@pytest.mark.parametrize('scale', SCALES)
+def test_parameters_within_3_percent_of_table3(scale):
+    """Position tables left out, as the paper's counter (thop) does: see the Table III page."""
+    for fam in ('halonet', 'pvt', 'swin', 'dwconv', 'internimage'):
+        name = f'u_{fam}_{scale}'
+        with torch.device('meta'):  # no memory, no init cost: only shapes matter
+            model = timm.create_model(name)
+        ours = (count_params(model) - count_position_params(model)) / 1e6
+        assert abs(ours / TABLE3[name][0] - 1) <= 0.03, (name, ours, TABLE3[name][0])
+
+
+def test_user_family_registration():
+    from stm_lab.models import register_family
+    names = register_family('u_identitytest', mixer='identity')
+    assert 'u_identitytest_micro' in names and 'u_identitytest_micro' in timm.list_models('u_*')
+    with pytest.raises(ValueError, match="u_"):
+        register_family('mine', mixer='identity')
+
+
+def test_dcnv3_zero_init_survives_the_global_init():
+    m = timm.create_model('u_internimage_test')
+    mixer = m.stages[0].blocks[0].mixer
+    zero = [p for n, p in mixer.named_parameters() if n.startswith(('offset', 'mask'))]
+    assert zero and all(torch.count_nonzero(p) == 0 for p in zero)

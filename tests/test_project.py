@@ -1,0 +1,80 @@
+"""The project's own promises: set-up files agree, notebooks are stripped, committed results match the code,
+transcribed paper numbers match the paper."""
+import json
+import re
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from stm_lab.results import ROOT
+
+PAPER = ROOT.parent / 'shared' / 'paper' / 'demystify-stm-paper.txt'
+
+
+def _name(req: str) -> str:
+    return re.split(r'[<>=!~ \[]', req.strip(), maxsplit=1)[0].lower()
+
+
+def test_environment_yml_lists_the_same_dependencies_as_pyproject():
+    project = tomllib.loads((ROOT / 'pyproject.toml').read_text())['project']
+    wanted = {_name(r): r.replace(' ', '') for r in project['dependencies'] + project['optional-dependencies']['test']}
+    env = yaml.safe_load((ROOT / 'environment.yml').read_text())
+    pip = next(d['pip'] for d in env['dependencies'] if isinstance(d, dict))
+    listed = {_name(r): r.replace(' ', '') for r in pip}
+    assert listed == wanted
+
+
+def test_notebook_sources_are_stripped_and_parameterized():
+    sources = sorted((ROOT / 'notebooks').glob('*.ipynb'))
+    assert sources
+    for path in sources:
+        cells = json.loads(path.read_text())['cells']
+        code = [c for c in cells if c['cell_type'] == 'code']
+        assert not any(c.get('outputs') or c.get('execution_count') for c in code), f'{path.name} has outputs'
+        assert any('parameters' in c.get('metadata', {}).get('tags', []) for c in code), f'{path.name}: no parameters cell'
+
+
+def test_every_notebook_is_in_the_book():
+    toc = (ROOT / '_toc.yml').read_text()
+    for path in (ROOT / 'notebooks').glob('*.ipynb'):
+        assert f'book/generated/{path.stem}' in toc, f'{path.name} is not in _toc.yml'
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / 'README.md').read_text()
+    assert 'make test' in readme and 'make book' in readme
+    assert 'make test' in (ROOT / '.ci' / 'run').read_text()
+
+
+def test_committed_table3_matches_the_code():
+    """The committed complexity table is what the code counts now (micro rows, recounted)."""
+    from stm_lab.analysis.complexity import table3
+    committed = {r['model']: r for r in json.loads((ROOT / 'results/paper/table3_complexity.json').read_text())['records']}
+    assert len(committed) == 20
+    for r in table3([n for n in committed if n.endswith('_micro')]):
+        c = committed[r['model']]
+        for key in ('params_m', 'params_no_pos_m', 'gmacs', 'attention_gmacs'):
+            assert r[key] == pytest.approx(c[key], rel=1e-9), (r['model'], key)
+
+
+@pytest.mark.skipif(not PAPER.exists(), reason=f'paper text not found at {PAPER}')
+def test_transcribed_table3_matches_the_paper_text():
+    from stm_lab.paper import DISPLAY, TABLE3, TABLE7
+    text = PAPER.read_text()
+    table = text[text.index('TABLE III'):text.index('4.3.2')]
+    scale = None
+    found = {}
+    for line in table.splitlines():
+        m = re.match(r'^(Micro|Tiny|Small|Base)? ?(U-[\w ]+?) ([\d.]+)M ([\d.]+)G ([\d.]+)%', line)
+        if m:
+            scale = (m.group(1) or scale).lower()
+            fam = next(k for k, v in DISPLAY.items() if v == m.group(2))
+            found[f'u_{fam}_{scale}'] = tuple(float(m.group(i)) for i in (3, 4, 5))
+    assert found == TABLE3
+    t7 = text[text.index('TABLE VII'):text.index('TABLE VIII')]
+    for name, (macs, acc) in TABLE7.items():
+        assert f'{macs:.2f} {acc}' in t7, name

@@ -1,0 +1,75 @@
+"""Results with provenance, atomic writes, and the stm-lab command's error paths."""
+import json
+import os
+
+import nbformat
+import pytest
+
+from stm_lab import cli, results
+
+
+def test_save_and_load_round_trip_with_provenance(tmp_path, monkeypatch):
+    monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path)
+    path = results.save_result('smoke', 'demo', [dict(a=1.5)], config=dict(seed=3))
+    doc = results.load_result('smoke', 'demo')
+    assert doc['records'] == [dict(a=1.5)] and doc['config'] == dict(seed=3)
+    prov = doc['provenance']
+    for key in ('git_sha', 'git_dirty', 'profile', 'command', 'torch', 'timm', 'cpu', 'created'):
+        assert key in prov
+    assert prov['profile'] == 'smoke'
+    assert [p.name for p in path.parent.iterdir()] == ['demo.json']  # no temporary files left
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    target = tmp_path / 'r.json'
+    results.atomic_write_bytes(target, b'old')
+    with pytest.raises(TypeError):
+        results.atomic_write_bytes(target, object())  # not bytes: the write fails midway
+    assert target.read_bytes() == b'old'
+    assert os.listdir(tmp_path) == ['r.json']
+
+
+def test_missing_and_corrupt_results_name_their_path(tmp_path, monkeypatch):
+    monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path)
+    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+        results.load_result('cpu', 'nothing')
+    (tmp_path / 'cpu').mkdir()
+    (tmp_path / 'cpu' / 'bad.json').write_text('{"records": [')
+    with pytest.raises(ValueError, match='bad.json'):
+        results.load_result('cpu', 'bad')
+
+
+def test_cli_lists_models_and_reports_unknown_names(capsys):
+    assert cli.main(['models', 'u_swin_*']) == 0
+    out = capsys.readouterr().out.split()
+    assert 'u_swin_micro' in out and 'u_swin_small_b' in out
+    assert cli.main(['complexity', '--models', 'u_swin_mikro']) == 2
+    err = capsys.readouterr().err
+    assert 'unknown model' in err and 'u_swin_micro' in err
+
+
+def test_cli_complexity_prints_paper_beside_ours(capsys):
+    assert cli.main(['complexity', '--models', 'u_dwconv_micro', '--no-save']) == 0
+    out = capsys.readouterr().out
+    assert 'u_dwconv_micro' in out and '4.4M' in out
+
+
+def _notebook(path, code):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("profile = 'smoke'", metadata={'tags': ['parameters']}),
+                nbformat.v4.new_code_cell(code)]
+    nb.metadata['kernelspec'] = {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'}
+    nbformat.write(nb, path)
+
+
+def test_a_failing_notebook_is_reported_and_the_others_still_run(tmp_path, capsys):
+    src, out = tmp_path / 'src', tmp_path / 'out'
+    src.mkdir()
+    _notebook(src / 'a_fails.ipynb', "raise RuntimeError('broken on purpose')")
+    _notebook(src / 'b_works.ipynb', "print('fine', profile)")
+    assert cli.main(['notebooks', '--src', str(src), '--out', str(out)]) == 1
+    captured = capsys.readouterr()
+    assert 'a_fails.ipynb FAILED' in captured.err and 'broken on purpose' in captured.err
+    assert '1 of 2 ran' in captured.out
+    executed = nbformat.read(out / 'b_works.ipynb', as_version=4)
+    assert 'fine smoke' in executed.cells[-1].outputs[0]['text']
