@@ -1,4 +1,4 @@
-"""Low-level operators used by the mixers (pure PyTorch; compiled kernels may be added beside them)."""
-from .dcnv3 import dcnv3_core
+"""Low-level operators used by the mixers: pure-PyTorch reference paths and compiled CPU kernels (``ops/``)."""
+from .dcnv3 import BACKENDS, dcnv3_core
 
-__all__ = ['dcnv3_core']
+__all__ = ['BACKENDS', 'dcnv3_core']

@@ -23,8 +23,9 @@ reference, both following InternImage's CUDA kernel instead: H is padded by ``pa
 swaps them, which only matters when they differ), and the base locations are computed in the working dtype (the
 reference builds them in float32, so its float64 results carry float32 rounding).
 
-This is the slow, portable path: it materialises the ``(N * G, C / G, H_out * W_out, K)`` tensor of samples; a fused
-kernel can replace it later.
+This is the slow, portable path: it materialises the ``(N * G, C / G, H_out * W_out, K)`` tensor of samples. The fused
+compiled CPU kernel (``ops/dcnv3_cpu.cpp``, wrapped by :mod:`stm_lab.ops.dcnv3_cpp`) computes the same function
+without it; ``dcnv3_core(..., backend=)`` picks the path.
 """
 from __future__ import annotations
 
@@ -33,7 +34,10 @@ from typing import Tuple, Union
 import torch
 import torch.nn.functional as F
 
+from . import dcnv3_cpp
+
 IntPair = Union[int, Tuple[int, int]]
+BACKENDS = ('auto', 'torch', 'cpp')
 
 
 def _pair(value: IntPair, name: str, minimum: int) -> Tuple[int, int]:
@@ -74,6 +78,8 @@ def dcnv3_core(
         dilation: IntPair,
         group: int,
         offset_scale: float,
+        *,
+        backend: str = 'auto',
 ) -> torch.Tensor:
     """DCNv3 sampling and aggregation (see the module docstring for the exact formula).
 
@@ -84,6 +90,11 @@ def dcnv3_core(
         kernel_size, stride, pad, dilation: an int or an ``(h, w)`` pair.
         group: number of groups ``G``; ``C`` must be divisible by it.
         offset_scale: multiplies both the kernel grid and the offsets.
+        backend: ``"torch"`` -- this module's ``grid_sample`` path (differentiable to any order); ``"cpp"`` -- the
+            compiled CPU kernel of ``ops/`` (:mod:`stm_lab.ops.dcnv3_cpp`; first derivatives only, RuntimeError if
+            it cannot be built or a tensor is not on the CPU); ``"auto"`` (default) -- ``"cpp"`` when the kernel is
+            built (it is built on first use) and the tensors are on the CPU, else ``"torch"``. Both compute the
+            same function; results differ by float rounding only (float32: about 1e-6).
 
     Returns:
         ``(N, H_out, W_out, C)`` in the promoted dtype of the three inputs, with
@@ -114,6 +125,20 @@ def dcnv3_core(
             raise ValueError(f'dcnv3_core: {name} must have shape {(n, h_out, w_out, last)} '
                              f'(N, H_out, W_out, {"G*K*2" if name == "offset" else "G*K"}), got {tuple(t.shape)}')
 
+    if backend not in BACKENDS:
+        raise ValueError(f'dcnv3_core: backend must be one of {BACKENDS}, got {backend!r}')
+    if backend != 'torch':
+        if dcnv3_cpp.usable(input, offset, mask, required=backend == 'cpp'):
+            return dcnv3_cpp.dcnv3_core_cpp(input, offset, mask, kernel, stride, (ph, pw), dilation, group,
+                                            offset_scale)
+    return _dcnv3_torch(input, offset, mask, kernel, stride, (ph, pw), dilation, group, offset_scale, h_out, w_out)
+
+
+def _dcnv3_torch(input, offset, mask, kernel, stride, pad, dilation, group, offset_scale, h_out, w_out):
+    """The pure-PyTorch path of :func:`dcnv3_core` (arguments already checked and normalised to pairs)."""
+    n, h, w, c = input.shape
+    (ph, pw), k = pad, kernel[0] * kernel[1]
+    h_in, w_in = h + 2 * ph, w + 2 * pw
     out_dtype = torch.promote_types(torch.promote_types(input.dtype, offset.dtype), mask.dtype)
     # locations in at least float32: half precision cannot resolve sub-pixel positions on large maps
     dtype = torch.promote_types(out_dtype, torch.float32)

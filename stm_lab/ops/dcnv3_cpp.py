@@ -1,0 +1,59 @@
+"""The compiled DCNv3 core (``ops/dcnv3_cpu.cpp``) as an autograd function.
+
+Use it through ``stm_lab.ops.dcnv3_core(..., backend="cpp" | "auto")``, which validates the arguments first. The
+kernel computes in float32 or float64: other floating dtypes are computed in float32 and cast back, as the
+pure-PyTorch path does. Its backward is hand-written and not itself differentiable (``once_differentiable``):
+double backward needs ``backend="torch"``.
+"""
+from __future__ import annotations
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from . import _build
+
+
+def available() -> bool:
+    """True when the compiled kernel is built (building it now if needed) and loaded."""
+    return _build.load() is not None
+
+
+def usable(input, offset, mask, required: bool = False) -> bool:
+    """Whether the compiled kernel can run on these tensors; with ``required``, raise instead of returning False."""
+    tensors = (input, offset, mask)
+    if any(t.device.type != 'cpu' for t in tensors):
+        if required:
+            raise RuntimeError(f'dcnv3_core(backend="cpp"): the compiled kernel runs on the CPU, got tensors on '
+                               f'{sorted({str(t.device) for t in tensors})}; use backend="torch" or "auto"')
+        return False
+    if _build.load() is None:
+        if required:
+            reason = _build.LOADER.error or 'disabled by STM_LAB_NO_EXT'
+            raise RuntimeError(f'dcnv3_core(backend="cpp"): the compiled kernel is unavailable ({reason})')
+        return False
+    return True
+
+
+class _DCNv3Function(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, input, offset, mask, geometry):
+        ctx.geometry = geometry
+        ctx.save_for_backward(input, offset, mask)
+        return torch.ops.stm_lab.dcnv3_forward(input, offset, mask, *geometry)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        input, offset, mask = ctx.saved_tensors
+        grads = torch.ops.stm_lab.dcnv3_backward(grad_out.contiguous(), input, offset, mask, *ctx.geometry)
+        return (*grads, None)
+
+
+def dcnv3_core_cpp(input, offset, mask, kernel, stride, pad, dilation, group, offset_scale):
+    """Compiled DCNv3 core; the arguments are assumed checked (pairs for kernel, stride, pad, dilation)."""
+    out_dtype = torch.promote_types(torch.promote_types(input.dtype, offset.dtype), mask.dtype)
+    dtype = torch.promote_types(out_dtype, torch.float32)
+    # the kernel indexes raw memory: it needs one dtype and contiguous tensors (copies only where needed)
+    input, offset, mask = (t.to(dtype).contiguous() for t in (input, offset, mask))
+    geometry = (list(kernel), list(stride), list(pad), list(dilation), int(group), float(offset_scale))
+    return _DCNv3Function.apply(input, offset, mask, geometry).to(out_dtype)
