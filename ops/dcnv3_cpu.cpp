@@ -38,14 +38,16 @@ struct Corners {
 };
 
 // Fills `c` for position (y, x) in unpadded pixel coordinates; false when no corner lies inside the map (then the
-// point contributes nothing). NaN positions fail the comparisons and are dropped the same way.
+// point contributes nothing). NaN positions fail the comparisons and are dropped the same way. Positions are
+// doubles even for float data: a float position on a 40-pixel map is off by ~3e-6 pixel, which alone would use up
+// most of a 1e-5 error budget; the few scalar double operations per point cost nothing measurable.
 template <typename T, bool kGrad>
-inline bool corners_at(T y, T x, const Geometry& g, const T* image, T* grad_image, const T* zero_row, T* sink_row,
-                       Corners<T>& c) {
-  if (!(y > T(-1) && y < T(g.H) && x > T(-1) && x < T(g.W))) return false;
-  const T yf = std::floor(y), xf = std::floor(x);
+inline bool corners_at(double y, double x, const Geometry& g, const T* image, T* grad_image, const T* zero_row,
+                       T* sink_row, Corners<T>& c) {
+  if (!(y > -1.0 && y < double(g.H) && x > -1.0 && x < double(g.W))) return false;
+  const double yf = std::floor(y), xf = std::floor(x);
   const int64_t y0 = static_cast<int64_t>(yf), x0 = static_cast<int64_t>(xf);
-  const T ly = y - yf, lx = x - xf, hy = T(1) - ly, hx = T(1) - lx;
+  const T ly = T(y - yf), lx = T(x - xf), hy = T(1) - ly, hx = T(1) - lx;
   const int64_t ys[4] = {y0, y0, y0 + 1, y0 + 1};
   const int64_t xs[4] = {x0, x0 + 1, x0, x0 + 1};
   const T w[4] = {hy * hx, hy * lx, ly * hx, ly * lx};
@@ -82,7 +84,6 @@ void forward_kernel(const Geometry& g, const T* input, const T* offset, const T*
   const int64_t grain = std::max<int64_t>(1, 32768 / (g.C * K));  // about 32k multiply-adds per task at least
   at::parallel_for(0, pixels, grain, [&](int64_t begin, int64_t end) {
     const std::vector<T> zero_row(Cg, T(0));
-    const T scale = T(g.scale);
     Corners<T> c;
     for (int64_t p = begin; p < end; ++p) {
       const int64_t n = p / (g.Ho * g.Wo), i = (p / g.Wo) % g.Ho, j = p % g.Wo;
@@ -96,8 +97,8 @@ void forward_kernel(const Geometry& g, const T* input, const T* offset, const T*
         for (int64_t a = 0; a < g.kw; ++a) {
           for (int64_t b = 0; b < g.kh; ++b) {
             const int64_t k = grp * K + a * g.kh + b;
-            const T x = T(base_x(g, j, a)) + off_p[2 * k] * scale;
-            const T y = T(base_y(g, i, b)) + off_p[2 * k + 1] * scale;
+            const double x = base_x(g, j, a) + double(off_p[2 * k]) * g.scale;
+            const double y = base_y(g, i, b) + double(off_p[2 * k + 1]) * g.scale;
             if (!corners_at<T, false>(y, x, g, image, nullptr, zero_row.data(), nullptr, c)) continue;
             const T m = mask_p[k];
             const T w0 = m * c.w[0], w1 = m * c.w[1], w2 = m * c.w[2], w3 = m * c.w[3];
@@ -141,8 +142,8 @@ void backward_kernel(const Geometry& g, const T* grad_out, const T* input, const
           for (int64_t a = 0; a < g.kw; ++a) {
             for (int64_t b = 0; b < g.kh; ++b) {
               const int64_t k = grp * K + a * g.kh + b;
-              const T x = T(base_x(g, j, a)) + off_p[2 * k] * scale;
-              const T y = T(base_y(g, i, b)) + off_p[2 * k + 1] * scale;
+              const double x = base_x(g, j, a) + double(off_p[2 * k]) * g.scale;
+              const double y = base_y(g, i, b) + double(off_p[2 * k + 1]) * g.scale;
               if (!corners_at<T, true>(y, x, g, image, grad_image, zero_row.data(), sink_row.data(), c)) {
                 goff_p[2 * k] = goff_p[2 * k + 1] = gmask_p[k] = T(0);
                 continue;

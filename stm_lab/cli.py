@@ -68,6 +68,17 @@ def cmd_complexity(args) -> int:
     return 0
 
 
+def hide_parameter_cells(path: Path) -> None:
+    """Readers of the book do not need the papermill parameter cells: tag them for removal."""
+    import nbformat
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        tags = cell.metadata.setdefault('tags', [])
+        if ('parameters' in tags or 'injected-parameters' in tags) and 'remove-cell' not in tags:
+            tags.append('remove-cell')
+    nbformat.write(nb, path)
+
+
 def cmd_notebooks(args) -> int:
     """Execute every notebook; a failing one is reported and the others still run."""
     import papermill as pm
@@ -86,6 +97,7 @@ def cmd_notebooks(args) -> int:
         try:
             pm.execute_notebook(str(src), str(out), parameters=dict(profile=args.profile), cwd=str(ROOT),
                                 kernel_name='python3', progress_bar=False)
+            hide_parameter_cells(out)
             print(f'[notebooks] {src.name} ok ({time.time() - t0:.0f} s)')
         except Exception as e:  # papermill raises PapermillExecutionError with the cell's traceback
             failed.append(src.name)
