@@ -2,9 +2,14 @@
 //
 // Semantics are those of stm_lab/ops/dcnv3.py (the pure-PyTorch reference; see its docstring for the formula).
 // Layout: input (N, H, W, C) channels-last, offset (N, Ho, Wo, G*K*2) as (x, y) pairs, mask (N, Ho, Wo, G*K),
-// output (N, Ho, Wo, C). The C/G channels of one group are contiguous, so every per-point operation is a short
-// loop over contiguous channels that the compiler vectorizes (`omp simd`). Padding is never materialised: the
-// sampling position is shifted by `pad` and corners outside the unpadded map read zeros.
+// output (N, Ho, Wo, C). Padding is never materialised: positions are shifted by `pad` and corners outside the
+// unpadded map read zeros.
+//
+// Each output pixel is done in two passes, because per point the bookkeeping (position, floor, weights, bounds)
+// costs as much as the arithmetic on its 8-32 channels:
+//  1. locate(): the bilinear footprint of all its points, written structure-of-arrays (one branch-free loop);
+//  2. a short loop over the contiguous channels of the group per point, vectorized (`omp simd`), with the channel
+//     count a compile-time constant for the common widths 8, 16 and 32 (so it is fully unrolled).
 //
 // Threading (at::parallel_for, so torch.set_num_threads applies):
 //  - forward: over output pixels (each writes only its own output row);
@@ -20,6 +25,7 @@
 
 #include <cmath>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "dcnv3_common.h"
@@ -27,150 +33,172 @@
 namespace stm_lab_dcnv3 {
 namespace {
 
-// Bilinear footprint of one sampling point: the four corners (y0,x0), (y0,x1), (y1,x0), (y1,x1).
+// Bilinear footprints of P points. Corner q (0: top-left, 1: top-right, 2: bottom-left, 3: bottom-right) of point
+// t is entry [q * P + t]: its element offset in the image (-1 when outside the map), its weight and the weight's
+// derivatives along x and y (all 0 when outside).
 template <typename T>
-struct Corners {
-  const T* src[4];  // input rows of the corners (a zero row for corners outside the map)
-  T* dst[4];        // grad_input rows of the corners (a scratch "sink" row for corners outside the map)
-  T w[4];           // bilinear weights (0 outside)
-  T dwdx[4];        // d w / d x (0 outside)
-  T dwdy[4];        // d w / d y (0 outside)
+struct Footprints {
+  explicit Footprints(int64_t points) : P(points), at(4 * points), w(4 * points), dwdx(4 * points), dwdy(4 * points) {}
+  int64_t P;
+  std::vector<int64_t> at;
+  std::vector<T> w, dwdx, dwdy;
 };
 
-// Fills `c` for position (y, x) in unpadded pixel coordinates; false when no corner lies inside the map (then the
-// point contributes nothing). NaN positions fail the comparisons and are dropped the same way. Positions are
-// doubles even for float data: a float position on a 40-pixel map is off by ~3e-6 pixel, which alone would use up
-// most of a 1e-5 error budget; the few scalar double operations per point cost nothing measurable.
-template <typename T, bool kGrad>
-inline bool corners_at(double y, double x, const Geometry& g, const T* image, T* grad_image, const T* zero_row,
-                       T* sink_row, Corners<T>& c) {
-  if (!(y > -1.0 && y < double(g.H) && x > -1.0 && x < double(g.W))) return false;
-  const double yf = std::floor(y), xf = std::floor(x);
-  const int64_t y0 = static_cast<int64_t>(yf), x0 = static_cast<int64_t>(xf);
-  const T ly = T(y - yf), lx = T(x - xf), hy = T(1) - ly, hx = T(1) - lx;
-  const int64_t ys[4] = {y0, y0, y0 + 1, y0 + 1};
-  const int64_t xs[4] = {x0, x0 + 1, x0, x0 + 1};
-  const T w[4] = {hy * hx, hy * lx, ly * hx, ly * lx};
-  const T dwdx[4] = {-hy, hy, -ly, ly};
-  const T dwdy[4] = {-hx, -lx, hx, lx};
-  for (int q = 0; q < 4; ++q) {
-    const bool inside = ys[q] >= 0 && ys[q] < g.H && xs[q] >= 0 && xs[q] < g.W;
-    const int64_t at = (ys[q] * g.W + xs[q]) * g.C;
-    c.src[q] = inside ? image + at : zero_row;
-    c.w[q] = inside ? w[q] : T(0);
-    if (kGrad) {
-      c.dst[q] = inside ? grad_image + at : sink_row;
-      c.dwdx[q] = inside ? dwdx[q] : T(0);
-      c.dwdy[q] = inside ? dwdy[q] : T(0);
+// Kernel-grid position of every point relative to its output pixel, in unpadded input pixel coordinates, for
+// points t = g * K + a * kh + b (kernel column a, row b): centred dilated grid scaled by offset_scale, minus pad.
+struct Taps {
+  std::vector<double> x, y;
+  Taps(const Geometry& g, int64_t points) : x(points), y(points) {
+    const int64_t K = g.kh * g.kw, cw = g.dw * (g.kw - 1) / 2, ch = g.dh * (g.kh - 1) / 2;
+    for (int64_t t = 0; t < points; ++t) {
+      const int64_t a = (t % K) / g.kh, b = (t % K) % g.kh;
+      x[t] = double(cw - g.pw) + double(a * g.dw - cw) * g.scale;
+      y[t] = double(ch - g.ph) + double(b * g.dh - ch) * g.scale;
     }
   }
-  return true;
-}
+};
 
-// Position of point (a, b) (kernel column a, row b) of output pixel (i, j) before its learned offset, in
-// unpadded input pixel coordinates: the dilated kernel grid, centred and scaled by offset_scale.
-inline double base_x(const Geometry& g, int64_t j, int64_t a) {
-  const int64_t cw = g.dw * (g.kw - 1) / 2;
-  return double(j * g.sw + cw - g.pw) + double(a * g.dw - cw) * g.scale;
-}
-inline double base_y(const Geometry& g, int64_t i, int64_t b) {
-  const int64_t ch = g.dh * (g.kh - 1) / 2;
-  return double(i * g.sh + ch - g.ph) + double(b * g.dh - ch) * g.scale;
-}
-
+// Footprints of points [0, f.P) of output pixel (i, j), whose (x, y) offsets start at `off`. Positions are doubles
+// even for float data: a float position on a 40-pixel map is off by ~3e-6 pixel, which alone would use up much of a
+// 1e-5 error budget; a few scalar double operations per point cost nothing measurable.
 template <typename T>
+inline void locate(const Geometry& g, int64_t i, int64_t j, const Taps& taps, const T* off, Footprints<T>& f) {
+  const double ox = double(j * g.sw), oy = double(i * g.sh), H = double(g.H), W = double(g.W);
+  const int64_t P = f.P, row = g.W * g.C;
+  for (int64_t t = 0; t < P; ++t) {
+    double x = ox + taps.x[t] + double(off[2 * t]) * g.scale;
+    double y = oy + taps.y[t] + double(off[2 * t + 1]) * g.scale;
+    // no corner inside (NaN positions included: comparisons are false): park the point at 0 and mask every corner
+    const bool inside = y > -1.0 && y < H && x > -1.0 && x < W;
+    x = inside ? x : 0.0;
+    y = inside ? y : 0.0;
+    const double xf = std::floor(x), yf = std::floor(y);
+    const int64_t x0 = int64_t(xf), y0 = int64_t(yf);  // in [-1, W-1] and [-1, H-1]
+    const T lx = T(x - xf), ly = T(y - yf), hx = T(1) - lx, hy = T(1) - ly;
+    const bool top = inside && y0 >= 0, bottom = inside && y0 + 1 < g.H;
+    const bool left = inside && x0 >= 0, right = inside && x0 + 1 < g.W;
+    const bool valid[4] = {top && left, top && right, bottom && left, bottom && right};
+    const int64_t at00 = y0 * row + x0 * g.C;
+    const int64_t at[4] = {at00, at00 + g.C, at00 + row, at00 + row + g.C};
+    const T w[4] = {hy * hx, hy * lx, ly * hx, ly * lx};
+    const T dwdx[4] = {-hy, hy, -ly, ly};
+    const T dwdy[4] = {-hx, -lx, hx, lx};
+    for (int q = 0; q < 4; ++q) {
+      f.at[q * P + t] = valid[q] ? at[q] : -1;
+      f.w[q * P + t] = valid[q] ? w[q] : T(0);
+      f.dwdx[q * P + t] = valid[q] ? dwdx[q] : T(0);
+      f.dwdy[q * P + t] = valid[q] ? dwdy[q] : T(0);
+    }
+  }
+}
+
+// Calls f(std::integral_constant<int, CG>) with CG = cg for the common group widths (float only), else CG = 0
+// ("read the width at run time").
+template <typename T, typename F>
+void with_group_width(int64_t cg, F&& f) {
+  if constexpr (std::is_same_v<T, float>) {
+    switch (cg) {
+      case 8: return f(std::integral_constant<int, 8>{});
+      case 16: return f(std::integral_constant<int, 16>{});
+      case 32: return f(std::integral_constant<int, 32>{});
+      default: break;
+    }
+  }
+  f(std::integral_constant<int, 0>{});
+}
+
+template <typename T, int CG>
 void forward_kernel(const Geometry& g, const T* input, const T* offset, const T* mask, T* out) {
-  const int64_t K = g.kh * g.kw, Cg = g.C / g.G, pixels = g.N * g.Ho * g.Wo;
-  const int64_t grain = std::max<int64_t>(1, 32768 / (g.C * K));  // about 32k multiply-adds per task at least
+  const int64_t K = g.kh * g.kw, P = g.G * K, Cg = CG > 0 ? CG : g.C / g.G, pixels = g.N * g.Ho * g.Wo;
+  const Taps taps(g, P);
+  const int64_t grain = std::max<int64_t>(1, 32768 / (g.C * K));  // at least ~32k multiply-adds per task
   at::parallel_for(0, pixels, grain, [&](int64_t begin, int64_t end) {
-    const std::vector<T> zero_row(Cg, T(0));
-    Corners<T> c;
+    const std::vector<T> zero_row(Cg, T(0));  // what a corner outside the map reads
+    Footprints<T> f(P);
     for (int64_t p = begin; p < end; ++p) {
       const int64_t n = p / (g.Ho * g.Wo), i = (p / g.Wo) % g.Ho, j = p % g.Wo;
-      const T* off_p = offset + p * g.G * K * 2;
-      const T* mask_p = mask + p * g.G * K;
-      T* out_p = out + p * g.C;
+      locate(g, i, j, taps, offset + p * P * 2, f);
+      const T* mask_p = mask + p * P;
       for (int64_t grp = 0; grp < g.G; ++grp) {
         const T* image = input + n * g.H * g.W * g.C + grp * Cg;
-        T* o = out_p + grp * Cg;
-        for (int64_t ch = 0; ch < Cg; ++ch) o[ch] = T(0);
-        for (int64_t a = 0; a < g.kw; ++a) {
-          for (int64_t b = 0; b < g.kh; ++b) {
-            const int64_t k = grp * K + a * g.kh + b;
-            const double x = base_x(g, j, a) + double(off_p[2 * k]) * g.scale;
-            const double y = base_y(g, i, b) + double(off_p[2 * k + 1]) * g.scale;
-            if (!corners_at<T, false>(y, x, g, image, nullptr, zero_row.data(), nullptr, c)) continue;
-            const T m = mask_p[k];
-            const T w0 = m * c.w[0], w1 = m * c.w[1], w2 = m * c.w[2], w3 = m * c.w[3];
-            const T *v0 = c.src[0], *v1 = c.src[1], *v2 = c.src[2], *v3 = c.src[3];
-#pragma omp simd
-            for (int64_t ch = 0; ch < Cg; ++ch) o[ch] += w0 * v0[ch] + w1 * v1[ch] + w2 * v2[ch] + w3 * v3[ch];
+        T* o = out + p * g.C + grp * Cg;
+        for (int64_t c = 0; c < Cg; ++c) o[c] = T(0);
+        for (int64_t t = grp * K; t < (grp + 1) * K; ++t) {
+          const T* v[4];
+          T w[4];
+          for (int q = 0; q < 4; ++q) {
+            const int64_t at = f.at[q * P + t];
+            v[q] = at >= 0 ? image + at : zero_row.data();
+            w[q] = mask_p[t] * f.w[q * P + t];
           }
+#pragma omp simd
+          for (int64_t c = 0; c < Cg; ++c) o[c] += w[0] * v[0][c] + w[1] * v[1][c] + w[2] * v[2][c] + w[3] * v[3][c];
         }
       }
     }
   });
 }
 
-// For a point with value v(x, y) = sum_q w_q v_q and output contribution m * v:
-//   d L / d m      = <gout, v>                       = sum_q w_q s_q,   s_q = <gout, v_q>
-//   d L / d x      = m * sum_q (d w_q / d x) s_q,     d x / d offset_x = offset_scale (same for y)
-//   d L / d v_q[c] = m * w_q * gout[c]               (scattered into grad_input)
-template <typename T>
+// For a point with value v = sum_q w_q v_q (w: bilinear weights) and output contribution m * v:
+//   dL/dm      = <gout, v> = sum_q w_q s_q,        s_q = <gout, v_q>
+//   dL/dx      = m * sum_q (dw_q/dx) s_q,          dx/d(offset_x) = offset_scale (same for y)
+//   dL/dv_q[c] = m * w_q * gout[c]                 (scattered into grad_input)
+template <typename T, int CG>
 void backward_kernel(const Geometry& g, const T* grad_out, const T* input, const T* offset, const T* mask,
                      T* grad_input, T* grad_offset, T* grad_mask) {
-  const int64_t K = g.kh * g.kw, Cg = g.C / g.G;
-  const int64_t work_per_task = g.Ho * g.Wo * K * Cg;
-  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, work_per_task));
+  const int64_t K = g.kh * g.kw, P = g.G * K, Cg = CG > 0 ? CG : g.C / g.G;
+  const Taps taps(g, K);  // the same for every group
+  const T scale = T(g.scale);
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, g.Ho * g.Wo * K * Cg));
   at::parallel_for(0, g.N * g.G, grain, [&](int64_t begin, int64_t end) {
     const std::vector<T> zero_row(Cg, T(0));
-    std::vector<T> sink_row(Cg, T(0));
-    const T scale = T(g.scale);
-    Corners<T> c;
+    std::vector<T> sink_row(Cg, T(0));  // where a corner outside the map "scatters"; never read
+    Footprints<T> f(K);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / g.G, grp = task % g.G;
       const T* image = input + n * g.H * g.W * g.C + grp * Cg;
       T* grad_image = grad_input + n * g.H * g.W * g.C + grp * Cg;
       for (int64_t i = 0; i < g.Ho; ++i) {
         for (int64_t j = 0; j < g.Wo; ++j) {
-          const int64_t p = (n * g.Ho + i) * g.Wo + j;
+          const int64_t p = (n * g.Ho + i) * g.Wo + j, first = p * P + grp * K;  // this group's first point
           const T* go = grad_out + p * g.C + grp * Cg;
-          const T* off_p = offset + p * g.G * K * 2;
-          const T* mask_p = mask + p * g.G * K;
-          T* goff_p = grad_offset + p * g.G * K * 2;
-          T* gmask_p = grad_mask + p * g.G * K;
-          for (int64_t a = 0; a < g.kw; ++a) {
-            for (int64_t b = 0; b < g.kh; ++b) {
-              const int64_t k = grp * K + a * g.kh + b;
-              const double x = base_x(g, j, a) + double(off_p[2 * k]) * g.scale;
-              const double y = base_y(g, i, b) + double(off_p[2 * k + 1]) * g.scale;
-              if (!corners_at<T, true>(y, x, g, image, grad_image, zero_row.data(), sink_row.data(), c)) {
-                goff_p[2 * k] = goff_p[2 * k + 1] = gmask_p[k] = T(0);
-                continue;
-              }
-              const T *v0 = c.src[0], *v1 = c.src[1], *v2 = c.src[2], *v3 = c.src[3];
-              T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+          locate(g, i, j, taps, offset + 2 * first, f);
+          for (int64_t t = 0; t < K; ++t) {
+            const T* v[4];
+            T* d[4];
+            for (int q = 0; q < 4; ++q) {
+              const int64_t at = f.at[q * K + t];
+              v[q] = at >= 0 ? image + at : zero_row.data();
+              d[q] = at >= 0 ? grad_image + at : sink_row.data();
+            }
+            T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
 #pragma omp simd reduction(+ : s0, s1, s2, s3)
-              for (int64_t ch = 0; ch < Cg; ++ch) {
-                s0 += go[ch] * v0[ch];
-                s1 += go[ch] * v1[ch];
-                s2 += go[ch] * v2[ch];
-                s3 += go[ch] * v3[ch];
-              }
-              const T m = mask_p[k];
-              gmask_p[k] = c.w[0] * s0 + c.w[1] * s1 + c.w[2] * s2 + c.w[3] * s3;
-              goff_p[2 * k] = m * scale * (c.dwdx[0] * s0 + c.dwdx[1] * s1 + c.dwdx[2] * s2 + c.dwdx[3] * s3);
-              goff_p[2 * k + 1] = m * scale * (c.dwdy[0] * s0 + c.dwdy[1] * s1 + c.dwdy[2] * s2 + c.dwdy[3] * s3);
-              // the four destinations are distinct pixels (or the sink, whose content is never read)
-              const T w0 = m * c.w[0], w1 = m * c.w[1], w2 = m * c.w[2], w3 = m * c.w[3];
-              T *d0 = c.dst[0], *d1 = c.dst[1], *d2 = c.dst[2], *d3 = c.dst[3];
+            for (int64_t c = 0; c < Cg; ++c) {
+              s0 += go[c] * v[0][c];
+              s1 += go[c] * v[1][c];
+              s2 += go[c] * v[2][c];
+              s3 += go[c] * v[3][c];
+            }
+            const T s[4] = {s0, s1, s2, s3};
+            const T m = mask[first + t];
+            T gm = 0, gx = 0, gy = 0, mw[4];
+            for (int q = 0; q < 4; ++q) {
+              gm += f.w[q * K + t] * s[q];
+              gx += f.dwdx[q * K + t] * s[q];
+              gy += f.dwdy[q * K + t] * s[q];
+              mw[q] = m * f.w[q * K + t];
+            }
+            grad_mask[first + t] = gm;
+            grad_offset[2 * (first + t)] = m * scale * gx;
+            grad_offset[2 * (first + t) + 1] = m * scale * gy;
+            // the four destinations are distinct pixels, or the sink (several corners may share it: harmless)
+            T *d0 = d[0], *d1 = d[1], *d2 = d[2], *d3 = d[3];
 #pragma omp simd
-              for (int64_t ch = 0; ch < Cg; ++ch) {
-                d0[ch] += w0 * go[ch];
-                d1[ch] += w1 * go[ch];
-                d2[ch] += w2 * go[ch];
-                d3[ch] += w3 * go[ch];
-              }
+            for (int64_t c = 0; c < Cg; ++c) {
+              d0[c] += mw[0] * go[c];
+              d1[c] += mw[1] * go[c];
+              d2[c] += mw[2] * go[c];
+              d3[c] += mw[3] * go[c];
             }
           }
         }
@@ -187,8 +215,11 @@ at::Tensor dcnv3_forward(const at::Tensor& input, const at::Tensor& offset, cons
   at::Tensor out = at::empty({g.N, g.Ho, g.Wo, g.C}, input.options());
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "dcnv3_forward", [&] {
-    forward_kernel<scalar_t>(g, input.const_data_ptr<scalar_t>(), offset.const_data_ptr<scalar_t>(),
-                             mask.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>());
+    with_group_width<scalar_t>(g.C / g.G, [&](auto cg) {
+      forward_kernel<scalar_t, decltype(cg)::value>(g, input.const_data_ptr<scalar_t>(),
+                                                    offset.const_data_ptr<scalar_t>(), mask.const_data_ptr<scalar_t>(),
+                                                    out.mutable_data_ptr<scalar_t>());
+    });
   });
   return out;
 }
@@ -201,14 +232,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dcnv3_backward(
   TORCH_CHECK(input.device().is_cpu(), "dcnv3_backward (CPU kernel): tensors must be on the CPU");
   check_grad_output(grad_out, input, g);
   at::Tensor grad_input = at::zeros(input.sizes(), input.options());  // scattered into, so it starts at zero
-  at::Tensor grad_offset = at::empty(offset.sizes(), offset.options());  // every entry is written
-  at::Tensor grad_mask = at::empty(mask.sizes(), mask.options());
-  if (grad_out.numel() == 0) return {grad_input, grad_offset.zero_(), grad_mask.zero_()};
+  at::Tensor grad_offset = at::zeros(offset.sizes(), offset.options());
+  at::Tensor grad_mask = at::zeros(mask.sizes(), mask.options());
+  if (grad_out.numel() == 0) return {grad_input, grad_offset, grad_mask};
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "dcnv3_backward", [&] {
-    backward_kernel<scalar_t>(g, grad_out.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
-                              offset.const_data_ptr<scalar_t>(), mask.const_data_ptr<scalar_t>(),
-                              grad_input.mutable_data_ptr<scalar_t>(), grad_offset.mutable_data_ptr<scalar_t>(),
-                              grad_mask.mutable_data_ptr<scalar_t>());
+    with_group_width<scalar_t>(g.C / g.G, [&](auto cg) {
+      backward_kernel<scalar_t, decltype(cg)::value>(
+          g, grad_out.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(), offset.const_data_ptr<scalar_t>(),
+          mask.const_data_ptr<scalar_t>(), grad_input.mutable_data_ptr<scalar_t>(),
+          grad_offset.mutable_data_ptr<scalar_t>(), grad_mask.mutable_data_ptr<scalar_t>());
+    });
   });
   return {grad_input, grad_offset, grad_mask};
 }
