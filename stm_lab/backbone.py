@@ -21,6 +21,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 from timm.layers import DropPath, LayerScale, Mlp, trunc_normal_
+from timm.models import checkpoint_seq
 
 from .mixers import create_mixer, get_mixer_class, stage_input
 
@@ -123,10 +124,15 @@ class Stage(nn.Module):
         self.entry = entry or nn.Identity()  # mixer's stage input hook, channels-last
         self.blocks = nn.Sequential(*blocks)
         self.norm = norm or nn.Identity()  # channels-last
+        self.grad_checkpointing = False
 
     def forward(self, x):  # (B, C, H, W) -> (B, H, W, C)
-        x = self.downsample(x).permute(0, 2, 3, 1)
-        return self.norm(self.blocks(self.entry(x)))
+        x = self.entry(self.downsample(x).permute(0, 2, 3, 1))
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            x = checkpoint_seq(self.blocks, x)  # recompute block activations in backward: less memory
+        else:
+            x = self.blocks(x)
+        return self.norm(x)
 
 
 class UnifiedNet(nn.Module):
@@ -188,6 +194,11 @@ class UnifiedNet(nn.Module):
         """Names of position tables (per the mixers' ``no_weight_decay_keys``), excluded from weight decay."""
         keys = {k for m in self.modules() for k in getattr(m, 'no_weight_decay_keys', ())}
         return {n for n, _ in self.named_parameters() if n.rsplit('.', 1)[-1] in keys}
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True):
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
 
     def get_classifier(self):
         return self.head

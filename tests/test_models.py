@@ -174,3 +174,20 @@ def test_dcnv3_zero_init_survives_the_global_init():
     mixer = m.stages[0].blocks[0].mixer
     zero = [p for n, p in mixer.named_parameters() if n.startswith(('offset', 'mask'))]
     assert zero and all(torch.count_nonzero(p) == 0 for p in zero)
+
+
+@pytest.mark.parametrize('name', ['u_swin_test', 'u_internimage_test'])
+def test_grad_checkpointing_gives_the_same_output_and_gradients(name):
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=5)
+    x = torch.randn(2, 3, 32, 32)
+    model(x).sum().backward()
+    ref = [p.grad.clone() for p in model.parameters()]
+    out = model(x)
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    out2 = model(x)
+    out2.sum().backward()
+    assert torch.equal(out, out2)
+    for g, p in zip(ref, model.parameters()):
+        torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-7)
