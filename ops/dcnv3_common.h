@@ -58,6 +58,9 @@ inline Geometry check_inputs(const at::Tensor& input, const at::Tensor& offset, 
   TORCH_CHECK(g.H + 2 * g.ph >= g.dh * (g.kh - 1) + 1 && g.W + 2 * g.pw >= g.dw * (g.kw - 1) + 1,
               "dcnv3: input ", g.H, "x", g.W, " padded by (", g.ph, ", ", g.pw,
               ") is smaller than the dilated kernel");
+  // the CPU kernel addresses an image with int32 offsets (vectorizable), including corners just outside the map
+  TORCH_CHECK((g.H + 3) * (g.W + 3) * g.C < (int64_t(1) << 31), "dcnv3: one image of ", g.H, "x", g.W, "x", g.C,
+              " elements is too large for this kernel (limit about 2^31)");
   const int64_t K = g.kh * g.kw;
   TORCH_CHECK(offset.sizes() == at::IntArrayRef({g.N, g.Ho, g.Wo, g.G * K * 2}), "dcnv3: offset must have shape ",
               at::IntArrayRef({g.N, g.Ho, g.Wo, g.G * K * 2}), " (N, H_out, W_out, G*K*2), got ", offset.sizes());

@@ -12,8 +12,8 @@ pixels) and how much each tap counts (softmax over the taps), from a depth-wise-
 
 With zero offsets and a uniform mask this is a k x k average pooling (zero padding counted) between the two
 projections -- which is exactly the state :meth:`DCNv3Mixer.init_weights` starts from. The offset-branch LayerNorm
-uses eps 1e-5 as in the paper's code (InternImage itself uses 1e-6). This is the pure-PyTorch path
-(:func:`stm_lab.ops.dcnv3_core`, built on ``F.grid_sample``); a compiled kernel comes later.
+uses eps 1e-5 as in the paper's code (InternImage itself uses 1e-6). The sampling runs in
+(:func:`stm_lab.ops.dcnv3_core`): a compiled CPU kernel (``ops/``) when it builds, else ``F.grid_sample``.
 """
 import torch.nn as nn
 

@@ -1,4 +1,4 @@
 """Low-level operators used by the mixers: pure-PyTorch reference paths and compiled CPU kernels (``ops/``)."""
-from .dcnv3 import BACKENDS, dcnv3_core
+from .dcnv3 import BACKENDS, dcnv3_backend, dcnv3_core
 
-__all__ = ['BACKENDS', 'dcnv3_core']
+__all__ = ['BACKENDS', 'dcnv3_backend', 'dcnv3_core']

@@ -29,15 +29,41 @@ without it; ``dcnv3_core(..., backend=)`` picks the path.
 """
 from __future__ import annotations
 
-from typing import Tuple, Union
+import contextlib
+import os
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
-from . import dcnv3_cpp
-
 IntPair = Union[int, Tuple[int, int]]
 BACKENDS = ('auto', 'torch', 'cpp')
+
+
+def _check_backend(name):
+    if name not in BACKENDS:
+        from_env = name == os.environ.get('STM_LAB_DCNV3_BACKEND')
+        raise ValueError(f'dcnv3_core: backend must be one of {BACKENDS}, got {name!r}'
+                         + (' (from $STM_LAB_DCNV3_BACKEND)' if from_env else ''))
+    return name
+
+
+_default_backend = os.environ.get('STM_LAB_DCNV3_BACKEND', 'auto')
+
+
+@contextlib.contextmanager
+def dcnv3_backend(name: str):
+    """Within the block, :func:`dcnv3_core` calls that name no backend (the mixers' calls) use ``name``::
+
+        with dcnv3_backend('torch'):  # run a model on the reference path
+            loss = model(x).sum()
+    """
+    global _default_backend
+    previous, _default_backend = _default_backend, _check_backend(name)
+    try:
+        yield
+    finally:
+        _default_backend = previous
 
 
 def _pair(value: IntPair, name: str, minimum: int) -> Tuple[int, int]:
@@ -79,7 +105,7 @@ def dcnv3_core(
         group: int,
         offset_scale: float,
         *,
-        backend: str = 'auto',
+        backend: Optional[str] = None,
 ) -> torch.Tensor:
     """DCNv3 sampling and aggregation (see the module docstring for the exact formula).
 
@@ -92,9 +118,11 @@ def dcnv3_core(
         offset_scale: multiplies both the kernel grid and the offsets.
         backend: ``"torch"`` -- this module's ``grid_sample`` path (differentiable to any order); ``"cpp"`` -- the
             compiled CPU kernel of ``ops/`` (:mod:`stm_lab.ops.dcnv3_cpp`; first derivatives only, RuntimeError if
-            it cannot be built or a tensor is not on the CPU); ``"auto"`` (default) -- ``"cpp"`` when the kernel is
-            built (it is built on first use) and the tensors are on the CPU, else ``"torch"``. Both compute the
-            same function; results differ by float rounding only (float32: about 1e-6).
+            it cannot be built or a tensor is not on the CPU); ``"auto"`` -- ``"cpp"`` when the kernel can be built
+            (on first use, then cached; a failed build warns once) and the tensors are on the CPU, else
+            ``"torch"``; ``None`` (default) -- the process default: ``"auto"``, or what :func:`dcnv3_backend` /
+            ``$STM_LAB_DCNV3_BACKEND`` set (that is how a model's mixers are switched without changing them).
+            The backends compute the same function; results differ by float rounding only.
 
     Returns:
         ``(N, H_out, W_out, C)`` in the promoted dtype of the three inputs, with
@@ -125,9 +153,9 @@ def dcnv3_core(
             raise ValueError(f'dcnv3_core: {name} must have shape {(n, h_out, w_out, last)} '
                              f'(N, H_out, W_out, {"G*K*2" if name == "offset" else "G*K"}), got {tuple(t.shape)}')
 
-    if backend not in BACKENDS:
-        raise ValueError(f'dcnv3_core: backend must be one of {BACKENDS}, got {backend!r}')
+    backend = _check_backend(_default_backend if backend is None else backend)
     if backend != 'torch':
+        from . import dcnv3_cpp  # imported on first use: importing stm_lab never touches the compiled kernel
         if dcnv3_cpp.usable(input, offset, mask, required=backend == 'cpp'):
             return dcnv3_cpp.dcnv3_core_cpp(input, offset, mask, kernel, stride, (ph, pw), dilation, group,
                                             offset_scale)

@@ -26,10 +26,15 @@ def usable(input, offset, mask, required: bool = False) -> bool:
             raise RuntimeError(f'dcnv3_core(backend="cpp"): the compiled kernel runs on the CPU, got tensors on '
                                f'{sorted({str(t.device) for t in tensors})}; use backend="torch" or "auto"')
         return False
+    n, h, w, c = input.shape
+    if (h + 3) * (w + 3) * c >= 2 ** 31:  # the kernel addresses one image with int32 offsets
+        if required:
+            raise RuntimeError(f'dcnv3_core(backend="cpp"): one {h}x{w}x{c} image is too large for the compiled '
+                               f'kernel (limit about 2^31 elements); use backend="torch"')
+        return False
     if _build.load() is None:
         if required:
-            reason = _build.LOADER.error or 'disabled by STM_LAB_NO_EXT'
-            raise RuntimeError(f'dcnv3_core(backend="cpp"): the compiled kernel is unavailable ({reason})')
+            raise RuntimeError(f'dcnv3_core(backend="cpp"): the compiled kernel is unavailable ({_build.LOADER.error})')
         return False
     return True
 

@@ -1,0 +1,198 @@
+"""Benchmarks that print figures (they are not timed tests).
+
+    python -m stm_lab.bench dcnv3 [--threads 2] [--rounds 5] [--no-train] [--save]
+
+``dcnv3``: the DCNv3 core, compiled CPU kernel vs pure PyTorch, forward and forward+backward at the shapes of
+U-InternImage-micro's stages 1 and 3 for 64x64 and 224x224 inputs (batch 32); then training images/s (forward,
+backward, AdamW step; batch 32, 64x64, float32) of ``u_internimage_micro`` on each backend and of ``u_dwconv_micro``.
+
+Machines running other jobs make timings noisy, so everything compared is measured side by side in one run and
+interleaved: each round times every contender once, and the median over rounds is reported (with the fastest round
+beside it). ``--save`` also writes ``results/bench/dcnv3.json`` (figures with provenance).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import sys
+import time
+from typing import Callable, Dict
+
+import torch
+
+IMG_SIZES = (64, 224)
+STAGES = (0, 2)  # stages 1 and 3 (0-based)
+BATCH = 32
+
+
+def interleaved(contenders: Dict[str, Callable[[], None]], rounds: int, target_s: float = 0.25,
+                sized: bool = True) -> dict:
+    """Seconds per call of each contender: {name: (median over rounds, fastest round)}. Each contender is warmed up
+    with one call; with ``sized``, a second call sizes its repetitions so that a round takes about ``target_s``."""
+    reps = {}
+    for name, fn in contenders.items():
+        fn()
+        reps[name] = 1
+        if sized:
+            t0 = time.perf_counter()
+            fn()
+            reps[name] = max(1, round(target_s / max(time.perf_counter() - t0, 1e-6)))
+    samples = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, fn in contenders.items():
+            t0 = time.perf_counter()
+            for _ in range(reps[name]):
+                fn()
+            samples[name].append((time.perf_counter() - t0) / reps[name])
+    return {name: (statistics.median(s), min(s)) for name, s in samples.items()}
+
+
+def micro_stage_shapes():
+    """(img_size, stage, H, W, C, G) of U-InternImage-micro's DCNv3 layers that the benchmark times."""
+    from .models import FAMILIES
+    layout = FAMILIES['internimage'].layouts['micro']
+    shapes = []
+    for img in IMG_SIZES:
+        for s in STAGES:
+            side = math.ceil(img / 4) // 2 ** s  # stem /4, then /2 per stage (64 -> 16, 8, 4, 2)
+            shapes.append((img, s + 1, side, side, layout.dims[s], layout.heads[s]))
+    return shapes
+
+
+def core_inputs(h, w, c, g, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(BATCH, h, w, c, generator=gen)
+    offset = 2 * torch.randn(BATCH, h, w, g * 9 * 2, generator=gen)  # a few pixels, as a trained layer predicts
+    mask = torch.randn(BATCH, h, w, g, 9, generator=gen).softmax(-1).reshape(BATCH, h, w, g * 9)
+    return x, offset, mask
+
+
+def bench_core(rounds: int) -> list:
+    from .ops import dcnv3_core
+    records = []
+    for img, stage, h, w, c, g in micro_stage_shapes():
+        x, offset, mask = core_inputs(h, w, c, g)
+        leaves = [t.clone().requires_grad_() for t in (x, offset, mask)]
+        grad_out = torch.randn(BATCH, h, w, c)
+
+        def forward(backend):
+            def run():
+                with torch.no_grad():
+                    dcnv3_core(x, offset, mask, 3, 1, 1, 1, g, 1.0, backend=backend)
+            return run
+
+        def forward_backward(backend):
+            def run():
+                out = dcnv3_core(*leaves, 3, 1, 1, 1, g, 1.0, backend=backend)
+                torch.autograd.grad(out, leaves, grad_out)
+            return run
+
+        t = interleaved({f'{kind} {b}': make(b) for kind, make in (('fwd', forward), ('fwd+bwd', forward_backward))
+                         for b in ('torch', 'cpp')}, rounds)
+        rec = dict(kind='core', img_size=img, stage=stage, shape=[BATCH, h, w, c], groups=g)
+        for key, (med, best) in t.items():
+            rec[key.replace(' ', '_') + '_ms'] = 1e3 * med
+            rec[key.replace(' ', '_') + '_best_ms'] = 1e3 * best
+        rec['fwd_speedup'] = rec['fwd_torch_ms'] / rec['fwd_cpp_ms']
+        rec['fwd+bwd_speedup'] = rec['fwd+bwd_torch_ms'] / rec['fwd+bwd_cpp_ms']
+        records.append(rec)
+        print(f'  {img:3d}px stage {stage}  ({BATCH}, {h:2d}, {w:2d}, {c:3d}) G={g:<2d} | '
+              f'fwd {rec["fwd_torch_ms"]:8.2f} {rec["fwd_cpp_ms"]:7.2f} ms  x{rec["fwd_speedup"]:5.1f} | '
+              f'fwd+bwd {rec["fwd+bwd_torch_ms"]:8.2f} {rec["fwd+bwd_cpp_ms"]:7.2f} ms  x{rec["fwd+bwd_speedup"]:5.1f}',
+              flush=True)
+    return records
+
+
+def bench_training(rounds: int, steps: int = 2, img_size: int = 64) -> list:
+    import timm
+    import stm_lab  # noqa: F401  (registers the models)
+    from .ops import dcnv3_backend
+    x = torch.randn(BATCH, 3, img_size, img_size)
+    y = torch.randint(0, 10, (BATCH,))
+    contenders = {}
+    for label, name, backend in (('u_dwconv_micro', 'u_dwconv_micro', None),
+                                 ('u_internimage_micro torch', 'u_internimage_micro', 'torch'),
+                                 ('u_internimage_micro cpp', 'u_internimage_micro', 'cpp')):
+        torch.manual_seed(0)
+        model = timm.create_model(name, num_classes=10, img_size=img_size)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+        def step(model=model, opt=opt, backend=backend):
+            with dcnv3_backend(backend or 'auto'):
+                for _ in range(steps):
+                    loss = torch.nn.functional.cross_entropy(model(x), y)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+        contenders[label] = step
+    t = interleaved(contenders, rounds, sized=False)  # one call (= `steps` steps) per round
+    records = []
+    for label, (med, best) in t.items():
+        records.append(dict(kind='train', model=label, img_size=img_size, batch=BATCH,
+                            step_ms=1e3 * med / steps, images_per_s=BATCH * steps / med,
+                            best_images_per_s=BATCH * steps / best))
+        print(f'  {label:28s} {1e3 * med / steps:8.1f} ms/step  {BATCH * steps / med:7.1f} img/s  '
+              f'(best round {BATCH * steps / best:7.1f} img/s)', flush=True)
+    return records
+
+
+def run_dcnv3(args) -> int:
+    from .ops import _build
+    torch.set_num_threads(args.threads)
+    from .results import cpu_name
+    print(f'DCNv3 benchmark: {cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads, '
+          f'{args.rounds} interleaved rounds (median; "best" = fastest round)')
+    if _build.load() is None:
+        print(f'the compiled kernel is unavailable here: {_build.LOADER.error}', file=sys.stderr)
+        return 1
+    print(f'compiled kernel: {_build.LOADER.build_dir} (flags {" ".join(_build.cpu_flags())})\n')
+    t0 = time.perf_counter()
+    load_before = os.getloadavg()[0]
+    print('DCNv3 core, batch 32 (times: pure PyTorch, compiled; speedup)')
+    records = bench_core(args.rounds)
+    if args.train:
+        print('\nTraining step (forward + backward + AdamW), batch 32, 64x64, float32')
+        train = bench_training(args.rounds)
+        records += train
+        ips = {r['model']: r['images_per_s'] for r in train}
+        dw = ips['u_dwconv_micro']
+        print(f'\n  u_internimage_micro / u_dwconv_micro images/s: compiled {ips["u_internimage_micro cpp"] / dw:.2f}, '
+              f'pure PyTorch {ips["u_internimage_micro torch"] / dw:.2f} (target >= 0.6)')
+        print(f'  compiled / pure PyTorch (u_internimage_micro): '
+              f'{ips["u_internimage_micro cpp"] / ips["u_internimage_micro torch"]:.2f}x')
+    core = [r for r in records if r['kind'] == 'core']
+    print(f'  core fwd+bwd speedup: {min(r["fwd+bwd_speedup"] for r in core):.1f}x to '
+          f'{max(r["fwd+bwd_speedup"] for r in core):.1f}x (target >= 4x); forward: '
+          f'{min(r["fwd_speedup"] for r in core):.1f}x to {max(r["fwd_speedup"] for r in core):.1f}x')
+    load = max(load_before, os.getloadavg()[0])
+    print(f'\n({time.perf_counter() - t0:.0f} s; load average {load:.1f} on {os.cpu_count()} CPUs)')
+    if load > os.cpu_count() - 0.5 * torch.get_num_threads():
+        print('note: other processes were competing for the CPUs: all timings are inflated, multi-threaded ones most '
+              '(each parallel region waits for its slowest, possibly descheduled, thread); compare only figures of '
+              'this run, or rerun on an idle machine / with --threads 1')
+    if args.save:
+        from .results import save_result
+        path = save_result('bench', 'dcnv3', records, config=dict(
+            threads=args.threads, rounds=args.rounds, batch=BATCH, flags=_build.cpu_flags()))
+        print(f'saved {path}')
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog='python -m stm_lab.bench', description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest='bench', required=True)
+    s = sub.add_parser('dcnv3', help='DCNv3 core and U-InternImage training speed, compiled vs pure PyTorch')
+    s.add_argument('--threads', type=int, default=2, help='torch.set_num_threads (default 2)')
+    s.add_argument('--rounds', type=int, default=5, help='interleaved timing rounds (default 5)')
+    s.add_argument('--no-train', dest='train', action='store_false', help='time the core only')
+    s.add_argument('--save', action='store_true', help='also write results/bench/dcnv3.json')
+    s.set_defaults(func=run_dcnv3)
+    args = p.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
