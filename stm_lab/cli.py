@@ -4,6 +4,12 @@
     stm-lab mixers                       list the registered spatial token mixers
     stm-lab complexity [--models ...]    parameters and MACs at 224x224 beside the paper's Table III
     stm-lab notebooks [--profile P]      execute notebooks/*.ipynb with papermill into book/generated/
+    stm-lab train --model M --profile P  train with the paper's recipe (resumable); also: eval, summary
+    stm-lab bench dcnv3                  DCNv3 core and U-InternImage training speed, compiled vs pure PyTorch
+    stm-lab bench train-speed            training/inference images/s of the micro models and timm's Swin
+    stm-lab bench table8                 inference throughput with the protocol of Table VIII
+    stm-lab bench analyses               time of the ERF and FGSM analyses on the micro models
+    stm-lab bench cpu-profile            training images/s per model at a profile's settings
 """
 from __future__ import annotations
 
@@ -123,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument('--no-save', dest='save', action='store_false',
                    help='print only; by default results/paper/table3_complexity.json is written')
     s.set_defaults(func=cmd_complexity)
+    for name, text in (('train', 'train a model (see `stm-lab train --help`)'), ('eval', 'evaluate a checkpoint'),
+                       ('summary', 'trained top-1 beside Table III'), ('bench', 'benchmarks (see the list above)')):
+        sub.add_parser(name, help=text)  # listed for --help; handled by _passthrough
     s = sub.add_parser('notebooks', help='execute the notebooks into book/generated/')
     s.add_argument('--profile', default='smoke', choices=('smoke', 'cpu', 'paper'))
     s.add_argument('--only', nargs='*', help='notebook names (without .ipynb)')
@@ -132,7 +141,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _passthrough(argv):
+    """Commands whose module owns its arguments: (module, argv for its main), or None."""
+    if not argv:
+        return None
+    if argv[0] in ('train', 'eval', 'summary'):
+        return 'stm_lab.train', argv
+    if argv[0] == 'bench' and len(argv) > 1:
+        what, rest = argv[1], argv[2:]
+        table = {'dcnv3': ('stm_lab.bench', ['dcnv3', *rest]),
+                 'train-speed': ('stm_lab.analysis.throughput', ['train-speed', *rest]),
+                 'table8': ('stm_lab.analysis.throughput', ['table8', *rest]),
+                 'analyses': ('stm_lab.analysis.bench_analyses', rest),
+                 'cpu-profile': ('stm_lab.train', ['bench', *rest])}
+        if what not in table:
+            raise SystemExit(f'stm-lab bench: unknown benchmark {what!r}; valid: {", ".join(table)}')
+        return table[what]
+    return None
+
+
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    target = _passthrough(argv)
+    if target is not None:
+        import importlib
+        module, rest = target
+        return importlib.import_module(module).main(rest)
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

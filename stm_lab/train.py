@@ -1,0 +1,897 @@
+"""Training and evaluation with the paper's recipe (Table IV), assembled from timm's parts.
+
+    python -m stm_lab.train --model u_dwconv_micro --profile cpu                # 'train' is the default subcommand
+    python -m stm_lab.train train --model u_dwconv_micro --profile cpu          # resumes by default (--resume auto)
+    python -m stm_lab.train eval --checkpoint results/cpu/u_dwconv_micro.safetensors --data imagenette --split val
+    python -m stm_lab.train bench --profile cpu                                  # training images/s per model
+    python -m stm_lab.train summary --profile cpu                                # top-1 beside the paper's Table III
+    python -m stm_lab.train train --model u_swin_tiny --profile paper --dry-run  # resolved config + torchrun command
+    torchrun --nproc_per_node 8 -m stm_lab.train train --model u_swin_tiny --profile paper --data-dir /imagenet
+
+Recipe pieces (timm): ``create_transform`` (RandomResizedCrop, flip, RandAugment m9, eval resize + center crop
+0.875), ``RandomErasing`` 0.25, ``Mixup`` (0.8 / 1.0, label smoothing 0.1) + ``SoftTargetCrossEntropy``,
+``param_groups_weight_decay`` (AdamW, wd 0.05; no decay for norms, biases and position tables),
+``CosineLRScheduler`` (linear warm-up, cosine, per step), ``ModelEmaV3``; gradient clipping 5.0.
+
+A run lives in ``runs/<profile>/<model>/``: ``last.safetensors`` (weights, EMA, optimizer state; the JSON state is
+embedded in its metadata, so one atomic rename updates everything), ``last.json`` (the same state, readable) and
+``metrics.jsonl``. At the end, the weights (EMA or not, whichever scores higher) go to
+``results/<profile>/<model>.safetensors`` in half precision, with ``results/<profile>/train_<model>.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import random
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from safetensors import safe_open
+from safetensors.torch import save as st_save
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import param_groups_weight_decay
+from timm.scheduler import CosineLRScheduler
+from timm.utils import ModelEmaV3
+
+from . import results
+from .backbone import UnifiedNet
+from .data import BatchFinish, DataConfig, build_mixup, image_transform, load_dataset
+from .models import FAMILIES, create_model
+from .results import ROOT, atomic_write_bytes
+
+FORMAT = 'stm-lab-checkpoint/1'
+RUNS_DIR = Path(os.environ.get('STM_LAB_RUNS', ROOT / 'runs'))
+MICRO_MODELS = ('u_halonet_micro', 'u_pvt_micro', 'u_swin_micro', 'u_dwconv_micro', 'u_internimage_micro')
+IMAGENET_TRAIN_IMAGES = 1281167
+
+# ------------------------------------------------------------------------------------------------ configs
+
+# Table IV, per mixer family; warm-up start and final learning rates from the authors' launch scripts
+PAPER_RECIPES = {
+    'transformer': dict(batch_size=1024, warmup_lr=1e-6, min_lr=1e-5),  # Halo, PVT, Swin
+    'cnn': dict(batch_size=4096, warmup_lr=0.0, min_lr=1e-6),  # DWConv (ConvNeXt), DCNv3 (InternImage)
+}
+CNN_MIXERS = {'dw_conv', 'dcnv3', 'identity', 'pooling'}  # trained with the convolution recipe
+# cpu profile: epochs for every model (same for all five, so they are compared on one recipe); see data/README.md
+CPU_EPOCHS = 40
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a run's numbers; saved in every checkpoint and result."""
+    model: str = 'u_dwconv_test'
+    profile: str = 'smoke'
+    recipe: str = 'cnn'  # 'transformer' or 'cnn' (Table IV columns)
+    data: DataConfig = field(default_factory=DataConfig)
+    epochs: int = 300
+    warmup_epochs: float = 20.0
+    batch_size: int = 4096  # global batch, over all processes
+    lr_per_1024: float = 1e-3  # linear scaling rule: peak lr = lr_per_1024 * batch_size / 1024
+    warmup_lr: float = 0.0
+    min_lr: float = 1e-6
+    weight_decay: float = 0.05
+    betas: Tuple[float, float] = (0.9, 0.999)
+    opt_eps: float = 1e-8
+    clip_grad: float = 5.0
+    ema_decay: float = 0.9999  # 0 disables the EMA
+    drop_path_rate: Optional[float] = None  # None: the model's own (the paper's per-model rates)
+    layer_scale_init: float = 1e-6
+    amp: str = 'none'  # none | bf16 (autocast, CPU or GPU) | fp16 (GPU autocast + GradScaler)
+    seed: int = 0
+    eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated)
+    nproc: int = 1  # processes the dry-run's torchrun command starts (the real count comes from torchrun)
+
+    def __post_init__(self):
+        if isinstance(self.data, dict):
+            self.data = DataConfig(**self.data)
+        self.betas = tuple(self.betas)
+        if self.recipe not in PAPER_RECIPES:
+            raise ValueError(f'unknown recipe {self.recipe!r}; valid: {", ".join(PAPER_RECIPES)}')
+        if self.amp not in ('none', 'bf16', 'fp16'):
+            raise ValueError(f"amp must be 'none', 'bf16' or 'fp16', got {self.amp!r}")
+
+    @property
+    def lr(self) -> float:
+        return self.lr_per_1024 * self.batch_size / 1024
+
+    def to_dict(self) -> dict:
+        return dict(asdict(self), lr=self.lr)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> 'TrainConfig':
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def model_recipe(model: str) -> str:
+    """'transformer' or 'cnn': the Table IV column of a model, from its mixer."""
+    rest = model[2:] if model.startswith('u_') else model
+    family = max((f for f in FAMILIES if rest == f or rest.startswith(f + '_')), key=len, default=None)
+    if family is None:
+        create_model(model)  # raises with the list of valid names
+    return 'cnn' if FAMILIES[family].mixer in CNN_MIXERS else 'transformer'
+
+
+def scaled_ema_decay(paper_decay: float, paper_steps: int, steps: int) -> float:
+    """EMA decay whose time constant is the same fraction of a run of ``steps`` as ``paper_decay`` is of the
+    paper's run (0.9999 averages over ~10k of its 94k-375k steps; a 2k-step run needs ~0.994)."""
+    return max(0.0, 1 - (1 - paper_decay) * paper_steps / max(steps, 1))
+
+
+def profile_config(model: str, profile: str, **overrides) -> TrainConfig:
+    """The resolved configuration of ``model`` at a profile (``smoke``, ``cpu``, ``paper``); overrides win
+    (``data`` overrides may be a dict of DataConfig fields)."""
+    recipe = overrides.pop('recipe', None) or model_recipe(model)
+    r = PAPER_RECIPES[recipe]
+    paper_steps = 300 * math.ceil(IMAGENET_TRAIN_IMAGES / r['batch_size'])
+    data = overrides.pop('data', None) or {}
+    if profile == 'paper':  # exactly Table IV: ImageNet-1k at 224, 300 epochs, 8 GPUs
+        cfg = TrainConfig(model=model, profile=profile, recipe=recipe, epochs=300, warmup_epochs=20,
+                          data=DataConfig(dataset='imagenet', img_size=224, num_workers=8, download=False),
+                          amp='fp16', nproc=8, **r)
+        return replace(cfg, data=replace(cfg.data, **data), **overrides)
+    if profile == 'cpu':  # micro models on Imagenette at 64x64 (the choices are explained in data/README.md)
+        base = TrainConfig(model=model, profile=profile, recipe=recipe, epochs=CPU_EPOCHS,
+                           # one batch for both families: with ~150 steps per epoch instead of the paper's 313-1252,
+                           # the CNNs' 4x larger batch cost accuracy here (data/README.md); peak lr 1e-3
+                           batch_size=64, lr_per_1024=1.6e-2,
+                           warmup_lr=r['warmup_lr'], min_lr=r['min_lr'], eval_every=5,
+                           data=DataConfig(dataset='imagenette', img_size=64, scale=(0.35, 1.0)))
+        n_train = 9469
+    elif profile == 'smoke':  # *_test models on the committed fixture, seconds
+        base = TrainConfig(model=model, profile=profile, recipe=recipe, epochs=2, batch_size=32, lr_per_1024=3.2e-2,
+                           warmup_lr=r['warmup_lr'], min_lr=r['min_lr'],
+                           data=DataConfig(dataset='fixture', img_size=32, download=False))
+        n_train = 300
+    else:
+        raise ValueError(f"unknown profile {profile!r}; valid: smoke, cpu, paper")
+    cfg = replace(base, data=replace(base.data, **data), **overrides)
+    # warm-up and EMA follow the run's length: the paper's 20 of 300 epochs, and an EMA time constant that is the
+    # same fraction of the run as 0.9999's is of the paper's (unless given explicitly)
+    steps = cfg.epochs * (n_train // cfg.batch_size)
+    derived = dict(warmup_epochs=round(cfg.epochs * 20 / 300, 2),
+                   ema_decay=round(scaled_ema_decay(0.9999, paper_steps, steps), 5))
+    if profile == 'smoke':
+        derived['ema_decay'] = 0.9  # 18 steps: only checks that the EMA is wired
+    return replace(cfg, **{k: v for k, v in derived.items() if k not in overrides})
+
+
+# ------------------------------------------------------------------------------------------ distributed
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device('cpu')
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str = 'auto') -> Dist:
+    """One process, or the process group that torchrun describes (env RANK/WORLD_SIZE/LOCAL_RANK):
+    NCCL on GPUs, gloo on CPUs."""
+    cuda = torch.cuda.is_available() and device != 'cpu'
+    world = int(os.environ.get('WORLD_SIZE', '1'))
+    if world == 1:
+        return Dist(device=torch.device('cuda') if cuda else torch.device('cpu'))
+    local = int(os.environ.get('LOCAL_RANK', '0'))
+    if cuda:
+        torch.cuda.set_device(local)
+    if not dist.is_initialized():
+        dist.init_process_group('nccl' if cuda else 'gloo')
+    return Dist(dist.get_rank(), dist.get_world_size(), local, torch.device('cuda', local) if cuda else torch.device('cpu'))
+
+
+def prepare_model(model: nn.Module, d: Dist) -> nn.Module:
+    """DistributedDataParallel with several processes; the head's BatchNorm becomes SyncBatchNorm on GPUs
+    (PyTorch's SyncBatchNorm has no CPU kernel: on gloo each process normalizes with its own batch statistics,
+    and DDP broadcasts rank 0's running statistics)."""
+    if d.world == 1:
+        return model
+    if d.device.type == 'cuda':
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return nn.parallel.DistributedDataParallel(model, device_ids=[d.local_rank] if d.device.type == 'cuda' else None)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def seed_everything(seed: int, epoch: int, rank: int) -> None:
+    """Every epoch starts from RNG states that are a function of (seed, epoch, rank): python, numpy and torch
+    (augmentation, mixup, drop path, loader workers), so a resumed run draws the same numbers."""
+    s = int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+    random.seed(s)
+    np.random.seed(s)
+    torch.manual_seed(s)
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+
+def _tensor_digest(tensors: Dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        t = tensors[k].detach().contiguous().reshape(-1)
+        h.update(f'{k}|{t.dtype}|{tuple(tensors[k].shape)}|'.encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b'')
+    return h.hexdigest()
+
+
+def write_checkpoint(path: Path, tensors: Dict[str, torch.Tensor], state: dict) -> Path:
+    """Tensors plus a JSON state in one safetensors file (state in its metadata, with a digest of the tensors),
+    written atomically: a crash leaves the previous file intact."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    state = dict(state, format=FORMAT, tensors_sha256=_tensor_digest(tensors))
+    atomic_write_bytes(path, st_save(tensors, metadata={'stm_lab': json.dumps(state)}))
+    return path
+
+
+def read_checkpoint(path) -> Tuple[Dict[str, torch.Tensor], dict]:
+    """Tensors and state of a checkpoint; a damaged or foreign file raises ValueError (and is left untouched)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f'checkpoint not found: {path}')
+    try:
+        with safe_open(str(path), framework='pt') as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        state = json.loads(meta['stm_lab'])
+    except Exception as e:  # safetensors raises its own error types for truncated or garbled files
+        raise ValueError(f'checkpoint {path} is damaged or is not a stm-lab checkpoint ({type(e).__name__}: {e}); '
+                         f'it was left in place. Delete it (or pass --resume none) to start over.') from None
+    if state.get('format') != FORMAT:
+        raise ValueError(f'checkpoint {path} has format {state.get("format")!r}, expected {FORMAT!r}; it was left in place')
+    if _tensor_digest(tensors) != state.get('tensors_sha256'):
+        raise ValueError(f'checkpoint {path} is corrupted (its tensors do not match the recorded sha256); '
+                         f'it was left in place. Delete it (or pass --resume none) to start over.')
+    return tensors, state
+
+
+def _prefixed(prefix: str, tensors: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> Tuple[Dict[str, torch.Tensor], list]:
+    sd = opt.state_dict()
+    tensors = {f'optim/{i}/{k}': v for i, s in sd['state'].items() for k, v in s.items()}
+    return tensors, sd['param_groups']
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, tensors: Dict[str, torch.Tensor], groups: list) -> None:
+    state: Dict[int, dict] = {}
+    for k, v in _prefixed('optim/', tensors).items():
+        i, name = k.split('/', 1)
+        state.setdefault(int(i), {})[name] = v
+    opt.load_state_dict(dict(state=state, param_groups=groups))
+
+
+# ------------------------------------------------------------------------------------------ the run
+
+def build_model(cfg: TrainConfig, num_classes: int) -> UnifiedNet:
+    kw = dict(num_classes=num_classes, img_size=cfg.data.img_size, layer_scale_init=cfg.layer_scale_init)
+    if cfg.drop_path_rate is not None:
+        kw['drop_path_rate'] = cfg.drop_path_rate
+    return create_model(cfg.model, **kw)
+
+
+class Run:
+    """Model, EMA, optimizer, schedule, loss and loaders of one training run, on this process's share."""
+
+    def __init__(self, cfg: TrainConfig, d: Dist, limit_train: Optional[int] = None, limit_val: Optional[int] = None):
+        self.cfg, self.d = cfg, d
+        if cfg.batch_size % (2 * d.world):
+            raise ValueError(f'batch size {cfg.batch_size} must split into even per-process batches over {d.world} '
+                             f'process(es) (mixup pairs images within a batch)')
+        self.batch = cfg.batch_size // d.world
+        if cfg.amp == 'fp16' and d.device.type != 'cuda':
+            raise ValueError("--amp fp16 needs a GPU (it uses a gradient scaler); on the CPU use --amp bf16")
+        self.train_set = load_dataset(cfg.data, cfg.data.train_split, image_transform(cfg.data, True))
+        self.val_set = load_dataset(cfg.data, cfg.data.val_split, image_transform(cfg.data, False))
+        self.classes = list(self.val_set.classes)
+        if limit_train:
+            self.train_set = torch.utils.data.Subset(self.train_set, _spread(len(self.train_set), limit_train))
+        self.val_indices = _spread(len(self.val_set), limit_val) if limit_val else list(range(len(self.val_set)))
+        self.sampler = torch.utils.data.DistributedSampler(self.train_set, num_replicas=d.world, rank=d.rank,
+                                                           shuffle=True, seed=cfg.seed, drop_last=True)
+        workers = cfg.data.num_workers
+        self.train_loader = torch.utils.data.DataLoader(
+            self.train_set, self.batch, sampler=self.sampler, num_workers=workers, drop_last=True,
+            pin_memory=d.device.type == 'cuda')  # fresh workers each epoch: seeded
+        self.val_loader = torch.utils.data.DataLoader(
+            self.val_set, max(self.batch, 64), sampler=self.val_indices[d.rank::d.world], num_workers=workers,
+            pin_memory=d.device.type == 'cuda')
+        self.steps_per_epoch = len(self.train_loader)
+        if self.steps_per_epoch == 0:
+            raise ValueError(f'{len(self.train_set)} training images make no batch of {self.batch}')
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+
+        torch.manual_seed(cfg.seed)  # the same initial weights on every process
+        self.model = build_model(cfg, len(self.classes)).to(d.device)
+        self.ema = ModelEmaV3(self.model, decay=cfg.ema_decay) if cfg.ema_decay > 0 else None
+        groups = param_groups_weight_decay(self.model, cfg.weight_decay, no_weight_decay_list=self.model.no_weight_decay())
+        self.opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.opt_eps)
+        warmup = round(cfg.warmup_epochs * self.steps_per_epoch)
+        self.sched = CosineLRScheduler(self.opt, t_initial=max(self.total_steps - warmup, 1), lr_min=cfg.min_lr,
+                                       warmup_t=warmup, warmup_lr_init=cfg.warmup_lr, warmup_prefix=True,
+                                       t_in_epochs=False)
+        self.train_model = prepare_model(self.model, d)
+        self.mixup = build_mixup(cfg.data, len(self.classes))
+        if self.mixup is not None:
+            self.loss_fn = SoftTargetCrossEntropy()
+        elif cfg.data.label_smoothing > 0:
+            self.loss_fn = LabelSmoothingCrossEntropy(cfg.data.label_smoothing)
+        else:
+            self.loss_fn = nn.CrossEntropyLoss()
+        self.finish_train = BatchFinish(cfg.data, True, d.device)
+        self.finish_val = BatchFinish(cfg.data, False, d.device)
+        self.scaler = torch.amp.GradScaler('cuda') if cfg.amp == 'fp16' and d.device.type == 'cuda' else None
+        self.epoch = 0  # epochs completed
+        self.history: List[dict] = []
+        self.wall_time = 0.0
+
+    # -- numerics
+    def autocast(self):
+        dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(self.cfg.amp)
+        return torch.autocast(self.d.device.type, dtype=dtype, enabled=dtype is not None)
+
+    def loss(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        with self.autocast():
+            return self.loss_fn(self.train_model(x), target)
+
+    def step(self, x_uint8: torch.Tensor, y: torch.Tensor, global_step: int) -> float:
+        """One optimizer step on this process's batch (DDP averages the gradients over processes)."""
+        self.sched.step_update(global_step)
+        x = self.finish_train(x_uint8)
+        y = y.to(self.d.device, non_blocking=True)
+        if self.mixup is not None:
+            x, y = self.mixup(x, y)
+        loss = self.loss(x, y)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f'loss is {loss.item()} at step {global_step}; the last checkpoint is kept')
+        self.opt.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.opt)
+        else:
+            loss.backward()
+        if self.cfg.clip_grad:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad)
+        if self.scaler is not None:
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            self.opt.step()
+        if self.ema is not None:
+            self.ema.update(self.model, step=global_step)
+        return loss.item()
+
+    def train_epoch(self, progress: bool = True, max_steps: Optional[int] = None) -> dict:
+        from tqdm import tqdm
+        epoch = self.epoch
+        seed_everything(self.cfg.seed, epoch, self.d.rank)
+        self.sampler.set_epoch(epoch)
+        self.train_model.train()
+        n_steps = min(self.steps_per_epoch, max_steps or self.steps_per_epoch)
+        bar = tqdm(total=n_steps * self.cfg.batch_size, unit='img', desc=f'epoch {epoch + 1}/{self.cfg.epochs}',
+                   disable=not (progress and self.d.main), mininterval=2, leave=False, dynamic_ncols=True)
+        losses, t0 = [], time.perf_counter()
+        for i, (x, y) in enumerate(self.train_loader):
+            if i >= n_steps:
+                break
+            losses.append(self.step(x, y, epoch * self.steps_per_epoch + i))
+            bar.update(self.cfg.batch_size)
+            if i % 10 == 0:
+                bar.set_postfix(loss=f'{np.mean(losses[-10:]):.3f}', lr=f'{self.opt.param_groups[0]["lr"]:.2e}')
+        bar.close()
+        dt = time.perf_counter() - t0
+        loss = _all_mean(float(np.mean(losses)), self.d)
+        return dict(train_loss=round(loss, 6), lr=self.opt.param_groups[0]['lr'], train_time_s=round(dt, 2),
+                    train_img_per_s=round(n_steps * self.cfg.batch_size / dt, 1))
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Top-1/top-5 of the weights and of the EMA, in one pass over the validation split."""
+        models = {'': self.model, 'ema_': self.ema.module if self.ema is not None else None}
+        models = {k: m for k, m in models.items() if m is not None}
+        t0 = time.perf_counter()
+        out = evaluate_models(models, self.val_loader, self.finish_val, self.d, self.autocast)
+        out['eval_time_s'] = round(time.perf_counter() - t0, 2)
+        return out
+
+    # -- checkpoints
+    def state(self) -> Tuple[Dict[str, torch.Tensor], dict]:
+        tensors = {f'model/{k}': v for k, v in self.model.state_dict().items()}
+        if self.ema is not None:
+            tensors.update({f'ema/{k}': v for k, v in self.ema.module.state_dict().items()})
+        opt_tensors, groups = _optimizer_tensors(self.opt)
+        tensors.update(opt_tensors)
+        state = dict(kind='train_state', config=self.cfg.to_dict(), model_config=self.model.config.to_dict(),
+                     classes=self.classes, epoch=self.epoch, steps_per_epoch=self.steps_per_epoch,
+                     global_step=self.epoch * self.steps_per_epoch, optimizer_param_groups=groups,
+                     scheduler=_jsonable(self.sched.state_dict()),
+                     scaler=self.scaler.state_dict() if self.scaler is not None else None,
+                     rng=dict(seed=self.cfg.seed, scheme='python/numpy/torch reseeded at each epoch start from '
+                                                         '(seed, epoch, rank)', next_epoch=self.epoch),
+                     history=self.history, wall_time_s=round(self.wall_time, 2))
+        return tensors, state
+
+    def load_state(self, tensors: Dict[str, torch.Tensor], state: dict, path: Path) -> None:
+        theirs = TrainConfig.from_dict(state['config'])
+        diff = config_differences(theirs, self.cfg)
+        if diff:
+            raise ValueError(f'checkpoint {path} belongs to a different run ({"; ".join(diff)}); it was left in '
+                             f'place. Use another --out folder, or --resume none to start over.')
+        try:
+            self.model.load_state_dict(_prefixed('model/', tensors))
+            if self.ema is not None:
+                self.ema.module.load_state_dict(_prefixed('ema/', tensors))
+            _load_optimizer(self.opt, tensors, state['optimizer_param_groups'])
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise ValueError(f'checkpoint {path} does not fit this model ({e}); it was left in place') from None
+        self.sched.load_state_dict(state['scheduler'])
+        if self.scaler is not None and state.get('scaler'):
+            self.scaler.load_state_dict(state['scaler'])
+        self.epoch, self.history, self.wall_time = state['epoch'], state['history'], state['wall_time_s']
+
+
+RESUME_FREE = {'eval_every', 'nproc', 'data.num_workers', 'data.download', 'data.data_dir'}
+
+
+def config_differences(a: TrainConfig, b: TrainConfig) -> List[str]:
+    """Fields that differ between two configs, ignoring those that cannot change the numbers."""
+    fa, fb = _flat(a.to_dict()), _flat(b.to_dict())
+    return [f'{k}: {fa.get(k)!r} there, {fb.get(k)!r} here' for k in sorted(set(fa) | set(fb))
+            if k not in RESUME_FREE and fa.get(k) != fb.get(k)]
+
+
+def _flat(d: dict, prefix: str = '') -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f'{prefix}{k}.'))
+        else:
+            out[f'{prefix}{k}'] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def _jsonable(d: dict) -> dict:
+    return json.loads(json.dumps(d, default=lambda o: o.tolist() if hasattr(o, 'tolist') else str(o)))
+
+
+def _spread(n: int, limit: int) -> List[int]:
+    """A fixed subset of ``limit`` indices out of ``n`` (seeded; the shards are sorted by class)."""
+    return sorted(np.random.default_rng(0).permutation(n)[:min(limit, n)].tolist())
+
+
+def _all_mean(value: float, d: Dist) -> float:
+    if d.world == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=d.device)
+    dist.all_reduce(t)
+    return t.item() / d.world
+
+
+@torch.no_grad()
+def evaluate_models(models: Dict[str, nn.Module], loader, finish, d: Dist, autocast) -> dict:
+    """``{prefix}top1``/``top5`` (percent) for each model over the loader (summed over processes)."""
+    counts = torch.zeros(len(models), 3, dtype=torch.float64, device=d.device)  # top1, top5, n
+    for m in models.values():
+        m.eval()
+    for x, y in loader:
+        x, y = finish(x), y.to(d.device)
+        for j, m in enumerate(models.values()):
+            with autocast():
+                logits = m(x).float()
+            k = min(5, logits.shape[1])
+            hit = logits.topk(k, dim=1).indices == y[:, None]
+            counts[j] += torch.tensor([hit[:, 0].sum().item(), hit.any(1).sum().item(), len(y)], device=d.device)
+    if d.world > 1:
+        dist.all_reduce(counts)
+    out = {}
+    for j, prefix in enumerate(models):
+        top1, top5, n = counts[j].tolist()
+        out.update({f'{prefix}top1': round(100 * top1 / max(n, 1), 3), f'{prefix}top5': round(100 * top5 / max(n, 1), 3)})
+    out['val_images'] = int(counts[0, 2].item())
+    return out
+
+
+def run_dir(cfg: TrainConfig) -> Path:
+    return RUNS_DIR / cfg.profile / cfg.model
+
+
+def train(cfg: TrainConfig, out_dir: Optional[Path] = None, resume: str = 'auto', progress: bool = True,
+          stop_after: Optional[int] = None, export: bool = True, limit_train: Optional[int] = None,
+          limit_val: Optional[int] = None, command: Optional[str] = None) -> dict:
+    """Train (or continue) a run; returns the last epoch's metrics. ``resume``: 'auto' (the run folder's
+    last checkpoint if there is one), 'none' (start over), or a checkpoint path. ``stop_after``: stop after
+    that many epochs in this call (for tests and for splitting a long run)."""
+    d = init_distributed()
+    out = Path(out_dir) if out_dir else run_dir(cfg)
+    ckpt = out / 'last.safetensors'
+    source = None if resume == 'none' else (ckpt if resume == 'auto' else Path(resume))
+    if source is not None and resume != 'auto' and not source.exists():
+        raise FileNotFoundError(f'--resume {source}: no such checkpoint')
+    loaded = read_checkpoint(source) if source is not None and source.exists() else None
+    run = Run(cfg, d, limit_train, limit_val)
+    if loaded is not None:
+        run.load_state(*loaded, source)
+        _log(d, f'[train] resumed {cfg.model} from {source} after epoch {run.epoch}/{cfg.epochs}')
+    if d.main:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_metrics(out / 'metrics.jsonl', run.history)  # agrees with the checkpoint, even after a crash
+        n_params = sum(p.numel() for p in run.model.parameters())
+        _log(d, f'[train] {cfg.model} ({n_params / 1e6:.2f}M params) profile {cfg.profile}: {cfg.epochs} epochs x '
+                f'{run.steps_per_epoch} steps, batch {cfg.batch_size} over {d.world} process(es), peak lr {cfg.lr:.2e}, '
+                f'EMA {cfg.ema_decay}, device {d.device}; run folder {out}')
+    done_here = 0
+    while run.epoch < cfg.epochs and (stop_after is None or done_here < stop_after):
+        t0 = time.perf_counter()
+        metrics = dict(epoch=run.epoch + 1, **run.train_epoch(progress))
+        last = run.epoch + 1 == cfg.epochs
+        if last or (run.epoch + 1) % max(cfg.eval_every, 1) == 0:
+            metrics.update(run.evaluate())
+        run.epoch += 1
+        run.wall_time += time.perf_counter() - t0
+        metrics['wall_time_s'] = round(run.wall_time, 1)
+        run.history.append(metrics)
+        done_here += 1
+        if d.main:
+            write_checkpoint(ckpt, *run.state())
+            atomic_write_bytes(out / 'last.json', (json.dumps(run.state()[1], indent=1) + '\n').encode())
+            _write_metrics(out / 'metrics.jsonl', run.history)
+            eta = run.wall_time / run.epoch * (cfg.epochs - run.epoch)
+            _log(d, f'[train] {cfg.model} epoch {run.epoch}/{cfg.epochs}: ' +
+                 ', '.join(f'{k} {v}' for k, v in metrics.items() if k != 'epoch') + f'; ETA {eta / 60:.1f} min')
+        if d.world > 1:
+            dist.barrier()
+    final = run.history[-1] if run.history else {}
+    if run.epoch == cfg.epochs and export and d.main:
+        final = export_result(run, out, command)
+    if d.world > 1:
+        dist.barrier()  # the others wait for rank 0's export
+    return final
+
+
+def _log(d: Dist, msg: str) -> None:
+    if d.main:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _write_metrics(path: Path, history: List[dict]) -> None:
+    atomic_write_bytes(path, ''.join(json.dumps(h) + '\n' for h in history).encode())
+
+
+# --------------------------------------------------------------------------------------- final export
+
+def export_result(run: Run, out: Path, command: Optional[str] = None) -> dict:
+    """Half-precision weights (EMA if it scores higher) + result JSON under results/<profile>/; the fp16
+    weights are re-evaluated, so the committed file's accuracy is the one reported."""
+    cfg, final = run.cfg, dict(run.history[-1])
+    use_ema = run.ema is not None and final.get('ema_top1', -1) > final.get('top1', -1)
+    model = run.ema.module if use_ema else run.model
+    half = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    dest = results.RESULTS_DIR / cfg.profile / f'{cfg.model}.safetensors'
+    state = weights_state(cfg, model.config.to_dict(), run.classes, 'ema' if use_ema else 'model', final)
+    write_checkpoint(dest, half, state)
+    check = load_model(dest)[0].to(run.d.device)
+    loader = torch.utils.data.DataLoader(run.val_set, 256, sampler=run.val_indices)  # all of it, on this process
+    fp16 = evaluate_models({'': check}, loader, run.finish_val, Dist(device=run.d.device), run.autocast)
+    final.update(weights=state['weights'], top1_fp16=fp16['top1'], top5_fp16=fp16['top5'],
+                 checkpoint=str(dest.relative_to(ROOT) if dest.is_relative_to(ROOT) else dest))
+    write_checkpoint(dest, half, dict(state, metrics=final))
+    records = run.history[:-1] + [final]
+    train_speed = [h['train_img_per_s'] for h in run.history]
+    prov = results.provenance(cfg.profile, cfg.seed, wall_time_s=round(run.wall_time, 1),
+                              train_img_per_s_median=float(np.median(train_speed)), processes=run.d.world,
+                              loadavg=[round(x, 2) for x in os.getloadavg()], run_folder=str(out))
+    if command:
+        prov['command'] = command
+    results.save_result(cfg.profile, f'train_{cfg.model}', records,
+                        config=dict(train=cfg.to_dict(), model=model.config.to_dict(),
+                                    params=sum(p.numel() for p in model.parameters())), prov=prov)
+    _log(run.d, f'[train] {cfg.model}: top-1 {final["top1"]:.2f}% (EMA {final.get("ema_top1", float("nan")):.2f}%), '
+                f'fp16 {final["top1_fp16"]:.2f}% -> {dest}')
+    return final
+
+
+def weights_state(cfg: TrainConfig, model_config: dict, classes: List[str], weights: str, metrics: dict) -> dict:
+    """What a weights file records so that evaluation can rebuild everything (model, input, normalization)."""
+    return dict(kind='weights', model=cfg.model, model_config=model_config, classes=classes, weights=weights,
+                data=dict(dataset=cfg.data.dataset, img_size=cfg.data.img_size, crop_pct=cfg.data.crop_pct,
+                          interpolation=cfg.data.interpolation, mean=list(cfg.data.mean), std=list(cfg.data.std)),
+                train_config=cfg.to_dict(), metrics=metrics)
+
+
+def load_model(path, weights: str = 'auto') -> Tuple[UnifiedNet, dict]:
+    """Rebuild a model from a checkpoint (exported weights or a run's ``last.safetensors``), in float32 eval mode.
+    ``weights``: for run checkpoints, 'model', 'ema', or 'auto' (the one with the higher last top-1)."""
+    tensors, state = read_checkpoint(path)
+    if state['kind'] == 'train_state':
+        cfg = TrainConfig.from_dict(state['config'])
+        last = state['history'][-1] if state['history'] else {}
+        if weights == 'auto':
+            weights = 'ema' if last.get('ema_top1', -1) > last.get('top1', -1) else 'model'
+        tensors = _prefixed(f'{weights}/', tensors)
+        if not tensors:
+            raise ValueError(f'checkpoint {path} holds no {weights!r} weights')
+        state = weights_state(cfg, state['model_config'], state['classes'], weights, last)
+    model = UnifiedNet(**state['model_config'])
+    try:
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
+    except RuntimeError as e:
+        raise ValueError(f'checkpoint {path}: weights do not fit the recorded model config ({e})') from None
+    return model.eval(), state
+
+
+def evaluate_checkpoint(path, dataset: Optional[str] = None, split: str = 'val', limit: Optional[int] = None,
+                        batch_size: int = 256, weights: str = 'auto', data_dir: Optional[str] = None) -> dict:
+    """Top-1/top-5 of a checkpoint on a split, with the input pipeline it records (size, crop, normalization)."""
+    model, state = load_model(path, weights)
+    rec = state['data']
+    dcfg = DataConfig(dataset=dataset or rec['dataset'], img_size=rec['img_size'], crop_pct=rec['crop_pct'],
+                      interpolation=rec['interpolation'], mean=tuple(rec['mean']), std=tuple(rec['std']),
+                      data_dir=data_dir)
+    ds = load_dataset(dcfg, split, image_transform(dcfg, False))
+    if list(ds.classes) != list(state['classes']):
+        raise ValueError(f'{dcfg.dataset} {split} has classes {list(ds.classes)[:4]}..., the checkpoint was trained on '
+                         f'{state["classes"][:4]}...: not the same label set')
+    idx = _spread(len(ds), limit) if limit else list(range(len(ds)))
+    loader = torch.utils.data.DataLoader(ds, batch_size, sampler=idx)
+    t0 = time.perf_counter()
+    out = evaluate_models({'': model}, loader, BatchFinish(dcfg, False), Dist(), lambda: torch.autocast('cpu', enabled=False))
+    dt = time.perf_counter() - t0
+    return dict(model=state['model'], checkpoint=str(path), weights=state['weights'], dataset=dcfg.dataset,
+                split=split, images=out['val_images'], top1=out['top1'], top5=out['top5'],
+                eval_img_per_s=round(out['val_images'] / dt, 1))
+
+
+# ----------------------------------------------------------------------------------------- throughput
+
+def bench(models, profile: str = 'cpu', steps: int = 12, warmup: int = 3, workers: Optional[int] = None) -> List[dict]:
+    """Training images/s of the whole pipeline (augmentation, mixup, forward, backward, AdamW, EMA) per model,
+    and eval images/s, at a profile's settings."""
+    out = []
+    for name in models:
+        cfg = profile_config(name, profile)
+        if workers is not None:
+            cfg.data = replace(cfg.data, num_workers=workers)
+        run = Run(cfg, Dist(), limit_train=(steps + warmup) * cfg.batch_size, limit_val=512)
+        run.train_epoch(progress=False, max_steps=warmup)
+        run.epoch = 1  # a different shuffle for the timed steps
+        m = run.train_epoch(progress=False, max_steps=steps)
+        t0 = time.perf_counter()
+        ev = evaluate_models({'': run.model}, run.val_loader, run.finish_val, run.d, run.autocast)
+        eval_speed = ev['val_images'] / (time.perf_counter() - t0)
+        epoch_s = 9469 / m['train_img_per_s'] if profile == 'cpu' else None
+        rec = dict(model=name, batch_size=cfg.batch_size, num_workers=cfg.data.num_workers, amp=cfg.amp,
+                   train_img_per_s=m['train_img_per_s'], eval_img_per_s=round(eval_speed, 1),
+                   params_m=round(sum(p.numel() for p in run.model.parameters()) / 1e6, 3),
+                   train_epoch_s=round(epoch_s, 1) if epoch_s else None)
+        print(json.dumps(rec), flush=True)
+        out.append(rec)
+    return out
+
+
+# -------------------------------------------------------------------------------------------- summary
+
+def summary(profile: str = 'cpu', models=MICRO_MODELS) -> List[dict]:
+    """Top-1 of the trained models beside the paper's Table III (ImageNet-1k at 224)."""
+    from .paper import TABLE3
+    rows = []
+    for name in models:
+        try:
+            doc = results.load_result(profile, f'train_{name}')
+        except FileNotFoundError:
+            continue
+        f = doc['records'][-1]
+        rows.append(dict(model=name, top1=f['top1_fp16'], top5=f['top5_fp16'], weights=f['weights'],
+                         top1_last=f['top1'], ema_top1_last=f.get('ema_top1'), epochs=f['epoch'],
+                         train_img_per_s=doc['provenance'].get('train_img_per_s_median'),
+                         wall_time_min=round(doc['provenance']['wall_time_s'] / 60, 1),
+                         params_m=round(doc['config']['params'] / 1e6, 2),
+                         paper_top1=TABLE3.get(name, (None, None, None))[2]))
+    return rows
+
+
+def format_summary(rows: List[dict], profile: str) -> str:
+    lines = [f'| model | params | top-1 ({profile}) | top-5 | weights | epochs | train img/s | minutes | paper top-1 (ImageNet, 224) |',
+             '|---|---|---|---|---|---|---|---|---|']
+    for r in rows:
+        lines.append(f'| {r["model"]} | {r["params_m"]}M | {r["top1"]:.2f}% | {r["top5"]:.2f}% | {r["weights"]} | '
+                     f'{r["epochs"]} | {r["train_img_per_s"]} | {r["wall_time_min"]} | '
+                     f'{str(r["paper_top1"]) + "%" if r["paper_top1"] else "-"} |')
+    return '\n'.join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+def torchrun_command(cfg: TrainConfig, data_dir: Optional[str]) -> str:
+    launcher = ['torchrun', f'--nproc_per_node={cfg.nproc}', '-m'] if cfg.nproc > 1 else ['python', '-m']
+    args = launcher + ['stm_lab.train', 'train', '--model', cfg.model, '--profile', cfg.profile]
+    if cfg.data.dataset == 'imagenet':
+        args += ['--data-dir', data_dir or '$IMAGENET']
+    return ' '.join(a if a == '$IMAGENET' else shlex.quote(a) for a in args)
+
+
+def cmd_train(args) -> int:
+    overrides = {k: v for k, v in dict(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, amp=args.amp,
+                                       eval_every=args.eval_every).items() if v is not None}
+    data = {k: v for k, v in dict(data_dir=args.data_dir, num_workers=args.workers).items() if v is not None}
+    if args.no_download:
+        data['download'] = False
+    cfg = profile_config(args.model, args.profile, data=data, **overrides)
+    if args.dry_run:
+        print(json.dumps(cfg.to_dict(), indent=1))
+        print(f'per process: batch {cfg.batch_size // cfg.nproc} on each of {cfg.nproc} processes')
+        print(torchrun_command(cfg, args.data_dir))
+        return 0
+    command = _command()
+    try:
+        final = train(cfg, Path(args.out) if args.out else None, resume=args.resume, progress=not args.no_progress,
+                      stop_after=args.stop_after, command=command)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if final and args.json:
+        print(json.dumps(final))
+    return 0
+
+
+def _command() -> str:
+    """The command line as typed (``python -m stm_lab.train ...`` rather than the module's file name)."""
+    head = 'python -m stm_lab.train' if Path(sys.argv[0]).name == 'train.py' else Path(sys.argv[0]).name
+    return ' '.join([head, *map(shlex.quote, sys.argv[1:])])
+
+
+def _prov(profile: str, **extra) -> dict:
+    return dict(results.provenance(profile, 0, loadavg=[round(x, 2) for x in os.getloadavg()], **extra),
+                command=_command())
+
+
+def cmd_eval(args) -> int:
+    r = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.limit, args.batch_size, args.weights,
+                            args.data_dir)
+    if args.json:
+        print(json.dumps(r))
+    else:
+        print(f'{r["model"]} ({r["weights"]} weights) on {r["dataset"]} {r["split"]}: top-1 {r["top1"]:.2f}%  '
+              f'top-5 {r["top5"]:.2f}%  ({r["images"]} images, {r["eval_img_per_s"]} img/s)')
+    return 0
+
+
+def cmd_bench(args) -> int:
+    recs = bench(args.models or MICRO_MODELS, args.profile, args.steps, workers=args.workers)
+    if args.save:
+        results.save_result(args.profile, 'train_throughput', recs,
+                            config=dict(steps=args.steps, models=list(args.models or MICRO_MODELS)),
+                            prov=_prov(args.profile))
+    return 0
+
+
+def cmd_summary(args) -> int:
+    rows = summary(args.profile)
+    if not rows:
+        raise FileNotFoundError(f'no trained models under {results.RESULTS_DIR / args.profile}; train them first '
+                                f'(python -m stm_lab.train train --model u_dwconv_micro --profile {args.profile})')
+    table = format_summary(rows, args.profile)
+    print(table)
+    if args.save:
+        results.save_result(args.profile, 'table3_accuracy', rows, config=dict(models=[r['model'] for r in rows]),
+                            prov=_prov(args.profile))
+        path = results.RESULTS_DIR / args.profile / 'README.md'
+        atomic_write_bytes(path, summary_readme(rows, table, args.profile).encode())
+        print(f'wrote {path}')
+    return 0
+
+
+def summary_readme(rows: List[dict], table: str, profile: str) -> str:
+    """Markdown beside the committed checkpoints: the table, the input-size adaptations, the commands."""
+    lines = [f'# Trained models, `{profile}` profile', '', 'Written by `python -m stm_lab.train summary --profile '
+             f'{profile} --save` from the `train_<model>.json` files here. Top-1 is that of the committed half-precision '
+             'weights (`<model>.safetensors`, EMA or not, whichever scored higher at the last epoch), on the '
+             'full validation split; the paper\'s column is ImageNet-1k at 224x224 after 300 epochs (Table III), '
+             'so only the ranking can be compared.', '', table, '', '## Input-size adaptations', '',
+             'Windows and reduction ratios follow the feature maps at this input size (`stm_lab.models.adapt_to_img_size`):', '']
+    for r in rows:
+        doc = results.load_result(profile, f'train_{r["model"]}')
+        mc, tc = doc['config']['model'], doc['config']['train']
+        stage = [o for o in mc['stage_mixer_options'] if o]
+        opts = ', '.join(f'{k}={v}' for k, v in mc['mixer_options'].items()) or 'none'
+        lines.append(f'- `{r["model"]}` at {mc["img_size"]}x{mc["img_size"]}: mixer options {opts}'
+                     + (f'; per stage {stage}' if stage else '') + f'; batch {tc["batch_size"]}, peak lr {tc["lr"]:g}, '
+                     f'EMA {tc["ema_decay"]}, {tc["epochs"]} epochs. Command: `{doc["provenance"]["command"]}`')
+    return '\n'.join(lines) + '\n'
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog='python -m stm_lab.train', description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest='command', required=True)
+    s = sub.add_parser('train', help='train a model at a profile (resumes from the run folder by default)')
+    s.add_argument('--model', required=True)
+    s.add_argument('--profile', default='cpu', choices=('smoke', 'cpu', 'paper'))
+    s.add_argument('--resume', default='auto', help="'auto' (default: the run folder's last checkpoint, if any), "
+                                                     "'none' (start over), or a checkpoint path")
+    s.add_argument('--out', help='run folder (default runs/<profile>/<model>)')
+    s.add_argument('--epochs', type=int)
+    s.add_argument('--batch-size', type=int, help='global batch size (the learning rate follows, linear rule)')
+    s.add_argument('--seed', type=int)
+    s.add_argument('--amp', choices=('none', 'bf16', 'fp16'))
+    s.add_argument('--eval-every', type=int)
+    s.add_argument('--workers', type=int, help='DataLoader workers (default: the profile\'s)')
+    s.add_argument('--data-dir', help='ImageNet folder (paper profile), or a folder of shards')
+    s.add_argument('--no-download', action='store_true', help='never fetch data from the internet')
+    s.add_argument('--stop-after', type=int, help='stop after this many epochs in this call (resume later)')
+    s.add_argument('--dry-run', action='store_true', help='print the resolved configuration and torchrun command')
+    s.add_argument('--no-progress', action='store_true')
+    s.add_argument('--json', action='store_true', help='print the final metrics as one JSON line')
+    s.add_argument('--threads', type=int, help='torch CPU threads (default: all cores; 1 is faster on a busy machine)')
+    s.set_defaults(func=cmd_train)
+    s = sub.add_parser('eval', help='top-1/top-5 of a checkpoint')
+    s.add_argument('--checkpoint', required=True)
+    s.add_argument('--data', help='dataset (default: the one the checkpoint was trained on)')
+    s.add_argument('--split', default='val')
+    s.add_argument('--limit', type=int, help='evaluate a fixed seeded subset of this many images')
+    s.add_argument('--weights', default='auto', choices=('auto', 'model', 'ema'), help='for run checkpoints')
+    s.add_argument('--batch-size', type=int, default=256)
+    s.add_argument('--data-dir')
+    s.add_argument('--json', action='store_true', help='print one JSON line')
+    s.add_argument('--threads', type=int, help='torch CPU threads (default: all cores; 1 is faster on a busy machine)')
+    s.set_defaults(func=cmd_eval)
+    s = sub.add_parser('bench', help='training images/s per model at a profile')
+    s.add_argument('--profile', default='cpu', choices=('smoke', 'cpu', 'paper'))
+    s.add_argument('--models', nargs='*')
+    s.add_argument('--steps', type=int, default=12)
+    s.add_argument('--workers', type=int)
+    s.add_argument('--save', action='store_true', help='write results/<profile>/train_throughput.json')
+    s.add_argument('--threads', type=int, help='torch CPU threads (default: all cores; 1 is faster on a busy machine)')
+    s.set_defaults(func=cmd_bench)
+    s = sub.add_parser('summary', help="top-1 of the trained models beside the paper's Table III")
+    s.add_argument('--profile', default='cpu', choices=('smoke', 'cpu', 'paper'))
+    s.add_argument('--save', action='store_true', help='write results/<profile>/table3_accuracy.json')
+    s.set_defaults(func=cmd_summary)
+    return p
+
+
+SUBCOMMANDS = ('train', 'eval', 'bench', 'summary')
+
+
+def main(argv=None) -> int:
+    """``python -m stm_lab.train [train|eval|bench|summary] ...``; without a subcommand, ``train``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in SUBCOMMANDS and argv[0] not in ('-h', '--help'):
+        argv = ['train', *argv]
+    args = build_parser().parse_args(argv)
+    if getattr(args, 'threads', None):
+        torch.set_num_threads(args.threads)
+    try:
+        return args.func(args)
+    except (KeyError, ValueError, FileNotFoundError, FloatingPointError) as e:
+        print(f'stm-lab {args.command}: error: {e.args[0] if e.args else e}', file=sys.stderr)
+        return 2
+
+
+def train_main(argv=None) -> int:
+    return main(['train', *(argv or [])])
+
+
+def eval_main(argv=None) -> int:
+    return main(['eval', *(argv or [])])
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""The training engine: Table IV profile, exact resume, checkpoint safety, evaluation, and DDP gradients."""
+import json
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from stm_lab import results, train
+
+TIMING = {'train_time_s', 'train_img_per_s', 'eval_time_s', 'wall_time_s'}
+SMOKE = dict(limit_val=40, progress=False)
+
+
+def _cfg(**kw):
+    return train.profile_config('u_swin_test', 'smoke', **kw)  # attention + relative position tables + BN head
+
+
+def _numbers(history):
+    return [{k: v for k, v in h.items() if k not in TIMING} for h in history]
+
+
+@pytest.fixture(scope='module', autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and two OpenMP threads crawl when another job holds a core."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope='module')
+def smoke_run(tmp_path_factory, one_thread):
+    """One uninterrupted smoke run (2 epochs), with its export under a temporary results folder."""
+    root = tmp_path_factory.mktemp('smoke')
+    with pytest.MonkeyPatch.context() as mp_:
+        mp_.setattr(results, 'RESULTS_DIR', root / 'results')
+        final = train.train(_cfg(), root / 'run', resume='none', **SMOKE)
+    return root, final
+
+
+def test_paper_profile_is_table4():
+    for model, batch, lr, warm_lr, min_lr in (('u_swin_tiny', 1024, 1e-3, 1e-6, 1e-5),
+                                              ('u_halonet_micro', 1024, 1e-3, 1e-6, 1e-5),
+                                              ('u_pvt_small', 1024, 1e-3, 1e-6, 1e-5),
+                                              ('u_dwconv_base', 4096, 4e-3, 0.0, 1e-6),
+                                              ('u_internimage_tiny', 4096, 4e-3, 0.0, 1e-6)):
+        c = train.profile_config(model, 'paper')
+        assert (c.epochs, c.warmup_epochs, c.batch_size, c.warmup_lr, c.min_lr) == (300, 20, batch, warm_lr, min_lr)
+        assert c.lr == pytest.approx(lr) and c.lr == pytest.approx(batch / 1024 * 1e-3)  # linear scaling rule
+        assert (c.weight_decay, c.clip_grad, c.ema_decay, c.layer_scale_init) == (0.05, 5.0, 0.9999, 1e-6)
+        assert c.drop_path_rate is None and c.betas == (0.9, 0.999)  # the model's own drop-path rate
+        d = c.data
+        assert (d.dataset, d.img_size, d.crop_pct, d.interpolation) == ('imagenet', 224, 0.875, 'bicubic')
+        assert (d.mixup, d.cutmix, d.label_smoothing, d.re_prob, d.color_jitter) == (0.8, 1.0, 0.1, 0.25, 0.4)
+        assert d.auto_augment == 'rand-m9-mstd0.5-inc1' and d.scale == (0.08, 1.0)
+        assert c.amp == 'fp16' and c.nproc == 8
+
+
+def test_dry_run_prints_config_and_torchrun_command(capsys):
+    assert train.main(['train', '--model', 'u_dwconv_tiny', '--profile', 'paper', '--dry-run', '--data-dir', '/in1k']) == 0
+    out = capsys.readouterr().out
+    cfg = json.loads(out[:out.index('\n}\n') + 2])
+    assert cfg['batch_size'] == 4096 and cfg['lr'] == pytest.approx(4e-3) and cfg['epochs'] == 300
+    assert 'per process: batch 512 on each of 8 processes' in out
+    assert ('torchrun --nproc_per_node=8 -m stm_lab.train train --model u_dwconv_tiny --profile paper '
+            '--data-dir /in1k') in out
+
+
+def test_cpu_profile_keeps_the_recipe_at_a_small_scale():
+    t, c = train.profile_config('u_swin_micro', 'cpu'), train.profile_config('u_dwconv_micro', 'cpu')
+    assert (t.batch_size, c.batch_size) == (64, 64) and (t.lr, c.lr) == pytest.approx((1e-3, 1e-3))
+    assert (t.warmup_lr, t.min_lr, c.warmup_lr, c.min_lr) == (1e-6, 1e-5, 0.0, 1e-6)
+    assert t.epochs == c.epochs == train.CPU_EPOCHS and t.data.img_size == 64 and t.data.dataset == 'imagenette'
+    assert 0.99 < t.ema_decay < 0.999 and 0.99 < c.ema_decay < 0.999
+    short = train.profile_config('u_dwconv_micro', 'cpu', epochs=15)
+    assert short.warmup_epochs == 1.0 and short.ema_decay < c.ema_decay
+
+
+def test_no_weight_decay_for_norms_biases_and_position_tables(smoke_run):
+    run = train.Run(_cfg(), train.Dist(), limit_val=8)
+    decay, no_decay = sorted(run.opt.param_groups, key=lambda g: -g['weight_decay'])
+    assert decay['weight_decay'] == 0.05 and no_decay['weight_decay'] == 0.0
+    names = {id(p): n for n, p in run.model.named_parameters()}
+    skipped = {names[id(p)] for p in no_decay['params']}
+    assert any('relative_position_bias_table' in n for n in skipped)
+    assert all(names[id(p)].endswith('weight') and p.ndim > 1 for p in decay['params'])
+    # schedule: warm-up from warmup_lr to the peak, cosine to min_lr, per step
+    s, total = run.sched, run.total_steps
+    assert s.warmup_t == 1 and total == 18
+    lrs = [s._get_lr(t)[0] for t in (0, s.warmup_t, total - 1)]
+    assert lrs[0] == pytest.approx(run.cfg.warmup_lr) and lrs[1] == pytest.approx(run.cfg.lr)
+    assert run.cfg.min_lr < lrs[2] < 2e-5 and s._get_lr(total)[0] == pytest.approx(run.cfg.min_lr)
+
+
+def test_interrupted_and_resumed_run_ends_exactly_like_an_uninterrupted_one(smoke_run, tmp_path, monkeypatch):
+    root, final = smoke_run
+    monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path / 'results')
+    step = train.Run.step
+
+    def crash_in_epoch_2(self, x, y, global_step):
+        if global_step == self.steps_per_epoch + 3:
+            raise KeyboardInterrupt
+        return step(self, x, y, global_step)
+    monkeypatch.setattr(train.Run, 'step', crash_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(_cfg(), tmp_path / 'run', resume='none', **SMOKE)
+    monkeypatch.setattr(train.Run, 'step', step)
+    assert json.loads((tmp_path / 'run' / 'last.json').read_text())['epoch'] == 1
+    resumed = train.train(_cfg(), tmp_path / 'run', resume='auto', **SMOKE)
+
+    a, b = load_file(root / 'run' / 'last.safetensors'), load_file(tmp_path / 'run' / 'last.safetensors')
+    assert a.keys() == b.keys() and any(k.startswith('ema/') for k in a) and any(k.startswith('optim/') for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # weights, EMA and optimizer state, bit for bit
+    hist = [json.loads(line) for line in (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()]
+    ref = [json.loads(line) for line in (root / 'run' / 'metrics.jsonl').read_text().splitlines()]
+    assert len(hist) == 2 and _numbers(hist) == _numbers(ref)
+    assert {k: v for k, v in resumed.items() if k not in TIMING | {'checkpoint'}} == \
+        {k: v for k, v in final.items() if k not in TIMING | {'checkpoint'}}
+
+
+def test_truncated_corrupted_or_foreign_checkpoints_are_refused_and_left_in_place(smoke_run, tmp_path):
+    root, _ = smoke_run
+    good = (root / 'run' / 'last.safetensors').read_bytes()
+    run = tmp_path / 'run'
+    run.mkdir()
+    ckpt = run / 'last.safetensors'
+    ckpt.write_bytes(good[:len(good) // 2])
+    with pytest.raises(ValueError, match='damaged.*left in place'):
+        train.train(_cfg(), run, **SMOKE)
+    assert ckpt.read_bytes() == good[:len(good) // 2] and sorted(p.name for p in run.iterdir()) == ['last.safetensors']
+
+    flipped = bytearray(good)
+    flipped[-100] ^= 0xFF  # inside the tensor data
+    ckpt.write_bytes(bytes(flipped))
+    with pytest.raises(ValueError, match='corrupted'):
+        train.train(_cfg(), run, **SMOKE)
+    assert ckpt.read_bytes() == bytes(flipped)
+
+    ckpt.write_bytes(good)
+    with pytest.raises(ValueError, match=r'different run \(.*seed: 0 there, 1 here'):
+        train.train(_cfg(seed=1), run, **SMOKE)
+    with pytest.raises(ValueError, match='different run'):
+        train.train(train.profile_config('u_dwconv_test', 'smoke'), run, **SMOKE)
+    assert ckpt.read_bytes() == good
+    assert train.main(['train', '--model', 'u_swin_test', '--profile', 'smoke', '--out', str(run), '--seed', '2',
+                       '--no-progress']) == 2
+
+
+def test_exported_half_precision_weights_evaluate_from_what_they_record(smoke_run, capsys):
+    root, final = smoke_run
+    path = root / 'results' / 'smoke' / 'u_swin_test.safetensors'
+    tensors = load_file(path)
+    assert all(v.dtype == torch.float16 for v in tensors.values() if v.is_floating_point())
+    doc = json.loads((root / 'results' / 'smoke' / 'train_u_swin_test.json').read_text())
+    assert doc['provenance']['profile'] == 'smoke' and 'git_sha' in doc['provenance']
+    assert doc['config']['train']['model'] == 'u_swin_test' and doc['records'][-1]['top1_fp16'] == final['top1_fp16']
+    r = train.evaluate_checkpoint(path, split='val', limit=40)
+    assert r['images'] == 40 and r['top1'] == final['top1_fp16'] and r['weights'] == final['weights']
+    assert train.main(['eval', '--checkpoint', str(root / 'run' / 'last.safetensors'), '--split', 'val',
+                       '--limit', '40', '--weights', 'model', '--json']) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line['top1'] == final['top1'] and line['images'] == 40
+    assert train.main(['eval', '--checkpoint', str(root / 'nothing.safetensors')]) == 2
+
+
+def test_summary_puts_top1_beside_the_paper(smoke_run, monkeypatch):
+    root, final = smoke_run
+    monkeypatch.setattr(results, 'RESULTS_DIR', root / 'results')
+    rows = train.summary('smoke', models=('u_swin_test', 'u_swin_micro'))
+    assert len(rows) == 1 and rows[0]['top1'] == final['top1_fp16'] and rows[0]['paper_top1'] is None
+    readme = train.summary_readme(rows, train.format_summary(rows, 'smoke'), 'smoke')
+    assert '| u_swin_test |' in readme and 'window=' in readme
+    assert train.summary('smoke', models=('u_swin_micro',)) == [] and train.format_summary([], 'cpu').count('\n') == 1
+
+
+# ------------------------------------------------------------------------------ DDP gradient equivalence
+
+def _tiny_model():
+    torch.manual_seed(0)
+    return train.create_model('u_swin_test', num_classes=10, img_size=32)
+
+
+def _batch():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(8, 3, 32, 32, generator=g)
+    target = torch.softmax(torch.randn(8, 10, generator=g), 1)  # soft targets, as after mixup
+    return x, target
+
+
+def _loss(model, x, target):
+    return torch.sum(-target * F.log_softmax(model(x), dim=-1), dim=-1).mean()  # SoftTargetCrossEntropy
+
+
+def _ddp_worker(rank, world, port, out):
+    import os
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    d = train.init_distributed('cpu')
+    model = _tiny_model().eval()  # BN from running statistics: SyncBatchNorm has no CPU kernel
+    ddp = train.prepare_model(model, d)
+    x, target = _batch()
+    _loss(ddp, x.chunk(world)[rank], target.chunk(world)[rank]).backward()
+    if rank == 0:
+        torch.save({n: p.grad for n, p in model.named_parameters()}, out)
+    dist.destroy_process_group()
+
+
+def test_two_gloo_processes_average_the_same_gradients_as_one_process(tmp_path):
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path / 'g.pt')), nprocs=2, join=True)
+    ddp_grads = torch.load(tmp_path / 'g.pt', weights_only=True)
+    model = _tiny_model().eval()
+    _loss(model, *_batch()).backward()
+    assert ddp_grads.keys() == {n for n, _ in model.named_parameters()}
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(ddp_grads[n], p.grad, rtol=1e-5, atol=1e-7, msg=n)
