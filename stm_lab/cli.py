@@ -5,6 +5,7 @@
     stm-lab complexity [--models ...]    parameters and MACs at 224x224 beside the paper's Table III
     stm-lab notebooks [--profile P]      execute notebooks/*.ipynb with papermill into book/generated/
     stm-lab train --model M --profile P  train with the paper's recipe (resumable); also: eval, summary
+    stm-lab analyze {erf,invariance,fgsm,demo,all} --profile P   ERF, invariance, FGSM, rotate-a-photo demo
     stm-lab bench dcnv3                  DCNv3 core and U-InternImage training speed, compiled vs pure PyTorch
     stm-lab bench train-speed            training/inference images/s of the micro models and timm's Swin
     stm-lab bench table8                 inference throughput with the protocol of Table VIII
@@ -130,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help='print only; by default results/paper/table3_complexity.json is written')
     s.set_defaults(func=cmd_complexity)
     for name, text in (('train', 'train a model (see `stm-lab train --help`)'), ('eval', 'evaluate a checkpoint'),
-                       ('summary', 'trained top-1 beside Table III'), ('bench', 'benchmarks (see the list above)')):
+                       ('summary', 'trained top-1 beside Table III'), ('bench', 'benchmarks (see the list above)'),
+                       ('analyze', 'Sec. 6 analyses: erf, invariance, fgsm, demo (see stm-lab analyze --help)')):
         sub.add_parser(name, help=text)  # listed for --help; handled by _passthrough
     s = sub.add_parser('notebooks', help='execute the notebooks into book/generated/')
     s.add_argument('--profile', default='smoke', choices=('smoke', 'cpu', 'paper'))
@@ -147,6 +149,8 @@ def _passthrough(argv):
         return None
     if argv[0] in ('train', 'eval', 'summary'):
         return 'stm_lab.train', argv
+    if argv[0] == 'analyze':
+        return 'stm_lab.analysis.run', argv[1:]
     if argv[0] == 'bench' and len(argv) > 1:
         what, rest = argv[1], argv[2:]
         table = {'dcnv3': ('stm_lab.bench', ['dcnv3', *rest]),

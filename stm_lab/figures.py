@@ -87,3 +87,177 @@ def complexity_scatter(records: Iterable[dict]) -> go.Figure:
                       height=480, margin=dict(l=60, r=20, t=30, b=50), legend=dict(font=dict(size=11)),
                       template='plotly_white')
     return fig
+
+
+# ------------------------------------------------------------------------------------------- Sec. 6 analyses
+
+def _display(model: str) -> str:
+    return DISPLAY.get(family_of(model), model)
+
+
+def _models_in_order(records: Iterable[dict]) -> list:
+    return list(dict.fromkeys(r['model'] for r in records))
+
+
+def erf_browser(records: Iterable[dict], t: float = 0.5) -> go.Figure:
+    """ERF score maps, one precomputed frame per (model, stage): a slider over all of them and a dropdown that
+    jumps to a model's first stage. The dashed square is ERF@t (the smallest centred square holding a fraction t
+    of the score's mass). ``records``: ``results/<profile>/erf.json`` records (with ``score_map``)."""
+    records = list(records)
+    if not records:
+        raise ValueError('erf_browser got no records')
+
+    def name(r):
+        return f'{_display(r["model"])} | stage {r["stage"]}'
+
+    def square(r):
+        a = next(a for a in r['erf_at'] if a['t'] == t)
+        half = (a['side_px'] - 1) / 2
+        cy, cx = r['centre']
+        return [dict(type='rect', x0=cx - half - 0.5, x1=cx + half + 0.5, y0=cy - half - 0.5, y1=cy + half + 0.5,
+                     line=dict(color='white', width=2, dash='dash'))]
+
+    def title(r):
+        a = next(a for a in r['erf_at'] if a['t'] == t)
+        return (f'{name(r)}: ERF@{round(100 * t)} side ratio {a["side_ratio"]:.2f}, area ratio {a["area_ratio"]:.3f}'
+                f'{"" if r["trained"] else " (untrained)"}')
+
+    def heat(r):
+        return go.Heatmap(z=r['score_map'], zmin=0, zmax=1, colorscale='Viridis', colorbar=dict(title='score'),
+                          hovertemplate='x %{x}, y %{y}: %{z:.3f}<extra></extra>')
+
+    frames = [go.Frame(data=[heat(r)], name=name(r), layout=dict(shapes=square(r), title=dict(text=title(r))))
+              for r in records]
+    first = records[0]
+    fig = go.Figure(data=[heat(first)], frames=frames)
+    anim = dict(mode='immediate', frame=dict(duration=0, redraw=True), transition=dict(duration=0))
+    steps = [dict(method='animate', label=f'{family_of(r["model"])} s{r["stage"]}', args=[[name(r)], anim])
+             for r in records]
+    buttons = [dict(method='animate', label=_display(m), args=[[name(next(r for r in records if r['model'] == m))], anim])
+               for m in _models_in_order(records)]
+    size = len(first['score_map'])
+    fig.update_layout(
+        title=dict(text=title(first)), shapes=square(first), template='plotly_white', height=560, width=620,
+        margin=dict(l=40, r=20, t=100, b=90),
+        xaxis=dict(range=[-0.5, size - 0.5], constrain='domain', showgrid=False, title='x (input pixel)'),
+        yaxis=dict(range=[size - 0.5, -0.5], scaleanchor='x', showgrid=False, title='y'),
+        sliders=[dict(active=0, steps=steps, currentvalue=dict(prefix='map: '), pad=dict(t=40), font=dict(size=9))],
+        updatemenus=[dict(type='dropdown', buttons=buttons, x=0, xanchor='left', y=1.16, yanchor='top')])
+    return fig
+
+
+def erf_bars(rows: Iterable[dict], t: float = 0.5) -> go.Figure:
+    """ERF@t side ratio per stage, one bar per model (rows: ``stm_lab.analysis.run.erf_table``); the theoretical
+    receptive field's side ratio as a hover note."""
+    rows = [r for r in rows if r['t'] == t]
+    fig = go.Figure()
+    for m in _models_in_order(rows):
+        rs = sorted((r for r in rows if r['model'] == m), key=lambda r: r['stage'])
+        theo = ['-' if r['theoretical_side_ratio'] is None else f'{r["theoretical_side_ratio"]:.2f}' for r in rs]
+        fig.add_bar(x=[f'stage {r["stage"]}' for r in rs], y=[r['side_ratio'] for r in rs], name=_display(m),
+                    marker_color=COLORS.get(family_of(m)), customdata=theo,
+                    hovertemplate='%{x}: ERF@' + str(round(100 * t)) + ' %{y:.3f} (theoretical RF %{customdata})'
+                                  '<extra>' + _display(m) + '</extra>')
+    fig.update_layout(barmode='group', template='plotly_white', height=400, margin=dict(l=60, r=20, t=30, b=40),
+                      yaxis=dict(title=f'ERF@{round(100 * t)} (side / input side)', range=[0, 1.05]))
+    return fig
+
+
+def erf_markdown(rows: Iterable[dict], t: float = 0.5) -> str:
+    """Model x stage table of ERF@t side ratios (area ratio in brackets)."""
+    rows = [r for r in rows if r['t'] == t]
+    stages = sorted({r['stage'] for r in rows})
+    out = ['| model | ' + ' | '.join(f'stage {s}' for s in stages) + ' |', '|---|' + '---:|' * len(stages)]
+    for m in _models_in_order(rows):
+        cells = {r['stage']: f'{r["side_ratio"]:.2f} ({r["area_ratio"]:.3f})' for r in rows if r['model'] == m}
+        out.append(f'| {_display(m)} | ' + ' | '.join(cells.get(s, '-') for s in stages) + ' |')
+    return '\n'.join(out)
+
+
+INVARIANCE_AXES = {'shift': 'shift (pixels at the model input)', 'rotation': 'rotation (degrees)',
+                   'scale': 'crop ratio (< 0.875 zooms in, > 0.875 out)'}
+
+
+def invariance_curves(records: Iterable[dict]) -> go.Figure:
+    """Consistency (top row) and top-1 (bottom row) against each transform's magnitude, one line per model."""
+    from plotly.subplots import make_subplots
+    records = list(records)
+    transforms = [t for t in INVARIANCE_AXES if any(r['transform'] == t for r in records)]
+    fig = make_subplots(rows=2, cols=len(transforms), shared_yaxes=False, horizontal_spacing=0.06,
+                        vertical_spacing=0.12, column_titles=[t for t in transforms])
+    for m in _models_in_order(records):
+        for j, tr in enumerate(transforms, 1):
+            rs = sorted((r for r in records if r['model'] == m and r['transform'] == tr), key=lambda r: r['magnitude'])
+            for i, key in enumerate(('consistency', 'top1'), 1):
+                fig.add_scatter(x=[r['magnitude'] for r in rs], y=[r[key] for r in rs], mode='lines+markers',
+                                name=_display(m), legendgroup=m, showlegend=(i == 1 and j == 1),
+                                line=dict(color=COLORS.get(family_of(m))), marker=dict(size=5),
+                                hovertemplate=f'{tr} %{{x}}: {key} %{{y:.3f}}<extra>{_display(m)}</extra>',
+                                row=i, col=j)
+            fig.update_xaxes(title_text=INVARIANCE_AXES[tr], row=2, col=j)
+    fig.update_yaxes(title_text='consistency', row=1, col=1)
+    fig.update_yaxes(title_text='top-1', row=2, col=1)
+    fig.update_layout(template='plotly_white', height=620, margin=dict(l=60, r=20, t=40, b=60),
+                      legend=dict(orientation='h', y=-0.15))
+    return fig
+
+
+def fgsm_curves(records: Iterable[dict]) -> go.Figure:
+    """FGSM top-1 against epsilon (in 1/255 units), one line per model."""
+    records = list(records)
+    fig = go.Figure()
+    for m in _models_in_order(records):
+        rs = sorted((r for r in records if r['model'] == m), key=lambda r: r['epsilon'])
+        fig.add_scatter(x=[r['epsilon_255'] for r in rs], y=[r['top1'] for r in rs], mode='lines+markers',
+                        name=_display(m), line=dict(color=COLORS.get(family_of(m))),
+                        hovertemplate='epsilon %{x}/255: top-1 %{y:.3f}<extra>' + _display(m) + '</extra>')
+    fig.update_layout(template='plotly_white', height=420, margin=dict(l=60, r=20, t=30, b=50),
+                      xaxis=dict(title='epsilon (x 1/255)'), yaxis=dict(title='top-1 on FGSM images', rangemode='tozero'))
+    return fig
+
+
+def demo_rotation_figure(records: Iterable[dict], views: dict, photos: list) -> go.Figure:
+    """"Rotate a photo": a slider over angles; each frame shows the rotated views the models saw (top row; PNG
+    data URIs ``views[angle][i]`` for ``photos[i]``) and, below, each model's top-1 class and probability per
+    photo (cell colour: the probability given to the true class). ``records``: ``demo_rotation.json``."""
+    from plotly.subplots import make_subplots
+    records = list(records)
+    angles = sorted({r['angle'] for r in records})
+    models = _models_in_order(records)
+    files = [p['file'] for p in photos]
+    n = len(files)
+    fig = make_subplots(rows=2, cols=n, specs=[[{'type': 'xy'}] * n, [{'type': 'xy', 'colspan': n}] + [None] * (n - 1)],
+                        row_heights=[0.3, 0.7], vertical_spacing=0.04, horizontal_spacing=0.01,
+                        column_titles=[p['class'] for p in photos])
+    index = {(r['model'], r['photo'], r['angle']): r for r in records}
+
+    def traces(a):
+        out = [go.Image(source=views[a][i], hoverinfo='skip') for i in range(n)]
+        cells = [[index.get((m, f, a)) for f in files] for m in models]
+        z = [[c['true_prob'] if c else None for c in row] for row in cells]
+        text = [[f'{c["pred_class"]}<br>{c["prob"]:.2f}{" ✓" if c["correct"] else ""}' if c else '' for c in row]
+                for row in cells]
+        out.append(go.Heatmap(z=z, x=[p['class'] for p in photos], y=[_display(m) for m in models], text=text,
+                              texttemplate='%{text}', textfont=dict(size=9), zmin=0, zmax=1, colorscale='RdYlGn',
+                              colorbar=dict(title='p(true)', len=0.6, y=0.3), xgap=2, ygap=2,
+                              hovertemplate='%{y} on %{x}: %{text}<br>p(true class) %{z:.2f}<extra></extra>'))
+        return out
+
+    for i, tr in enumerate(traces(angles[0])):
+        if i < n:
+            fig.add_trace(tr, row=1, col=i + 1)
+        else:
+            fig.add_trace(tr, row=2, col=1)
+    fig.frames = [go.Frame(data=traces(a), name=str(a), traces=list(range(n + 1))) for a in angles]
+    anim = dict(mode='immediate', frame=dict(duration=0, redraw=True), transition=dict(duration=0))
+    fig.update_layout(
+        template='plotly_white', height=520, margin=dict(l=130, r=20, t=40, b=60),
+        sliders=[dict(active=0, currentvalue=dict(prefix='rotation: ', suffix=' degrees'), pad=dict(t=30),
+                      steps=[dict(method='animate', label=str(a), args=[[str(a)], anim]) for a in angles])])
+    for i in range(1, n + 1):
+        fig.update_xaxes(visible=False, row=1, col=i)
+        fig.update_yaxes(visible=False, row=1, col=i)
+    fig.update_yaxes(autorange='reversed', row=2, col=1)
+    fig.update_xaxes(tickangle=-30, row=2, col=1)
+    fig.update_annotations(font_size=10)
+    return fig

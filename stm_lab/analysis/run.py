@@ -1,0 +1,431 @@
+"""Run the Sec. 6 analyses on a profile's models and save their results (``stm-lab analyze``).
+
+    stm-lab analyze erf|invariance|fgsm|demo|all --profile smoke|cpu [--models ...] [--limit N] [--threads 1]
+
+Profiles:
+
+- ``cpu``: the five ``u_*_micro`` models trained by ``stm-lab train --profile cpu``, rebuilt from
+  ``results/cpu/<model>.safetensors`` (:func:`stm_lab.train.load_model`) with the input pipeline each checkpoint
+  records (64x64, crop 0.875, ImageNet normalization), on a fixed, seeded subset of Imagenette val (the same
+  subset for every model). A model without a checkpoint is skipped with a note.
+- ``smoke``: the ``u_*_test`` models, *untrained* (seeded initialization), on the committed fixture
+  (``data/fixture``, val split) at the smoke profile's 32x32, with a handful of images: checks the pipeline
+  end to end in seconds; the numbers mean nothing. Records say ``trained: False``.
+
+Outputs (``results/<profile>/``), one record schema for both profiles:
+
+- ``erf.json``: one record per (model, stage): the post-processed score map (``erf_score``, S x S, 3 decimals),
+  ERF@t for t in (0.2, 0.3, 0.5, 0.99) (side and area ratios, squares centred on the stage's centre unit), the
+  shape statistics, the theoretical receptive field (None for DCNv3). :func:`erf_table` flattens it.
+- ``invariance.json``: one record per (model, transform, magnitude): translation, rotation and scale sweeps
+  (``stm_lab.analysis.invariance``): consistency with the reference view and top-1.
+- ``fgsm.json``: one record per (model, epsilon): FGSM top-1 and loss (``stm_lab.analysis.adversarial``).
+- ``demo_rotation.json``: one record per (model, photo, angle): the model's top-1 on a demo photo
+  (``data/demo``) rotated by 0..45 degrees then centre-cropped (the rotation sweep's views), for the book's
+  "rotate a photo" figure; :func:`demo_views` rebuilds the views the models saw.
+
+:func:`paper_claims` compares the qualitative claims of Sec. 6.2-6.3 with the saved numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import results
+from .invariance import ANGLES, CROP_PCTS, crop, resize_short
+
+MICRO = ('u_halonet_micro', 'u_pvt_micro', 'u_swin_micro', 'u_dwconv_micro', 'u_internimage_micro')
+TEST = tuple(m.replace('_micro', '_test') for m in MICRO)
+ANALYSES = ('erf', 'invariance', 'fgsm', 'demo')
+FGSM_EPSILONS_255 = (0, 0.5, 1, 2, 4, 8)
+DEMO_ANGLES = tuple(range(0, 50, 5))
+SEED = 0
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What each analysis uses at a profile (image counts are upper bounds: a split may hold fewer)."""
+    name: str
+    models: Tuple[str, ...]
+    dataset: str
+    split: str
+    erf_images: int
+    invariance_images: int
+    fgsm_images: int
+    batch_size: int
+    trained: bool
+
+
+PROFILES = {
+    'cpu': Profile('cpu', MICRO, 'imagenette', 'val', erf_images=100, invariance_images=500, fgsm_images=1000,
+                   batch_size=50, trained=True),
+    'smoke': Profile('smoke', TEST, 'fixture', 'val', erf_images=4, invariance_images=8, fgsm_images=8,
+                     batch_size=8, trained=False),
+}
+
+
+@dataclass
+class Loaded:
+    """A model ready for the analyses, with the input pipeline it expects."""
+    name: str  # the model name used in records (the micro name at cpu, the test name at smoke)
+    model: torch.nn.Module
+    img_size: int
+    crop_pct: float
+    mean: Tuple[float, ...]
+    std: Tuple[float, ...]
+    classes: List[str]
+    trained: bool
+    source: str  # checkpoint path (relative to the project where possible) or 'untrained, seed 0'
+
+
+def family(model: str) -> str:
+    return model.split('_')[1]
+
+
+def _rel(path) -> str:
+    try:
+        return str(path.resolve().relative_to(results.ROOT))
+    except ValueError:
+        return str(path)
+
+
+def checkpoint_path(profile: str, model: str):
+    return results.RESULTS_DIR / profile / f'{model}.safetensors'
+
+
+def _print(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def iter_models(profile: Profile, models: Optional[Sequence[str]] = None, log=_print) -> Iterator[Loaded]:
+    """Each model of the profile that can be had: cpu loads checkpoints (a missing one is skipped with a note),
+    smoke builds the untrained test models (seeded)."""
+    import stm_lab  # noqa: F401  (registers the models)
+    from ..data import class_names, DataConfig
+    from ..train import load_model, profile_config
+    for name in models or profile.models:
+        if profile.trained:
+            path = checkpoint_path(profile.name, name)
+            if not path.exists():
+                log(f'[analyze] {name}: skipped, no checkpoint at {_rel(path)} '
+                    f'(train it with `stm-lab train --model {name} --profile {profile.name}`)')
+                continue
+            model, state = load_model(path)
+            d = state['data']
+            yield Loaded(name, model, d['img_size'], d['crop_pct'], tuple(d['mean']), tuple(d['std']),
+                         list(state['classes']), True, _rel(path))
+        else:
+            from ..models import create_model
+            cfg = profile_config(name, profile.name)
+            classes = class_names(DataConfig(dataset=profile.dataset, download=False))
+            torch.manual_seed(SEED)
+            model = create_model(name, num_classes=len(classes), img_size=cfg.data.img_size).eval()
+            yield Loaded(name, model, cfg.data.img_size, cfg.data.crop_pct, tuple(cfg.data.mean), tuple(cfg.data.std),
+                         classes, False, f'untrained, seed {SEED}')
+
+
+def load_images(profile: Profile, limit: int) -> Tuple[torch.Tensor, torch.Tensor, List[str]]:
+    """A fixed, seeded subset of ``limit`` images of the profile's split (same for every model and analysis of
+    that size): un-cropped float images in [0, 1], ``(N, 3, H, W)``, their labels and the class names."""
+    from ..data import DataConfig, decoded_images, find_shard
+    path = find_shard(profile.dataset, profile.split, download=profile.dataset != 'fixture')
+    with np.load(path, allow_pickle=False) as d:
+        labels, classes = d['labels'].astype(np.int64), [str(c) for c in d['classes']]
+    arr = decoded_images(path)
+    n = len(labels)
+    idx = sorted(np.random.default_rng(SEED).permutation(n)[:min(limit, n)].tolist())
+    x = torch.from_numpy(np.ascontiguousarray(arr[idx])).permute(0, 3, 1, 2).float().div_(255)
+    return x, torch.from_numpy(labels[idx]), classes
+
+
+def _check_classes(m: Loaded, classes: List[str]) -> None:
+    if list(classes) != list(m.classes):
+        raise ValueError(f'{m.name} was trained on classes {m.classes[:3]}..., the data has {classes[:3]}...')
+
+
+def eval_view(x: torch.Tensor, img_size: int, crop_pct: float) -> torch.Tensor:
+    """The evaluation view: short side resized to int(S / crop_pct), centre crop S (as in training's eval)."""
+    return crop(resize_short(x, int(img_size / crop_pct)), img_size).contiguous()
+
+
+# ------------------------------------------------------------------------------------------------ analyses
+
+def run_erf(m: Loaded, images: torch.Tensor, batch_size: int) -> List[dict]:
+    """One record per stage: the score map, ERF@t for each threshold, shape statistics, theoretical RF."""
+    from .erf import THRESHOLDS, erf_at, erf_maps, erf_shape, theoretical_rf
+    maps = erf_maps(m.model, images, img_size=m.img_size, batch_size=batch_size, mean=m.mean, std=m.std,
+                    progress=False)
+    theo = theoretical_rf(m.model, m.img_size)
+    out = []
+    for s, e in sorted(maps.items()):
+        score = e.score()
+        ats = [erf_at(score, t, e.centre) for t in THRESHOLDS]
+        out.append(dict(model=m.name, family=family(m.name), trained=m.trained, stage=s + 1, img_size=m.img_size,
+                        n_images=e.n_images, feat_size=list(e.feat_size), centre=list(e.centre),
+                        erf_at=[dict(t=a['t'], side_px=a['side_px'], side_ratio=round(a['side_ratio'], 5),
+                                     area_ratio=round(a['area_ratio'], 5)) for a in ats],
+                        theoretical_side_ratio=None if theo[s] is None else round(theo[s]['side_ratio'], 5),
+                        **{k: round(v, 5) for k, v in erf_shape(e.map, e.centre).items()},
+                        score_map=np.round(score.float().cpu().numpy(), 3).tolist()))
+    return out
+
+
+def run_invariance(m: Loaded, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> List[dict]:
+    from .invariance import rotation_sweep, scale_sweep, translation_sweep
+    kw = dict(img_size=m.img_size, crop_pct=m.crop_pct, batch_size=batch_size, mean=m.mean, std=m.std,
+              progress=False, model=m.name, family=family(m.name), trained=m.trained)
+    data = (images, labels)
+    rows = translation_sweep(m.model, data, seed=SEED, **kw)
+    rows += rotation_sweep(m.model, data, ANGLES, **kw)
+    rows += scale_sweep(m.model, data, CROP_PCTS, **kw)
+    return rows
+
+
+def run_fgsm(m: Loaded, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> List[dict]:
+    from .adversarial import fgsm_sweep
+    x = eval_view(images, m.img_size, m.crop_pct)
+    return fgsm_sweep(m.model, (x, labels), [e / 255 for e in FGSM_EPSILONS_255], batch_size=batch_size,
+                      mean=m.mean, std=m.std, progress=False, model=m.name, family=family(m.name),
+                      trained=m.trained)
+
+
+def demo_images() -> Tuple[torch.Tensor, List[dict]]:
+    """The demo photos (``data/demo``) as float ``(N, 3, H, W)`` in [0, 1], and their metadata."""
+    from PIL import Image
+    from ..data import demo_photos
+    photos = demo_photos()
+    arrs = []
+    for p in photos:
+        with Image.open(p['path']) as im:
+            arrs.append(np.asarray(im.convert('RGB')))
+    return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).float().div_(255), photos
+
+
+def rotated_view(x: torch.Tensor, angle: float, img_size: int, crop_pct: float = 0.875) -> torch.Tensor:
+    """The rotation sweep's view: resize the short side to int(S / crop_pct), rotate counter-clockwise (black
+    corners), centre crop S."""
+    import torchvision.transforms.v2.functional as TF
+    x = resize_short(x, int(img_size / crop_pct))
+    if angle:
+        x = TF.rotate(x, float(angle), interpolation=TF.InterpolationMode.BILINEAR, fill=0.0)
+    return crop(x, img_size).contiguous()
+
+
+def demo_views(img_size: int, crop_pct: float = 0.875, angles: Sequence[float] = DEMO_ANGLES) -> Dict[float, np.ndarray]:
+    """angle -> ``uint8 (N, S, S, 3)`` views of the demo photos, exactly what the models are shown."""
+    x, _ = demo_images()
+    return {a: (rotated_view(x, a, img_size, crop_pct) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+            for a in angles}
+
+
+@torch.no_grad()
+def run_demo(m: Loaded, angles: Sequence[float] = DEMO_ANGLES) -> List[dict]:
+    from .invariance import PixelSpace
+    x, photos = demo_images()
+    net = PixelSpace(m.model, m.mean, m.std)
+    rows = []
+    for a in angles:
+        p = F.softmax(net(rotated_view(x, a, m.img_size, m.crop_pct)).float(), -1)
+        conf, pred = p.max(-1)
+        for i, ph in enumerate(photos):
+            rows.append(dict(model=m.name, family=family(m.name), trained=m.trained, photo=ph['file'],
+                             label=ph['label'], label_class=ph['class'], img_size=m.img_size, crop_pct=m.crop_pct,
+                             angle=a, pred=int(pred[i]),
+                             pred_class=m.classes[int(pred[i])], prob=round(float(conf[i]), 4),
+                             true_prob=round(float(p[i, ph['label']]), 4), correct=bool(pred[i] == ph['label'])))
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ driver
+
+def analyze(what: str, profile: str, models: Optional[Sequence[str]] = None, limit: Optional[int] = None,
+            save: bool = True, log=_print) -> List[dict]:
+    """Run one analysis on every available model of the profile; save ``results/<profile>/<name>.json``
+    (``demo`` -> ``demo_rotation.json``) unless no model was available. Returns the records."""
+    if what not in ANALYSES:
+        raise ValueError(f'unknown analysis {what!r}; valid: {", ".join(ANALYSES)}')
+    if profile not in PROFILES:
+        raise ValueError(f'unknown profile {profile!r}; valid: {", ".join(PROFILES)}')
+    prof = PROFILES[profile]
+    n = dict(erf=prof.erf_images, invariance=prof.invariance_images, fgsm=prof.fgsm_images, demo=None)[what]
+    if limit is not None and n is not None:
+        n = min(n, limit)
+    t_all = time.time()
+    data = None
+    records, done = [], []
+    for m in iter_models(prof, models, log):
+        t0 = time.time()
+        if what != 'demo':
+            if data is None:
+                data = load_images(prof, n)
+            images, labels, classes = data
+            _check_classes(m, classes)
+        if what == 'erf':
+            rows = run_erf(m, images, prof.batch_size)
+            summary = ', '.join(f's{r["stage"]} {next(a["side_ratio"] for a in r["erf_at"] if a["t"] == 0.5):.2f}'
+                                for r in rows)
+            summary = f'ERF@50 side ratio {summary}'
+        elif what == 'invariance':
+            rows = run_invariance(m, images, labels, prof.batch_size)
+            summary = ', '.join(f'{t} consistency {np.mean([r["consistency"] for r in rows if r["transform"] == t]):.3f}'
+                                for t in ('shift', 'rotation', 'scale'))
+        elif what == 'fgsm':
+            rows = run_fgsm(m, images, labels, prof.batch_size)
+            summary = ', '.join(f'{r["epsilon_255"]:g}/255: {r["top1"]:.3f}' for r in rows)
+        else:
+            rows = run_demo(m)
+            summary = f'{np.mean([r["correct"] for r in rows]):.2f} of photo x angle views correct'
+        records += rows
+        done.append(m.name)
+        log(f'[analyze] {what} {m.name} ({m.source}): {summary} ({time.time() - t0:.1f} s)')
+    if not records:
+        log(f'[analyze] {what}: no model available at profile {profile}; nothing saved')
+        return records
+    if save:
+        name = 'demo_rotation' if what == 'demo' else what
+        config = dict(analysis=what, models=done, dataset='demo photos' if what == 'demo' else prof.dataset,
+                      split=None if what == 'demo' else prof.split, n_images=None if what == 'demo' else len(data[1]),
+                      trained=prof.trained, seed=SEED, img_size=sorted({r['img_size'] for r in records})
+                      if what == 'erf' else None,
+                      epsilons_255=list(FGSM_EPSILONS_255) if what == 'fgsm' else None,
+                      angles=list(DEMO_ANGLES) if what == 'demo' else None)
+        prov = results.provenance(profile, SEED, wall_time_s=round(time.time() - t_all, 1),
+                                  loadavg=[round(v, 2) for v in os.getloadavg()])
+        path = results.save_result(profile, name, records, config=config, prov=prov)
+        log(f'[analyze] saved {_rel(path)} ({len(records)} records, {time.time() - t_all:.0f} s)')
+    return records
+
+
+def load_or_compute(what: str, profile: str) -> dict:
+    """The saved result of an analysis; at the smoke profile a missing one is computed (seconds)."""
+    name = 'demo_rotation' if what == 'demo' else what
+    try:
+        return results.load_result(profile, name)
+    except FileNotFoundError:
+        if profile != 'smoke':
+            raise
+        analyze(what, profile)
+        return results.load_result(profile, name)
+
+
+# ------------------------------------------------------------------------------------------------ summaries
+
+def erf_table(records: Sequence[dict]) -> List[dict]:
+    """Flat rows, one per (model, stage, t), without the maps."""
+    return [dict(model=r['model'], family=r['family'], trained=r['trained'], stage=r['stage'], **a,
+                 theoretical_side_ratio=r['theoretical_side_ratio'], asymmetry=r['asymmetry'])
+            for r in records for a in r['erf_at']]
+
+
+def mean_by_model(records: Sequence[dict], key: str, where=lambda r: True) -> Dict[str, float]:
+    out: Dict[str, List[float]] = {}
+    for r in records:
+        if where(r) and r[key] is not None:
+            out.setdefault(r['model'], []).append(r[key])
+    return {m: float(np.mean(v)) for m, v in out.items()}
+
+
+def _display(model: str) -> str:
+    from ..paper import DISPLAY
+    return DISPLAY.get(family(model), model)
+
+
+def _ranked(scores: Dict[str, float]) -> List[str]:
+    return sorted(scores, key=lambda m: -scores[m])
+
+
+def paper_claims(invariance: Sequence[dict], fgsm: Sequence[dict]) -> Dict[str, dict]:
+    """The qualitative claims of Sec. 6.2-6.3, each checked against our numbers:
+    ``{claim_id: {'paper': text, 'metric': text, 'best': display name, 'worst': ..., 'scores': {model: value},
+    'agrees': bool, 'verdict': 'agrees' | 'does not agree', 'sentence': text}}``. A claim is only checked when
+    the models it names were analysed (otherwise it is absent)."""
+    out = {}
+    models = {r['model'] for r in invariance} | {r['model'] for r in fgsm}
+    fams = {family(m) for m in models}
+
+    def add(cid, paper, metric, scores, agrees_fn, needs):
+        if not scores or not needs <= {family(m) for m in scores}:
+            return
+        ranked = _ranked(scores)
+        ok = bool(agrees_fn([family(m) for m in ranked]))
+        best, worst = _display(ranked[0]), _display(ranked[-1])
+        order = ', '.join(f'{_display(m)} {scores[m]:.3f}' for m in ranked)
+        out[cid] = dict(paper=paper, metric=metric, best=best, worst=worst, ranking=order, scores=scores,
+                        agrees=ok, verdict='agrees' if ok else 'does not agree',
+                        sentence=f'Ours, {metric}: {order}. This {"agrees" if ok else "does not agree"} with the paper.')
+
+    if fams:
+        shift = mean_by_model(invariance, 'consistency', lambda r: r['transform'] == 'shift' and r['magnitude'] > 0)
+        rot = mean_by_model(invariance, 'consistency', lambda r: r['transform'] == 'rotation' and r['magnitude'] > 0)
+        scale = mean_by_model(invariance, 'consistency', lambda r: r['transform'] == 'scale')
+        adv = mean_by_model(fgsm, 'top1', lambda r: r['epsilon'] > 0)
+        add('shift_conv_best', 'convolution STMs (DW-Conv, DCNv3) are the most translation-invariant',
+            'mean consistency over the non-zero shifts', shift,
+            lambda r: set(r[:2]) == {'dwconv', 'internimage'}, {'dwconv', 'internimage'})
+        add('shift_pvt_worst', 'U-PVT (global attention) is the least translation-invariant',
+            'mean consistency over the non-zero shifts', shift, lambda r: r[-1] == 'pvt', {'pvt'})
+        add('rotation_dcn_best', 'DCNv3 (U-InternImage) is the most rotation-invariant',
+            'mean consistency over the rotations 5-45 degrees', rot, lambda r: r[0] == 'internimage', {'internimage'})
+        add('scale_dcn_best', 'DCNv3 (U-InternImage) is the most scale-invariant',
+            'mean consistency over the 15 crop ratios', scale, lambda r: r[0] == 'internimage', {'internimage'})
+        add('fgsm_halo_dcn_best', 'U-HaloNet and U-InternImage are the most robust to FGSM',
+            'mean FGSM top-1 over the non-zero epsilons', adv,
+            lambda r: set(r[:2]) == {'halonet', 'internimage'}, {'halonet', 'internimage'})
+        add('fgsm_pvt_worst', 'U-PVT is the least robust to FGSM', 'mean FGSM top-1 over the non-zero epsilons',
+            adv, lambda r: r[-1] == 'pvt', {'pvt'})
+    return out
+
+
+def image_data_uri(img: np.ndarray, quality: int = 90) -> str:
+    """``uint8 (H, W, 3)`` -> a JPEG data URI (for plotly ``go.Image(source=...)``: a few kB per frame, where
+    the pixel array itself would cost ~50 kB of page per 64x64 image)."""
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(img, np.uint8)).save(buf, format='JPEG', quality=quality)
+    return 'data:image/jpeg;base64,' + base64.b64encode(buf.getvalue()).decode()
+
+
+def demo_view_uris(img_size: int, crop_pct: float = 0.875, angles: Sequence[float] = DEMO_ANGLES) -> Dict[float, List[str]]:
+    """angle -> data URIs of the demo views (:func:`demo_views`), for :func:`stm_lab.figures.demo_rotation_figure`."""
+    return {a: [image_data_uri(v) for v in arr] for a, arr in demo_views(img_size, crop_pct, angles).items()}
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog='stm-lab analyze', description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('what', choices=(*ANALYSES, 'all'), help='which analysis (all: every one, in turn)')
+    p.add_argument('--profile', default='smoke', choices=tuple(PROFILES))
+    p.add_argument('--models', nargs='*', help='model names (default: the profile\'s five)')
+    p.add_argument('--limit', type=int, help='at most this many images (default: the profile\'s count)')
+    p.add_argument('--threads', type=int, default=1,
+                   help='torch intra-op threads (1 on a shared 2-core machine, see stm_lab.analysis.bench_analyses)')
+    p.add_argument('--no-save', dest='save', action='store_false', help='print only')
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    torch.set_num_threads(args.threads)
+    try:
+        for what in (ANALYSES if args.what == 'all' else (args.what,)):
+            analyze(what, args.profile, args.models, args.limit, args.save)
+    except (KeyError, ValueError, FileNotFoundError) as e:
+        print(f'stm-lab analyze: error: {e.args[0] if e.args else e}', file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""`stm-lab analyze`: smoke records and their schema, skipped checkpoints at cpu, the book's figure builders."""
+import json
+
+import pytest
+
+import stm_lab.results as results
+from stm_lab import figures
+from stm_lab.analysis import run
+
+
+@pytest.fixture
+def results_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path)
+    return tmp_path
+
+
+@pytest.fixture(scope='module')
+def smoke(tmp_path_factory):
+    """All four analyses at the smoke profile (two models, fewest images), saved into a temporary results dir."""
+    mp = pytest.MonkeyPatch()
+    tmp = tmp_path_factory.mktemp('results')
+    mp.setattr(results, 'RESULTS_DIR', tmp)
+    models = ['u_swin_test', 'u_dwconv_test']
+    for what in run.ANALYSES:
+        assert run.main([what, '--profile', 'smoke', '--models', *models, '--limit', '4', '--threads', '1']) == 0
+    docs = {name: json.loads((tmp / 'smoke' / f'{name}.json').read_text())
+            for name in ('erf', 'invariance', 'fgsm', 'demo_rotation')}
+    mp.undo()
+    return docs
+
+
+COMMON = {'model', 'family', 'trained'}
+
+
+def test_smoke_records_have_the_schema(smoke):
+    erf = smoke['erf']['records']
+    assert len(erf) == 2 * 4 and {r['stage'] for r in erf} == {1, 2, 3, 4}
+    for r in erf:
+        assert COMMON | {'img_size', 'n_images', 'erf_at', 'score_map', 'centre', 'feat_size',
+                         'theoretical_side_ratio', 'asymmetry'} <= set(r)
+        assert r['trained'] is False and r['n_images'] == 4
+        s = r['img_size']
+        assert len(r['score_map']) == s and all(len(row) == s for row in r['score_map'])
+        assert max(max(row) for row in r['score_map']) == pytest.approx(1.0)
+        assert [a['t'] for a in r['erf_at']] == [0.2, 0.3, 0.5, 0.99]
+        assert all(0 < a['side_ratio'] <= 1 for a in r['erf_at'])
+    inv = smoke['invariance']['records']
+    assert {r['transform'] for r in inv} == {'shift', 'rotation', 'scale'}
+    assert all(COMMON | {'magnitude', 'consistency', 'top1', 'n'} <= set(r) for r in inv)
+    fgsm = smoke['fgsm']['records']
+    assert sorted({r['epsilon_255'] for r in fgsm}) == [0, 0.5, 1, 2, 4, 8]
+    assert all(COMMON | {'epsilon', 'top1', 'clean_top1', 'loss', 'n'} <= set(r) for r in fgsm)
+    demo = smoke['demo_rotation']['records']
+    assert len(demo) == 2 * 10 * len(run.DEMO_ANGLES)
+    assert all(COMMON | {'photo', 'angle', 'pred_class', 'prob', 'true_prob', 'correct', 'img_size'} <= set(r)
+               for r in demo)
+    for doc in smoke.values():
+        assert doc['config']['trained'] is False and doc['provenance']['profile'] == 'smoke'
+
+
+def test_missing_checkpoint_is_skipped_at_cpu(results_dir, capsys):
+    records = run.analyze('fgsm', 'cpu', models=['u_swin_micro'])
+    out = capsys.readouterr().out
+    assert records == []
+    assert 'u_swin_micro: skipped, no checkpoint' in out and 'stm-lab train --model u_swin_micro' in out
+    assert not (results_dir / 'cpu' / 'fgsm.json').exists()
+
+
+def test_unknown_analysis_or_profile_is_an_error():
+    with pytest.raises(ValueError, match='valid'):
+        run.analyze('nope', 'smoke')
+    with pytest.raises(ValueError, match='valid'):
+        run.analyze('erf', 'paper')
+
+
+def test_figure_builders(smoke):
+    erf = smoke['erf']['records']
+    fig = figures.erf_browser(erf)
+    assert len(fig.frames) == len(erf) == len(fig.layout.sliders[0].steps)
+    assert len(fig.layout.updatemenus[0].buttons) == 2
+    rows = run.erf_table(erf)
+    assert len(figures.erf_bars(rows).data) == 2
+    assert figures.erf_markdown(rows).count('\n') == 3  # header, rule, two models
+    assert len(figures.invariance_curves(smoke['invariance']['records']).data) == 2 * 3 * 2
+    assert len(figures.fgsm_curves(smoke['fgsm']['records']).data) == 2
+    demo = smoke['demo_rotation']['records']
+    _, photos = run.demo_images()
+    views = run.demo_view_uris(demo[0]['img_size'], demo[0]['crop_pct'])
+    fig = figures.demo_rotation_figure(demo, views, photos)
+    assert [f.name for f in fig.frames] == [str(a) for a in run.DEMO_ANGLES]
+    assert len(fig.data) == len(photos) + 1 and len(fig.frames[0].data) == len(photos) + 1
+
+
+def test_paper_claims_follow_the_numbers():
+    inv = [dict(model=f'u_{f}_micro', transform=t, magnitude=1, consistency=c)
+           for f, c in (('halonet', 0.7), ('pvt', 0.5), ('swin', 0.6), ('dwconv', 0.9), ('internimage', 0.8))
+           for t in ('shift', 'rotation', 'scale')]
+    fgsm = [dict(model=f'u_{f}_micro', epsilon=e, top1=a) for f, a in
+            (('halonet', 0.5), ('pvt', 0.1), ('swin', 0.2), ('dwconv', 0.3), ('internimage', 0.4)) for e in (0, 0.01)]
+    c = run.paper_claims(inv, fgsm)
+    assert c['shift_conv_best']['agrees'] and c['shift_pvt_worst']['agrees']
+    assert not c['rotation_dcn_best']['agrees'] and c['rotation_dcn_best']['best'] == 'U-DWConv'
+    assert c['fgsm_halo_dcn_best']['agrees'] and c['fgsm_pvt_worst']['agrees']
+    assert 'does not agree' in c['scale_dcn_best']['sentence']
+    assert run.paper_claims(inv[:3], fgsm[:2]) == {}  # only U-HaloNet: no claim can be checked
