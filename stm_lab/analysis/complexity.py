@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..mixers.reference import reference_mixers
 from ..ops import dcnv3_backend
 
 aten = torch.ops.aten
@@ -67,8 +68,9 @@ def count_macs(model: nn.Module, img_size: int = 224, in_chans: int = 3) -> Dict
     was_training = model.training
     model.eval()
     counter = FlopCounterMode(display=False, custom_mapping=CUSTOM_FLOPS)
-    # count on the reference DCNv3 path: the compiled kernel is opaque to the counter, the arithmetic is the same
-    with counter, dcnv3_backend('torch'):
+    # count the reference paths: the compiled DCNv3 kernel is opaque to the counter, and the fast attention
+    # paths fuse or skip work, so what they execute describes the implementation rather than the model
+    with counter, dcnv3_backend('torch'), reference_mixers():
         model(torch.zeros(1, in_chans, img_size, img_size))
     model.train(was_training)
     by_op = {str(op).removeprefix('aten.').split('.')[0]: n / 2
