@@ -3,6 +3,8 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PROFILE ?= smoke
+# idle OpenMP threads spin by default, which stalls a shared 2-core machine
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: setup book notebooks test results clean
 .DEFAULT_GOAL := book

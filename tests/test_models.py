@@ -191,3 +191,13 @@ def test_grad_checkpointing_gives_the_same_output_and_gradients(name):
     assert torch.equal(out, out2)
     for g, p in zip(ref, model.parameters()):
         torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize('name', TEST_MODELS)
+def test_training_works_after_an_inference_mode_forward(name):
+    """Cached masks and index tables built under inference_mode must not leak into training."""
+    model = timm.create_model(name)
+    x = torch.randn(1, 3, 40, 40)
+    with torch.inference_mode():
+        model(x)
+    model(x).sum().backward()

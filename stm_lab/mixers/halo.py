@@ -27,18 +27,83 @@ Default block 7, halo 3 (13 x 13 windows). Variants of the paper's Table VII (lo
 Deviation from the paper's code: maps whose size is not a multiple of ``block`` are padded on the right/bottom;
 the paper's code masks only the halo padding, so those extra zero keys take part in the softmax. Here every
 key outside the real image is masked, so the output does not depend on how much padding a size needs.
+
+Implementation notes (speed, same result; ``stm_lab.mixers.reference.halo_attention`` is the plain version and
+``tests/test_speed_equivalence.py`` checks values and gradients against it):
+- k/v windows are gathered by :class:`_HaloWindows`, one strided copy forward; its backward adds the window
+  gradients back with a few strided in-place adds (ceil(win / block)^2 of them) instead of the generic unfold
+  backward, which dominated the profile;
+- the relative logits are one small matmul against both tables, read through strided views; the mask is
+  applied to those per-axis logits (a key is outside iff its row or column is), and they are added to q.k in
+  place by :func:`stm_lab.mixers.swin.window_attention` without forming the full bias;
+- an axis that fits in one block keeps only its real keys and queries (see :meth:`HaloAttention._axis`).
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Dict, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from einops import rearrange
 
 from .base import TokenMixer
 from . import register_mixer
+from .swin import window_attention
+
+
+def _pad(x: torch.Tensor, pad) -> torch.Tensor:
+    """``F.pad`` with zeros, without its copy when there is nothing to pad."""
+    return F.pad(x, pad) if any(pad) else x
+
+
+class _HaloWindows(torch.autograd.Function):
+    """Overlapping windows of a zero-padded key/value map: ``(B, Hk, Wk, 2, nh, d)`` -> keys and values, each
+    ``(B * nby * nbx * nh, wy * wx, d)`` and contiguous, ready for batched matmuls. Per axis ``(step, w)``:
+    windows of ``w`` positions every ``step``; ``Hk = (nby - 1) * step + w``.
+
+    Forward is one strided copy (the unfold view, materialized in the layout the matmuls want). Backward adds
+    the window gradients back onto the map with ``ceil(w / step)`` strided in-place adds per axis; the generic
+    backward of unfold took most of the mixer's time."""
+
+    @staticmethod
+    def forward(ctx, kv: torch.Tensor, rows, cols):
+        (sy, wy), (sx, wx) = rows, cols
+        B, Hk, Wk, T, nh, d = kv.shape
+        nby, nbx = (Hk - wy) // sy + 1, (Wk - wx) // sx + 1
+        sB, sH, sW, sT, sh, sd = kv.stride()
+        windows = kv.as_strided((T, B, nby, nbx, nh, wy, wx, d), (sT, sB, sy * sH, sx * sW, sh, sH, sW, sd))
+        ctx.geometry = (kv.shape, rows, cols, nby, nbx)
+        k, v = windows.contiguous().view(T, -1, wy * wx, d).unbind(0)
+        return k, v
+
+    @staticmethod
+    def backward(ctx, gk: torch.Tensor, gv: torch.Tensor):
+        (B, Hk, Wk, T, nh, d), (sy, wy), (sx, wx), nby, nbx = ctx.geometry
+        qy, qx = -(-wy // sy), -(-wx // sx)  # a window spans this many steps per axis
+        # accumulate on the map cut into steps: window position (iy * sy + ty) of block by lands on step by + iy
+        out = gk.new_zeros(B, nby + qy - 1, sy, nbx + qx - 1, sx, T, nh, d)
+        for t, g in enumerate((gk, gv)):
+            if g is None:
+                continue
+            g = g.reshape(B, nby, nbx, nh, wy, wx, d).permute(0, 1, 4, 2, 5, 3, 6)  # (B, by, ky, bx, kx, nh, d)
+            for iy in range(qy):
+                ly = min(sy, wy - iy * sy)
+                for ix in range(qx):
+                    lx = min(sx, wx - ix * sx)
+                    out[:, iy:iy + nby, :ly, ix:ix + nbx, :lx, t] += g[:, :, iy * sy:iy * sy + ly, :,
+                                                                         ix * sx:ix * sx + lx]
+        out = out.view(B, (nby + qy - 1) * sy, (nbx + qx - 1) * sx, T, nh, d)
+        return out[:, :Hk, :Wk], None, None
+
+
+class _Axis(NamedTuple):
+    """How one axis (rows or columns) of a map of size n is cut into query blocks and key windows."""
+    n_blocks: int
+    q: int           # query positions per block (block, or n when the whole axis is one block)
+    k: int           # key positions per window (win, or n)
+    first: int       # window position of the first key kept (0, or the top padding)
+    pad_before: int  # zeros before the k/v map
+    pad_after: int   # zeros after it (halo + padding to a multiple of the block)
 
 
 @register_mixer('halo_attn')
@@ -70,8 +135,8 @@ class HaloAttention(TokenMixer):
         # table row for (query i in block, key j in window): j - i + win - 1, shape (block, win)
         rel_index = torch.arange(self.win)[None, :] - torch.arange(block)[:, None] + self.win - 1
         self.register_buffer('rel_index', rel_index, persistent=False)
-        # (H, W, device) -> bool (n_blocks, 1, 1, win*win) of keys inside the image, or None if all are
-        self._mask_cache: Dict[tuple, Optional[torch.Tensor]] = {}
+        # (H, W, device[, 'full']) -> per-axis masks of window positions outside the image, or None
+        self._mask_cache: Dict[tuple, Optional[Tuple[torch.Tensor, torch.Tensor]]] = {}
 
     # ------------------------------------------------------------------ geometry
     @property
@@ -79,79 +144,97 @@ class HaloAttention(TokenMixer):
         """Zero rows/cols added above/left of the map: the halo when centred, none when the block is top-left."""
         return self.halo if self.centric else 0
 
-    def _key_mask(self, H: int, W: int, device) -> Optional[torch.Tensor]:
-        """Which window keys lie inside the real image; depends only on the size, so it is cached."""
-        key = (H, W, str(device))
+    def _axis(self, n: int, trim: bool = True) -> _Axis:
+        """Blocks and windows along an axis of size n. With ``trim``, an axis that fits in one block keeps only
+        its real positions: every other key of its window is outside the image (masked, exactly zero weight)
+        and the extra queries are padding, so dropping them changes nothing but the work (at 64x64 the last
+        two stages of the micro models are one block, and most of their 8 x 8 window is padding)."""
+        b, win, top = self.block, self.win, self._top_pad
+        if trim and n <= b:
+            return _Axis(1, n, n, top, 0, 0)
+        nb = -(-n // b)
+        return _Axis(nb, b, win, 0, top, 2 * self.halo - top + nb * b - n)
+
+    def _key_mask(self, H: int, W: int, device, trim: bool = True
+                  ) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        """Which window rows / columns lie outside the real image: bool ``(nby, ky)`` and ``(nbx, kx)``, or
+        None if no key is outside. A key is outside iff its row or its column is, so the mask is applied to the
+        (small) per-axis relative logits instead of the full logits. Depends only on the size: cached."""
+        # tensors made under inference_mode cannot be saved for a later backward: keep them apart
+        key = (H, W, str(device), trim, torch.is_inference_mode_enabled())
         if key not in self._mask_cache:
-            b, win, top = self.block, self.win, self._top_pad
+            def outside(n):  # (n_blocks, k): image row/col of each kept window position is not in [0, n)
+                a = self._axis(n, trim)
+                pos = (torch.arange(a.n_blocks, device=device)[:, None] * self.block
+                       + torch.arange(a.first, a.first + a.k, device=device)[None, :] - self._top_pad)
+                return (pos < 0) | (pos >= n)
 
-            def inside(n):  # (n_blocks, win): image row/col of each window position is in [0, n)
-                n_blocks = -(-n // b)
-                pos = (torch.arange(n_blocks, device=device)[:, None] * b
-                       + torch.arange(win, device=device)[None, :] - top)
-                return (pos >= 0) & (pos < n)
-
-            ok = inside(H)[:, None, :, None] & inside(W)[None, :, None, :]  # (nby, nbx, win, win)
-            # every window contains its block's first pixel, which is real, so no row is all masked
-            mask = None if bool(ok.all()) else rearrange(ok, 'y x ky kx -> (y x) 1 1 (ky kx)')
+            rows, cols = outside(H), outside(W)
+            # every window contains its block's first pixel, which is real, so no query row is all masked
+            mask = (rows, cols) if bool(rows.any() or cols.any()) else None
             if len(self._mask_cache) >= self._MAX_CACHED_MASKS:
                 self._mask_cache.clear()
             self._mask_cache[key] = mask
         return self._mask_cache[key]
 
     # ------------------------------------------------------------------ attention pieces
-    def _rel_logits(self, q: torch.Tensor) -> torch.Tensor:
-        """Query-related relative position logits. q: (..., block*block, dh), un-scaled -> (..., b*b, win*win)."""
-        b = self.block
-        q = q.unflatten(-2, (b, b))                 # (..., qy, qx, dh)
-        eh = self.height_rel[self.rel_index]        # (qy, ky, dh)
-        ew = self.width_rel[self.rel_index]         # (qx, kx, dh)
-        lh = torch.einsum('...yxd,ykd->...yxk', q, eh)  # (..., qy, qx, ky)
-        lw = torch.einsum('...yxd,xkd->...yxk', q, ew)  # (..., qy, qx, kx)
-        logits = lh[..., :, None] + lw[..., None, :]    # (..., qy, qx, ky, kx)
-        return logits.flatten(-4, -3).flatten(-2)
+    def _rel_logits(self, q: torch.Tensor, ay: _Axis, ax: _Axis, mask) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Relative position logits per axis, ``lh`` (M, qy, qx, ky) and ``lw`` (M, qy, qx, kx), -inf on rows /
+        columns outside the image. q: (M, qy*qx, dh).
 
-    def _qkv_bias(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q, k, v and the additive logit bias (relative logits, -inf on keys outside the image), each with
-        leading dims (B * n_blocks, heads): q (.., b*b, dh), k/v (.., win*win, dh), bias (.., b*b, win*win)."""
+        One matmul against both whole tables gives q . table[r] for every row r; the row a (query, key) pair
+        needs is ``key + first - query + win - 1``, i.e. a window of the table that slides back one row per
+        query row: a strided view of the product, no gather."""
+        win, R = self.win, 2 * self.win - 1
+        tables = torch.cat([self.height_rel, self.width_rel])  # (2R, dh)
+        full = torch.matmul(q, tables.t()).view(-1, ay.q, ax.q, 2 * R)  # (M, qy, qx, 2R), contiguous
+        M, (sM, sy, sx, _), o = full.shape[0], full.stride(), full.storage_offset()
+        lh = full.as_strided((M, ay.q, ax.q, ay.k), (sM, sy - 1, sx, 1), o + ay.first + win - 1)
+        lw = full.as_strided((M, ay.q, ax.q, ax.k), (sM, sy, sx - 1, 1), o + R + ax.first + win - 1)
+        if mask is not None:  # -inf on rows / columns outside the image (the sum is then -inf too)
+            rows, cols = mask
+            nh = self.num_heads
+            lh = lh.view(-1, ay.n_blocks, ax.n_blocks, nh, ay.q, ax.q, ay.k)
+            lh = lh.masked_fill(rows[:, None, None, None, None, :], float('-inf')).view(M, ay.q, ax.q, ay.k)
+            lw = lw.view(-1, ay.n_blocks, ax.n_blocks, nh, ay.q, ax.q, ax.k)
+            lw = lw.masked_fill(cols[:, None, None, None, :], float('-inf')).view(M, ay.q, ax.q, ax.k)
+        return lh, lw
+
+    def _qkv(self, x: torch.Tensor, trim: bool = True):
+        """q (M, qy*qx, dh), k and v (M, ky*kx, dh), the per-axis relative logits and the axes;
+        M = B * n_blocks * heads, blocks in row-major order."""
         B, H, W, C = x.shape
-        b, h, win, nh = self.block, self.halo, self.win, self.num_heads
-        pad_h, pad_w = (-H) % b, (-W) % b  # to multiples of block
-        top = self._top_pad
+        nh, dh = self.num_heads, self.head_dim
+        ay, ax = self._axis(H, trim), self._axis(W, trim)
 
-        q = F.pad(self.q(x), (0, 0, 0, pad_w, 0, pad_h))  # (B, Hp, Wp, C)
-        # k/v come from the un-padded map, then zeros: `top` before, the rest of 2*halo (+ block padding) after
-        kv = F.pad(self.kv(x), (0, 0, top, 2 * h - top + pad_w, top, 2 * h - top + pad_h))  # (B, Hp+2h, Wp+2h, 2C)
-        kv = kv.unfold(1, win, b).unfold(2, win, b)  # (B, nby, nbx, 2C, win, win): overlapping windows, a view
-        k, v = rearrange(kv, 'B y x (two nh d) ky kx -> two (B y x) nh (ky kx) d', two=2, nh=nh)
-        q = rearrange(q, 'B (y qy) (x qx) (nh d) -> B (y x) nh (qy qx) d', qy=b, qx=b, nh=nh)
-
-        bias = self._rel_logits(q)  # (B, n_blocks, nh, b*b, win*win)
-        ok = self._key_mask(H, W, x.device)
-        if ok is not None:
-            bias = bias.masked_fill(~ok, float('-inf'))
-        return q.flatten(0, 1), k, v, bias.flatten(0, 1)
-
-    def _merge(self, out: torch.Tensor, x_shape) -> torch.Tensor:
-        """(B*n_blocks, heads, b*b, dh) -> projected (B, H, W, C), padding queries cropped."""
-        B, H, W, _ = x_shape
-        b = self.block
-        out = rearrange(out, '(B y x) nh (qy qx) d -> B (y qy) (x qx) (nh d)',
-                        B=B, y=-(-H // b), qy=b, qx=b)
-        return self.proj(out[:, :H, :W])
+        q = _pad(self.q(x), (0, 0, 0, ax.n_blocks * ax.q - W, 0, ay.n_blocks * ay.q - H))  # whole blocks
+        q = q.view(B, ay.n_blocks, ay.q, ax.n_blocks, ax.q, nh, dh).permute(0, 1, 3, 5, 2, 4, 6)
+        q = q.reshape(-1, ay.q * ax.q, dh)
+        # k/v come from the un-padded map, then zeros (halo, and padding to whole blocks)
+        kv = _pad(self.kv(x), (0, 0, ax.pad_before, ax.pad_after, ay.pad_before, ay.pad_after))
+        k, v = _HaloWindows.apply(kv.unflatten(-1, (2, nh, dh)), (self.block, ay.k), (self.block, ax.k))
+        lh, lw = self._rel_logits(q, ay, ax, self._key_mask(H, W, x.device, trim))
+        return q, k, v, lh, lw, ay, ax
 
     # ------------------------------------------------------------------ public
     def forward(self, x):  # (B, H, W, C)
-        q, k, v, bias = self._qkv_bias(x)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
-        return self._merge(out, x.shape)
+        B, H, W, C = x.shape
+        q, k, v, lh, lw, ay, ax = self._qkv(x)
+        out = window_attention(q, k, v, lh[..., :, None], lw[..., None, :], scale=self.scale,
+                               view=(q.shape[0], ay.q, ax.q, ay.k, ax.k))  # (B * nby * nbx * heads, qy*qx, dh)
+        out = out.view(B, ay.n_blocks, ax.n_blocks, self.num_heads, ay.q, ax.q, self.head_dim)
+        out = out.permute(0, 1, 4, 2, 5, 3, 6).reshape(B, ay.n_blocks * ay.q, ax.n_blocks * ax.q, C)
+        if out.shape[1] != H or out.shape[2] != W:  # crop block padding
+            out = out[:, :H, :W]
+        return self.proj(out)
 
     def attention_probs(self, x: torch.Tensor) -> torch.Tensor:
-        """Softmax attention weights, (B, n_blocks, heads, block*block, win*win), blocks in row-major order;
-        for inspection and tests (forward does the same through scaled_dot_product_attention)."""
-        q, k, _, bias = self._qkv_bias(x)
-        probs = ((q * self.scale) @ k.transpose(-2, -1) + bias).softmax(dim=-1)
-        return probs.unflatten(0, (x.shape[0], -1))
+        """Softmax attention weights, (B, n_blocks, heads, block*block, win*win), blocks in row-major order, over
+        the full windows (padding included); for inspection and tests."""
+        q, k, _, lh, lw, ay, ax = self._qkv(x, trim=False)
+        logits = (q @ k.transpose(1, 2) * self.scale).view(-1, ay.q, ax.q, ay.k, ax.k)
+        probs = (logits + lh[..., :, None] + lw[..., None, :]).flatten(-2).flatten(1, 2).softmax(-1)
+        return probs.view(x.shape[0], ay.n_blocks * ax.n_blocks, self.num_heads, *probs.shape[1:])
 
     def extra_repr(self):
         return (f'dim={self.dim}, num_heads={self.num_heads}, block={self.block}, halo={self.halo}, '

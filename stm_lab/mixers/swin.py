@@ -14,10 +14,21 @@ Differences from the paper's code, on purpose:
   masked out as keys (the paper's code pads without masking, only in detection);
 - masked pairs get exactly zero attention (``-inf`` before softmax) instead of ``-100``.
 If the map is no larger than the window, the window shrinks to the map and the shift is dropped (as in Swin).
+
+Implementation notes (speed, same result; ``stm_lab.mixers.reference.swin_attention`` is the plain version and
+``tests/test_speed_equivalence.py`` checks values and gradients against it):
+- padding, cyclic roll, window partition and the split into heads are one gather of the projected q, k, v with a
+  cached permutation (:class:`_Permute`), and so is the way back; ``torch.roll`` alone cost seven copies' worth
+  of time. (Padded positions are zeros after the projection rather than projected zeros: they never reach a
+  real token either way);
+- the attention core is :func:`window_attention`: for windows of 4-49 tokens, batched matmuls with an in-place
+  bias add and an explicit backward beat ``scaled_dot_product_attention`` on the CPU (whose fused kernel is not
+  used anyway when the additive bias needs a gradient, as the relative position bias does).
 """
+
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -27,23 +38,132 @@ from .base import TokenMixer
 from . import register_mixer
 
 
-def window_partition(x: torch.Tensor, w: int) -> torch.Tensor:
-    """(B, Hp, Wp, C) -> (B, nWh * nWw, w * w, C), windows in row-major order."""
-    B, Hp, Wp, C = x.shape
-    x = x.view(B, Hp // w, w, Wp // w, w, C).transpose(2, 3)
-    return x.reshape(B, (Hp // w) * (Wp // w), w * w, C)
+def _scaled_bmm(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
+    """``scale * (a @ b)``, the scale folded into the matrix product (free in BLAS; no pass over the result)."""
+    if scale == 1.0:
+        return torch.bmm(a, b)
+    ignored = a.new_empty(1, 1, 1).expand(a.shape[0], a.shape[1], b.shape[2])  # beta=0: not read
+    return torch.baddbmm(ignored, a, b, beta=0, alpha=scale)
 
 
-def window_merge(x: torch.Tensor, w: int, Hp: int, Wp: int) -> torch.Tensor:
-    """Inverse of :func:`window_partition`."""
-    B, C = x.shape[0], x.shape[-1]
-    x = x.view(B, Hp // w, Wp // w, w, w, C).transpose(2, 3)
-    return x.reshape(B, Hp, Wp, C)
+class _WindowAttention(torch.autograd.Function):
+    """``softmax(scale * q k^T + biases) v`` for many small windows; see :func:`window_attention`."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, scale, view, *biases):
+        logits = q.new_empty(q.shape[0], q.shape[1], k.shape[1])  # (M, Nq, Nk)
+        if len(biases) == 2 and torch.broadcast_shapes(*(b.shape for b in biases)) == logits.view(view).shape:
+            # two biases that together span the logits (halo's row and column terms): their sum is written
+            # once and q.k accumulated onto it, instead of two more passes over the logits
+            torch.add(*biases, out=logits.view(view))
+            logits.baddbmm_(q, k.transpose(1, 2), alpha=scale)
+        else:
+            logits = _scaled_bmm(q, k.transpose(1, 2), scale)
+            for bias in biases:  # in place, broadcast against the logits seen as `view`
+                logits.view(view).add_(bias)
+        # softmax in at least float32 (bf16/fp16 logits under autocast), as autocast itself would
+        p = torch.softmax(logits, -1, dtype=torch.promote_types(logits.dtype, torch.float32))
+        ctx.save_for_backward(q, k, v, p)
+        ctx.scale, ctx.view = scale, view
+        ctx.bias_shapes = [b.shape if need else None for b, need in zip(biases, ctx.needs_input_grad[5:])]
+        return torch.bmm(p.to(v.dtype), v)
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, p = ctx.saved_tensors
+        grad = grad.to(v.dtype)
+        gp = torch.bmm(grad, v.transpose(1, 2)).to(p.dtype)
+        gl = torch._softmax_backward_data(gp, p, -1, p.dtype)  # d logits = p * (gp - sum(gp * p))
+        gv = torch.bmm(p.to(v.dtype).transpose(1, 2), grad)
+        gl_q = gl.to(q.dtype)
+        gq = _scaled_bmm(gl_q, k, ctx.scale)
+        gk = _scaled_bmm(gl_q.transpose(1, 2), q, ctx.scale)  # computed as (M, Nk, d), the layout of k
+        gl = gl.view(ctx.view)
+        gbiases = [gl.sum_to_size(shape) if shape is not None else None for shape in ctx.bias_shapes]
+        return gq, gk, gv, None, None, *gbiases
+
+
+def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *biases: torch.Tensor,
+                     scale: float = 1.0, view: Optional[Sequence[int]] = None) -> torch.Tensor:
+    """``softmax(scale * q . k^T + sum(biases)) . v`` batched over many small windows.
+
+    q: (M, Nq, d); k, v: (M, Nk, d) (any batch stride). Each bias is added to the logits seen as ``view``
+    (default ``(M, Nq, Nk)``) with broadcasting, e.g. a ``(nW, heads, N, N)`` bias with
+    ``view = (B, nW, heads, N, N)``; ``-inf`` marks pairs that may not attend (every row must allow at least one
+    key). Returns (M, Nq, d).
+
+    The same computation as ``F.scaled_dot_product_attention(q, k, v, attn_mask=sum(biases), scale=scale)``,
+    with an explicit backward: the scale rides in the matrix products, the biases are added in place without
+    being expanded to full size, and every gradient comes out contiguous in the layout of its input. For windows
+    of 4-169 tokens this is faster on the CPU than SDPA's math path (taken in training, since the biases need
+    gradients) and than its fused CPU kernel (inference)."""
+    view = tuple(view) if view is not None else (q.shape[0], q.shape[1], k.shape[1])
+    return _WindowAttention.apply(q, k, v, float(scale), view, *(b.to(q.dtype) for b in biases))
+
+
+class _Permute(torch.autograd.Function):
+    """``x.index_select(1, index)`` for a permutation ``index``; the backward is the inverse permutation
+    (another gather), not ``index_select``'s scatter-add."""
+
+    @staticmethod
+    def forward(ctx, x, index, inverse):
+        ctx.inverse = inverse
+        return x.index_select(1, index)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.index_select(1, ctx.inverse), None, None
+
+
+class _Geometry:
+    """Everything about an input size that does not depend on the data, built once per size: the window side
+    ``w`` and shift ``s`` used, the padded size, the gathers to and from windows, the index into the relative
+    position table and the mask."""
+
+    def __init__(self, H: int, W: int, window: int, shift: int, heads: int, device):
+        w, s = window, shift
+        if min(H, W) <= w:  # the whole map fits in one window: no shift needed
+            w, s = min(H, W, w), 0
+        self.w, self.s = w, s
+        self.Hp, self.Wp = Hp, Wp = -(-H // w) * w, -(-W // w) * w
+        self.nW, self.N = (Hp // w) * (Wp // w), w * w
+        nW, N, P = self.nW, self.N, Hp * Wp
+        arange = lambda n: torch.arange(n, device=device)  # noqa: E731
+
+        # pos[j, n]: position (in the padded map) of token n of window j, after the cyclic roll by -s
+        pos = arange(P).view(Hp, Wp)
+        if s:
+            pos = torch.roll(pos, (-s, -s), (0, 1))
+        pos = pos.view(Hp // w, w, Wp // w, w).transpose(1, 2).reshape(nW, N)
+        h, t = arange(heads), arange(3)
+        # to windows: rows of dh channels, qkv (P, 3, heads) -> (nW, heads, 3, N)
+        self.to_win = ((pos[:, None, None, :] * 3 + t[:, None]) * heads + h[:, None, None]).flatten()
+        self.to_win_inv = torch.argsort(self.to_win)
+        # from windows: rows of dh channels, output (nW, heads, N) -> (P, heads)
+        slot = torch.empty(P, dtype=torch.long, device=device)
+        slot[pos.flatten()] = arange(nW * N)  # window * N + n of each position
+        self.from_win = (((slot // N)[:, None] * heads + h) * N + (slot % N)[:, None]).flatten()
+        self.from_win_inv = torch.argsort(self.from_win)
+
+        # relative position of every (query, key) pair of a window -> row of the (2 * window - 1)^2 table
+        yx = torch.stack(torch.meshgrid(arange(w), arange(w), indexing='ij')).flatten(1)  # (2, N)
+        rel = yx[:, :, None] - yx[:, None, :] + (window - 1)  # (2, N, N), in [0, 2 * window - 2]
+        self.rel_index = rel[0] * (2 * window - 1) + rel[1]
+
+        # mask: a label per position (which side of the cyclic wrap per axis, or padding); only equal labels
+        # may attend to each other, which also keeps padded keys away from real queries
+        self.forbidden = None  # (nW, 1, N, N), True where a query may not attend a key
+        if s or Hp != H or Wp != W:
+            r, c = arange(Hp), arange(Wp)
+            label = ((r < s)[:, None].long() + 2 * (c < s)[None, :].long()
+                     + 4 * ((r >= H)[:, None] | (c >= W)[None, :]).long()).flatten()[pos]  # (nW, N)
+            self.forbidden = (label[:, :, None] != label[:, None, :])[:, None]
 
 
 @register_mixer('sw_attn')
 class ShiftedWindowAttention(TokenMixer):
     no_weight_decay_keys = ('relative_position_bias_table',)  # excluded from weight decay, as in the paper
+    _MAX_CACHED = 16
 
     def __init__(self, dim, num_heads, *, window: int = 7, shift: Optional[int] = None,
                  qkv_bias: bool = True, **context):
@@ -61,63 +181,41 @@ class ShiftedWindowAttention(TokenMixer):
         self.proj = nn.Linear(dim, dim)
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, num_heads))
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
-        self._masks: Dict[tuple, Optional[torch.Tensor]] = {}  # per input size and device, not saved
+        self._masks: Dict[tuple, _Geometry] = {}  # per input size and device: index tables and masks, not saved
 
-    def _rel_index(self, w: int, device) -> torch.Tensor:
-        """(w*w, w*w) index into the bias table for a window of side w <= self.window (cached)."""
-        key = ('rel', w, str(device))
-        if key in self._masks:
-            return self._masks[key]
-        coords = torch.stack(torch.meshgrid(torch.arange(w), torch.arange(w), indexing='ij')).flatten(1)
-        rel = coords[:, :, None] - coords[:, None, :] + (self.window - 1)  # (2, N, N), in [0, 2W-2]
-        self._masks[key] = (rel[0] * (2 * self.window - 1) + rel[1]).to(device)
-        return self._masks[key]
-
-    def _mask(self, H: int, W: int, w: int, s: int, device) -> Optional[torch.Tensor]:
-        """Boolean (nW, N, N) mask, True where a query may attend a key, or None if all pairs are allowed.
-
-        Each position gets a label: whether the cyclic roll wrapped it around (per axis) and whether it is
-        padding. Queries attend only to keys with the same label, which also keeps padded keys away from
-        real queries while every query still sees itself.
-        """
-        key = (H, W, w, s, str(device))
+    def _geometry(self, H: int, W: int, device) -> _Geometry:
+        # tensors made under inference_mode cannot be saved for a later backward: keep them apart
+        key = (H, W, str(device), torch.is_inference_mode_enabled())
         if key not in self._masks:
-            Hp, Wp = -(-H // w) * w, -(-W // w) * w
-            if s == 0 and Hp == H and Wp == W:
-                self._masks[key] = None
-            else:
-                r, c = torch.arange(Hp, device=device), torch.arange(Wp, device=device)
-                label = ((r < s)[:, None].long() + 2 * (c < s)[None, :].long()
-                         + 4 * ((r >= H)[:, None] | (c >= W)[None, :]).long())  # (Hp, Wp)
-                label = torch.roll(label, (-s, -s), (0, 1))[None, :, :, None]
-                label = window_partition(label, w)[0, :, :, 0]  # (nW, N)
-                self._masks[key] = label[:, :, None] == label[:, None, :]
+            if len(self._masks) >= self._MAX_CACHED:
+                self._masks.clear()
+            self._masks[key] = _Geometry(H, W, self.window, self.shift, self.num_heads, device)
         return self._masks[key]
+
+    def _bias(self, g: _Geometry) -> torch.Tensor:
+        """Relative position bias, -inf where the mask forbids: (heads, N, N), or (nW, heads, N, N) with a mask."""
+        bias = self.relative_position_bias_table[g.rel_index].permute(2, 0, 1)  # (heads, N, N)
+        if g.forbidden is not None:
+            bias = bias.masked_fill(g.forbidden, float('-inf'))
+        return bias
 
     def forward(self, x):  # (B, H, W, C)
         B, H, W, C = x.shape
-        w, s = self.window, self.shift
-        if min(H, W) <= w:  # the whole map fits in one window: no shift needed
-            w, s = min(H, W, w), 0
-        Hp, Wp = -(-H // w) * w, -(-W // w) * w
-        x = F.pad(x, (0, 0, 0, Wp - W, 0, Hp - H))
-        if s:
-            x = torch.roll(x, (-s, -s), (1, 2))
-        win = window_partition(x, w)  # (B, nW, N, C)
-        nW, N = win.shape[1], win.shape[2]
-        qkv = self.qkv(win).view(B, nW, N, 3, self.num_heads, self.head_dim).permute(3, 0, 1, 4, 2, 5)
-        q, k, v = qkv.unbind(0)  # each (B, nW, heads, N, dh)
-        bias = self.relative_position_bias_table[self._rel_index(w, x.device)]  # (N, N, heads)
-        bias = bias.permute(2, 0, 1).to(q.dtype)  # (heads, N, N)
-        mask = self._mask(H, W, w, s, x.device)
-        if mask is not None:  # (nW, 1, N, N): -inf where not allowed
-            bias = bias.masked_fill(~mask[:, None], float('-inf'))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (B, nW, heads, N, dh)
-        out = out.transpose(2, 3).reshape(B, nW, N, C)
-        x = window_merge(self.proj(out), w, Hp, Wp)
-        if s:
-            x = torch.roll(x, (s, s), (1, 2))
-        return x[:, :H, :W].contiguous()
+        nh, dh = self.num_heads, self.head_dim
+        g = self._geometry(H, W, x.device)
+        qkv = self.qkv(x)  # (B, H, W, 3C)
+        if g.Hp != H or g.Wp != W:
+            qkv = F.pad(qkv, (0, 0, 0, g.Wp - W, 0, g.Hp - H))
+        # pad + roll + partition + split heads: one gather of dh-channel rows
+        qkv = _Permute.apply(qkv.reshape(B, -1, dh), g.to_win, g.to_win_inv)
+        q, k, v = qkv.view(B * g.nW * nh, 3, g.N, dh).unbind(1)
+        bias = self._bias(g)
+        out = window_attention(q, k, v, bias, scale=dh ** -0.5, view=(B, -1, *bias.shape[-3:]))  # (B*nW*heads, N, dh)
+        # back to the (padded) image, heads merged: one gather
+        out = _Permute.apply(out.view(B, -1, dh), g.from_win, g.from_win_inv).view(B, g.Hp, g.Wp, C)
+        if g.Hp != H or g.Wp != W:
+            out = out[:, :H, :W]
+        return self.proj(out)
 
     def extra_repr(self):
         return f'dim={self.dim}, num_heads={self.num_heads}, window={self.window}, shift={self.shift}'
