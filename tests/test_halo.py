@@ -179,7 +179,7 @@ def test_parameters_and_mask_cache():
     m(x)
     assert len(m._mask_cache) == 1
     m(torch.randn(1, 14, 14, C))  # multiple of block, halo padding still masked
-    assert len(m._mask_cache) == 2 and m._mask_cache[(14, 14, 'cpu')] is not None
+    assert len(m._mask_cache) == 2 and m._mask_cache[(14, 14, 'cpu', True, False)] is not None
     assert HaloAttention(8, 2, block=4, halo=0)._key_mask(8, 8, 'cpu') is None  # nothing to mask
 
 
