@@ -23,9 +23,11 @@ setup: $(VENV)/.installed
 notebooks: setup
 	$(PY) -m stm_lab.cli notebooks --profile $(PROFILE)
 
-book: notebooks
-	$(VENV)/bin/jupyter-book build . --keep-going
-	@echo "Book: file://$(CURDIR)/_build/html/index.html"
+# a failing notebook is reported, the book is still built from the others, and make then fails
+book: setup
+	$(PY) -m stm_lab.cli notebooks --profile $(PROFILE); status=$$?; \
+	$(VENV)/bin/jupyter-book build . --keep-going || exit 1; \
+	echo "Book: file://$(CURDIR)/_build/html/index.html"; exit $$status
 
 test: setup
 	$(PY) -m pytest -q
