@@ -1,8 +1,9 @@
-# stm-lab: one entry point. `make book` sets everything up and builds the book; `make test` runs the tests.
+# stm-lab: one entry point. `make book` sets everything up and builds the book from the committed cpu results
+# (PROFILE=smoke: tiny untrained models, no results needed); `make test` runs the tests.
 PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-PROFILE ?= smoke
+PROFILE ?= cpu
 # idle OpenMP threads spin by default, which stalls a shared 2-core machine
 export OMP_WAIT_POLICY ?= PASSIVE
 
