@@ -8,6 +8,7 @@
     stm-lab analyze {erf,invariance,fgsm,demo,all} --profile P   ERF, invariance, FGSM, rotate-a-photo demo
     stm-lab bench dcnv3                  DCNv3 core and U-InternImage training speed, compiled vs pure PyTorch
     stm-lab bench train-speed            training/inference images/s of the micro models and timm's Swin
+    stm-lab bench train-profile          where a training step goes: parts (stem, stages, head), top operators
     stm-lab bench table8                 inference throughput with the protocol of Table VIII
     stm-lab bench analyses               time of the ERF and FGSM analyses on the micro models
     stm-lab bench cpu-profile            training images/s per model at a profile's settings
@@ -156,6 +157,7 @@ def _passthrough(argv):
         table = {'dcnv3': ('stm_lab.bench', ['dcnv3', *rest]),
                  'train-speed': ('stm_lab.analysis.throughput', ['train-speed', *rest]),
                  'table8': ('stm_lab.analysis.throughput', ['table8', *rest]),
+                 'train-profile': ('stm_lab.analysis.throughput', ['train-profile', *rest]),
                  'analyses': ('stm_lab.analysis.bench_analyses', rest),
                  'cpu-profile': ('stm_lab.train', ['bench', *rest])}
         if what not in table:

@@ -366,7 +366,7 @@ def test_failed_build_falls_back_with_one_warning(monkeypatch, tmp_path, cxx):
     monkeypatch.setenv('STM_LAB_CACHE', str(tmp_path))  # a fresh, empty build cache
     monkeypatch.setattr(_build, 'LOADER', _build.ExtensionLoader())
     x, offset, mask = _inputs(1, 5, 4, 8, 2, 3, 1, 1, 1, 2.0)
-    with pytest.warns(RuntimeWarning, match='DCNv3 kernel is unavailable.*pure-PyTorch path'):
+    with pytest.warns(RuntimeWarning, match='CPU kernels .DCNv3, depth-wise conv. are unavailable.*slower PyTorch paths'):
         got = dcnv3_core(x, offset, mask, 3, 1, 1, 1, 2, 1.0, backend='auto')
     torch.testing.assert_close(got, dcnv3_core(x, offset, mask, 3, 1, 1, 1, 2, 1.0, backend='torch'), rtol=0, atol=0)
     with warnings.catch_warnings():

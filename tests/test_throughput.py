@@ -1,5 +1,6 @@
 """The throughput tools return sane figures and records (nothing here is timed: no speed assertions)."""
 import json
+import time
 
 import pytest
 import torch
@@ -108,3 +109,62 @@ def test_command_line_saves_with_provenance(tmp_path, monkeypatch):
     doc = json.loads((tmp_path / 'bench' / 't8.json').read_text())
     assert doc['provenance']['omp_wait_policy'] == 'PASSIVE' and doc['provenance']['profile'] == 'bench'
     assert doc['config']['batch_sizes'] == [1] and doc['records'][0]['model'] == 'u_dwconv_test'
+
+
+class _SlowBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        time.sleep(0.05)
+        return grad
+
+
+class _SleepyNet(torch.nn.Module):
+    """'slow_fwd' sleeps 50 ms in its forward, 'slow_bwd' 50 ms in its backward, 'head' neither."""
+
+    class Part(torch.nn.Module):
+        def __init__(self, fwd_s=0.0, slow_bwd=False):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.ones(1))
+            self.fwd_s, self.slow_bwd = fwd_s, slow_bwd
+
+        def forward(self, x):
+            time.sleep(self.fwd_s)
+            x = x * self.scale
+            return _SlowBackward.apply(x) if self.slow_bwd else x
+
+    def __init__(self):
+        super().__init__()
+        self.slow_fwd = self.Part(fwd_s=0.05)
+        self.stages = torch.nn.ModuleList([self.Part(slow_bwd=True), self.Part()])
+        self.head = torch.nn.Linear(3, 4)
+
+    def forward(self, x):
+        x = self.slow_fwd(x)
+        for s in self.stages:
+            x = s(x)
+        return self.head(x.mean((2, 3)))
+
+
+def test_part_times_put_known_sleeps_in_the_right_parts():
+    model = _SleepyNet()
+    assert [n for n, _ in T.model_parts(model)] == ['slow_fwd', 'stages.0', 'stages.1', 'head']
+    ms = {r['part']: r['ms'] for r in T.part_times(model, img_size=8, batch_size=2, steps=1, warmup=0)}
+    assert ms['slow_fwd forward'] >= 50 and ms['stages.0 forward'] < 50 and ms['head forward'] < 50
+    assert ms['stages.0 backward'] >= 50  # the backward of stages.0's output, before slow_fwd's gradient
+    assert ms['slow_fwd backward'] < 50 and ms['stages.1 backward'] < 50 and ms['head backward'] < 50
+    assert ms['total'] >= 100
+    assert sum(v for k, v in ms.items() if k != 'total') == pytest.approx(ms['total'], abs=0.1)
+
+
+def test_top_operators_of_a_step():
+    model = T.build_model('u_dwconv_test', 32, num_classes=10)
+    ops = T.top_operators(model, img_size=32, batch_size=2, steps=1, warmup=1, top=5)
+    assert len(ops) == 5 and all(o['ms'] > 0 and 0 < o['share'] <= 1 for o in ops)
+    assert [o['ms'] for o in ops] == sorted((o['ms'] for o in ops), reverse=True)
+    assert any('conv' in o['op'] for o in ops)  # a convolution model spends its time in convolutions
+    assert 'u_dwconv_test' in T.format_profile([dict(model='u_dwconv_test', img_size=32, batch_size=2, threads=1,
+                                                     parts=[dict(part='total', ms=1.0)], top_operators=ops)])

@@ -129,9 +129,12 @@ def test_truncated_corrupted_or_foreign_checkpoints_are_refused_and_left_in_plac
     run.mkdir()
     ckpt = run / 'last.safetensors'
     ckpt.write_bytes(good[:len(good) // 2])
-    with pytest.raises(ValueError, match='damaged.*left in place'):
+    with pytest.raises(ValueError, match=r'damaged.*left in place.*--resume none'):
         train.train(_cfg(), run, **SMOKE)
     assert ckpt.read_bytes() == good[:len(good) // 2] and sorted(p.name for p in run.iterdir()) == ['last.safetensors']
+    with pytest.raises(ValueError, match=str(ckpt)) as refused:  # eval names the file, without training's advice
+        train.load_model(ckpt)
+    assert '--resume' not in str(refused.value)
 
     flipped = bytearray(good)
     flipped[-100] ^= 0xFF  # inside the tensor data

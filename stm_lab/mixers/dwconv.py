@@ -2,9 +2,13 @@
 
 1x1 projection -> k x k depth-wise convolution (k = 7, zero padding k // 2) -> 1x1 projection, all with bias:
 ConvNeXt's depth-wise convolution wrapped with input/output projections so that it sits in the same
-transformer-style block as the attention mixers (paper Sec. 3 and Fig. 2)."""
+transformer-style block as the attention mixers (paper Sec. 3 and Fig. 2).
+
+With zero padding the depth-wise convolution goes through :func:`stm_lab.ops.dwconv.depthwise_conv2d`: the same
+numbers as ``nn.Conv2d``, with a backward that is several times faster on the CPU (see there)."""
 import torch.nn as nn
 
+from ..ops.dwconv import depthwise_conv2d
 from .base import TokenMixer
 from . import register_mixer
 
@@ -26,7 +30,11 @@ class DWConvMixer(TokenMixer):
 
     def forward(self, x):  # (B, H, W, C)
         x = self.proj_in(x).permute(0, 3, 1, 2)
-        x = self.dwconv(x).permute(0, 2, 3, 1)
+        if self.dwconv.padding_mode == 'zeros':
+            x = depthwise_conv2d(x, self.dwconv.weight, self.dwconv.bias)
+        else:
+            x = self.dwconv(x)
+        x = x.permute(0, 2, 3, 1)
         return self.proj_out(x)
 
     def extra_repr(self):

@@ -1,4 +1,4 @@
-"""Build and load the compiled DCNv3 kernels in ``ops/`` (``torch.utils.cpp_extension``, on first use, cached).
+"""Build and load the compiled CPU kernels in ``ops/`` (DCNv3 core, depth-wise convolution weight gradient) (``torch.utils.cpp_extension``, on first use, cached).
 
 The build goes to ``$STM_LAB_CACHE/torch_extensions/<name>-<key>`` (default cache ``~/.cache/stm_lab``, or
 ``$XDG_CACHE_HOME/stm_lab``), never into the repository. The key hashes everything the binary depends on: the
@@ -34,7 +34,7 @@ from typing import Optional
 import torch
 
 SOURCE_DIR = Path(__file__).resolve().parents[2] / 'ops'
-CPU_SOURCES = ('dcnv3_cpu.cpp',)
+CPU_SOURCES = ('dcnv3_cpu.cpp', 'dwconv_cpu.cpp')  # one library, one build
 HEADERS = ('dcnv3_common.h',)
 NAME = 'stm_lab_dcnv3'
 STALE_LOCK_S = 600  # no build takes this long; an older lock file was left by a killed build
@@ -105,8 +105,8 @@ class ExtensionLoader:
                 except Exception as e:  # any build/load failure means "use the PyTorch path"
                     self.error = f'{type(e).__name__}: {e}'.strip()
                 if self.ops is None and self.error:
-                    warnings.warn(f'stm_lab: the compiled DCNv3 kernel is unavailable ({self.error.splitlines()[0]}); '
-                                  f'using the slower pure-PyTorch path', RuntimeWarning, stacklevel=3)
+                    warnings.warn(f'stm_lab: the compiled CPU kernels (DCNv3, depth-wise conv) are unavailable '
+                                  f'({self.error.splitlines()[0]}); using the slower PyTorch paths', RuntimeWarning, stacklevel=3)
         return self.ops
 
     def _build(self, verbose):
@@ -132,7 +132,7 @@ class ExtensionLoader:
         lock = self.build_dir / 'lock'
         if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK_S:
             lock.unlink(missing_ok=True)
-        print(f'stm_lab: compiling the DCNv3 CPU kernel once (15-60 s), cache: {self.build_dir}',
+        print(f'stm_lab: compiling the CPU kernels (DCNv3, depth-wise conv) once (15-90 s), cache: {self.build_dir}',
               file=sys.stderr, flush=True)  # one line, so a first-use pause is not a mystery
         cpp_extension.load(name=NAME, sources=[str(p) for p in sources], extra_cflags=flags,
                            extra_ldflags=['-fopenmp'], extra_include_paths=[str(SOURCE_DIR)],
