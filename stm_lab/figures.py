@@ -261,3 +261,152 @@ def demo_rotation_figure(records: Iterable[dict], views: dict, photos: list) -> 
     fig.update_xaxes(tickangle=-30, row=2, col=1)
     fig.update_annotations(font_size=10)
     return fig
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+def accuracy_markdown(rows: Iterable[dict]) -> str:
+    """Trained top-1/top-5 (rows of ``stm_lab.train.summary``) beside Table III's ImageNet top-1."""
+    out = ['| model | params | epochs | top-1 | top-5 | weights | train images/s | minutes | paper top-1 (ImageNet, 224) |',
+           '|---|---:|---:|---:|---:|---|---:|---:|---:|']
+    for r in rows:
+        paper = f'{r["paper_top1"]}%' if r.get('paper_top1') else '-'
+        out.append(f'| {_display(r["model"])} | {r["params_m"]}M | {r["epochs"]} | {r["top1"]:.2f}% | {r["top5"]:.2f}% '
+                   f'| {r["weights"]} | {r["train_img_per_s"]:.0f} | {r["wall_time_min"]} | {paper} |')
+    return '\n'.join(out)
+
+
+def training_curves(docs: dict, title_suffix: str = '') -> go.Figure:
+    """Validation top-1 (weights: solid, EMA: dotted) and training loss per epoch, one colour per model.
+    ``docs``: model -> ``results/<profile>/train_<model>.json`` document."""
+    from plotly.subplots import make_subplots
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,
+                        subplot_titles=[f'validation top-1{title_suffix}', f'training loss{title_suffix}'])
+    for m, doc in docs.items():
+        recs, color, name = doc['records'], COLORS.get(family_of(m)), _display(m)
+        evals = [r for r in recs if r.get('top1') is not None]
+        fig.add_scatter(x=[r['epoch'] for r in evals], y=[r['top1'] for r in evals], mode='lines+markers',
+                        name=name, legendgroup=m, line=dict(color=color),
+                        hovertemplate='epoch %{x}: top-1 %{y:.2f}%<extra>' + name + '</extra>', row=1, col=1)
+        ema = [r for r in evals if r.get('ema_top1') is not None]
+        if ema:
+            fig.add_scatter(x=[r['epoch'] for r in ema], y=[r['ema_top1'] for r in ema], mode='lines+markers',
+                            name=f'{name} (EMA)', legendgroup=m, showlegend=False,
+                            line=dict(color=color, dash='dot'), marker=dict(symbol='circle-open'),
+                            hovertemplate='epoch %{x}: EMA top-1 %{y:.2f}%<extra>' + name + '</extra>', row=1, col=1)
+        fig.add_scatter(x=[r['epoch'] for r in recs], y=[r['train_loss'] for r in recs], mode='lines', name=name,
+                        legendgroup=m, showlegend=False, line=dict(color=color),
+                        hovertemplate='epoch %{x}: loss %{y:.3f}<extra>' + name + '</extra>', row=1, col=2)
+    fig.update_xaxes(title_text='epoch')
+    fig.update_yaxes(title_text='top-1 (%)', row=1, col=1)
+    fig.update_yaxes(title_text='mixup/cutmix soft-target loss', row=1, col=2)
+    fig.update_layout(template='plotly_white', height=420, margin=dict(l=60, r=20, t=40, b=50),
+                      legend=dict(orientation='h', y=-0.2))
+    return fig
+
+
+# ------------------------------------------------------------------------------------------------ speed
+
+SPEED_BASELINE = 'u_dwconv_micro'
+
+
+def _speed_name(model: str) -> str:
+    return "timm's Swin (same shape)" if model.startswith('timm_') else _display(model)
+
+
+def _speed_color(model: str) -> str:
+    return '#bcbd22' if model.startswith('timm_') else COLORS.get(family_of(model), '#7f7f7f')
+
+
+def speed_bars(records: Iterable[dict]) -> go.Figure:
+    """Images/s relative to U-DWConv per setting (training at 64, inference at 64 and 224), one bar per model;
+    ``records``: ``results/bench/train_speed.json``. Hover: the absolute images/s."""
+    records = list(records)
+    settings = list(dict.fromkeys((r['mode'], r['img_size']) for r in records))
+    fig = go.Figure()
+    for m in _models_in_order(records):
+        rs = [next((r for r in records if r['model'] == m and (r['mode'], r['img_size']) == s), None) for s in settings]
+        fig.add_bar(x=[f'{mode} {size}x{size}' for mode, size in settings],
+                    y=[r['ratio_to_dwconv'] if r else None for r in rs], name=_speed_name(m),
+                    marker_color=_speed_color(m), customdata=[r['images_per_sec'] if r else None for r in rs],
+                    hovertemplate='%{x}: %{y:.2f}x U-DWConv (%{customdata:.0f} images/s)<extra>' + _speed_name(m)
+                                  + '</extra>')
+    fig.add_hline(y=1.0, line=dict(color='grey', dash='dash'))
+    fig.update_layout(barmode='group', template='plotly_white', height=400, margin=dict(l=60, r=20, t=30, b=40),
+                      yaxis=dict(title='images/s relative to U-DWConv'), legend=dict(orientation='h', y=-0.15))
+    return fig
+
+
+def profile_component(part: str) -> str:
+    """Groups the parts of ``stm_lab.analysis.throughput.part_times`` into components comparable across models."""
+    name = part.rsplit(' ', 1)[0] if part.endswith((' forward', ' backward')) else part
+    if name in ('stem', 'patch_embed'):
+        return 'stem'
+    if name.startswith(('stages.', 'layers.')):
+        return f'stage {int(name.split(".")[1]) + 1}'
+    if name == 'optimizer step':
+        return 'optimizer'
+    return 'head, loss and glue'
+
+
+def profile_bars(records: Iterable[dict]) -> go.Figure:
+    """Milliseconds per training step by component (stem, stages 1-4 with their downsampling, head/loss, optimizer),
+    forward + backward, one horizontal bar per model; ``records``: ``results/bench/train_profile.json``."""
+    records = list(records)
+    components = ['stem', 'stage 1', 'stage 2', 'stage 3', 'stage 4', 'head, loss and glue', 'optimizer']
+    palette = ['#8c564b', '#1f77b4', '#2ca02c', '#d62728', '#9467bd', '#7f7f7f', '#bcbd22']
+    fig = go.Figure()
+    for comp, color in zip(components, palette):
+        ys, xs, fwd, bwd = [], [], [], []
+        for r in records:
+            parts = [p for p in r['parts'] if p['part'] != 'total' and profile_component(p['part']) == comp]
+            ys.append(_speed_name(r['model']))
+            xs.append(sum(p['ms'] for p in parts))
+            fwd.append(sum(p['ms'] for p in parts if p['part'].endswith('forward')))
+            bwd.append(sum(p['ms'] for p in parts if p['part'].endswith('backward')))
+        fig.add_bar(y=ys, x=xs, name=comp, orientation='h', marker_color=color, customdata=list(zip(fwd, bwd)),
+                    hovertemplate=comp + ': %{x:.1f} ms (forward %{customdata[0]:.1f}, backward %{customdata[1]:.1f})'
+                                         '<extra>%{y}</extra>')
+    fig.update_layout(barmode='stack', template='plotly_white', height=120 + 60 * len(records),
+                      margin=dict(l=170, r=20, t=30, b=40), xaxis=dict(title='ms per training step'),
+                      legend=dict(orientation='h', y=-0.35), yaxis=dict(autorange='reversed'))
+    return fig
+
+
+def table8_markdown(records: Iterable[dict]) -> str:
+    """Inference images/s here (``results/bench/table8_throughput.json``) beside the paper's Table VIII (RTX 3090),
+    each with its ratio to U-DWConv, so that orderings can be compared."""
+    from .paper import TABLE8, TABLE8_SIZES
+    records = list(records)
+    sizes = sorted({r['img_size'] for r in records})
+    by = {(r['model'], r['img_size']): r for r in records}
+    head = '| model | ' + ' | '.join(f'{s}: here (batch {by[next(m for m, z in by if z == s), s]["batch_size"]}) '
+                                     f'| {s}: paper' for s in sizes) + ' |'
+    out = [head, '|---|' + '---:|---:|' * len(sizes)]
+    for m in _models_in_order(records):
+        cells = []
+        for s in sizes:
+            r, base = by.get((m, s)), by.get((SPEED_BASELINE, s))
+            cells.append(f'{r["images_per_sec"]:.1f} ({r["images_per_sec"] / base["images_per_sec"]:.2f}x)'
+                         if r and base else (f'{r["images_per_sec"]:.1f}' if r else '-'))
+            paper = TABLE8.get(m)
+            i = TABLE8_SIZES.index(s) if s in TABLE8_SIZES else None
+            cells.append(f'{paper[i]} ({paper[i] / TABLE8[SPEED_BASELINE][i]:.2f}x)' if paper and i is not None else '-')
+        out.append(f'| {_display(m)} | ' + ' | '.join(cells) + ' |')
+    return '\n'.join(out)
+
+
+def top_operators_markdown(records: Iterable[dict], top: int = 8) -> str:
+    """The operators with the most self time in a training step (``train_profile.json``), ms per step (share), one
+    column per model; rows are the union of each model's ``top`` first."""
+    records = list(records)
+    ops = list(dict.fromkeys(o['op'] for r in records for o in r['top_operators'][:top]))
+    out = ['| operator | ' + ' | '.join(_speed_name(r['model']) for r in records) + ' |',
+           '|---|' + '---:|' * len(records)]
+    for op in ops:
+        cells = []
+        for r in records:
+            o = next((o for o in r['top_operators'] if o['op'] == op), None)
+            cells.append(f'{o["ms"]:.1f} ({100 * o["share"]:.0f}%)' if o else '-')
+        out.append(f'| `{op}` | ' + ' | '.join(cells) + ' |')
+    return '\n'.join(out)

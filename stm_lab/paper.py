@@ -22,6 +22,19 @@ TABLE7 = {
     'u_halonet_small_1px': (9.32, 83.8), 'u_halonet_small_shift': (9.75, 82.7),
 }
 
+# Table VIII: inference images/s on an RTX 3090 at 256x256 / 512x512 / 1024x1024 (batch 128 / 32 / 12)
+TABLE8_SIZES = (256, 512, 1024)
+TABLE8 = {
+    'u_halonet_micro': (3627, 979, 254), 'u_pvt_micro': (3755, 841, 149), 'u_swin_micro': (5307, 1415, 366),
+    'u_dwconv_micro': (4299, 1103, 287), 'u_internimage_micro': (3018, 765, 197),
+    'u_halonet_tiny': (1133, 330, 86), 'u_pvt_tiny': (1146, 269, 54), 'u_swin_tiny': (1587, 460, 125),
+    'u_dwconv_tiny': (1582, 397, 102), 'u_internimage_tiny': (818, 208, 53),
+    'u_halonet_small': (663, 200, 54), 'u_pvt_small': (827, 193, 38), 'u_swin_small': (913, 275, 76),
+    'u_dwconv_small': (995, 249, 65), 'u_internimage_small': (588, 148, 38),
+    'u_halonet_base': (448, 140, 38), 'u_pvt_base': (552, 127, 24), 'u_swin_base': (605, 189, 53),
+    'u_dwconv_base': (740, 185, 47), 'u_internimage_base': (419, 106, 27),
+}
+
 # display names used by the paper
 DISPLAY = {'halonet': 'U-HaloNet', 'pvt': 'U-PVT', 'swin': 'U-Swin Transformer', 'dwconv': 'U-DWConv',
            'internimage': 'U-InternImage', 'identity': 'U-Identity', 'pooling': 'U-Pooling'}

@@ -53,6 +53,7 @@ from .results import ROOT, atomic_write_bytes
 FORMAT = 'stm-lab-checkpoint/1'
 RUNS_DIR = Path(os.environ.get('STM_LAB_RUNS', ROOT / 'runs'))
 MICRO_MODELS = ('u_halonet_micro', 'u_pvt_micro', 'u_swin_micro', 'u_dwconv_micro', 'u_internimage_micro')
+SMOKE_MODELS = tuple(m.replace('_micro', '_test') for m in MICRO_MODELS)  # what the smoke profile trains
 IMAGENET_TRAIN_IMAGES = 1281167
 
 # ------------------------------------------------------------------------------------------------ configs
@@ -709,6 +710,23 @@ def summary(profile: str = 'cpu', models=MICRO_MODELS) -> List[dict]:
                          params_m=round(doc['config']['params'] / 1e6, 2),
                          paper_top1=TABLE3.get(name, (None, None, None))[2]))
     return rows
+
+
+def training_results(profile: str, folder: str = '') -> Dict[str, dict]:
+    """model -> its ``train_<model>.json`` document under ``results/<profile>[/<folder>]``, in the paper's order
+    (the five micro models; their ``*_test`` versions at the smoke profile). Models without one are left out, except
+    at the smoke profile, where they are trained first (seconds each, on the committed fixture)."""
+    where = f'{profile}/{folder}' if folder else profile
+    docs = {}
+    for m in SMOKE_MODELS if profile == 'smoke' else MICRO_MODELS:
+        try:
+            docs[m] = results.load_result(where, f'train_{m}')
+        except FileNotFoundError:
+            if profile != 'smoke' or folder:
+                continue
+            train(profile_config(m, 'smoke'), resume='none', progress=False)
+            docs[m] = results.load_result(profile, f'train_{m}')
+    return docs
 
 
 def format_summary(rows: List[dict], profile: str) -> str:

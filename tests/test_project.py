@@ -62,8 +62,8 @@ def test_committed_table3_matches_the_code():
 
 
 @pytest.mark.skipif(not PAPER.exists(), reason=f'paper text not found at {PAPER}')
-def test_transcribed_table3_matches_the_paper_text():
-    from stm_lab.paper import DISPLAY, TABLE3, TABLE7
+def test_transcribed_tables_match_the_paper_text():
+    from stm_lab.paper import DISPLAY, TABLE3, TABLE7, TABLE8
     text = PAPER.read_text()
     table = text[text.index('TABLE III'):text.index('4.3.2')]
     scale = None
@@ -78,3 +78,11 @@ def test_transcribed_table3_matches_the_paper_text():
     t7 = text[text.index('TABLE VII'):text.index('TABLE VIII')]
     for name, (macs, acc) in TABLE7.items():
         assert f'{macs:.2f} {acc}' in t7, name
+    t8, scale, found = text[text.index('TABLE VIII'):text.index('5.4 Ablation')], None, {}
+    for line in t8.splitlines():
+        m = re.match(r'^(Micro|Tiny|Small|Base)? ?(U-[\w ]+?) (\d+) (\d+) (\d+)$', line)
+        if m:
+            scale = (m.group(1) or scale).lower()
+            fam = next(k for k, v in DISPLAY.items() if v == m.group(2))
+            found[f'u_{fam}_{scale}'] = tuple(int(m.group(i)) for i in (3, 4, 5))
+    assert found == TABLE8

@@ -1,0 +1,68 @@
+"""Builders of the training and speed pages: known inputs give known tables and groupings."""
+import pytest
+
+from stm_lab import figures, results, train
+from stm_lab.paper import TABLE8
+
+
+def test_profile_parts_group_into_comparable_components():
+    c = figures.profile_component
+    assert [c('stem forward'), c('patch_embed backward'), c('stages.0 forward'), c('layers.3 backward')] == \
+        ['stem', 'stem', 'stage 1', 'stage 4']
+    assert {c('conv_head forward'), c('head backward'), c('loss'), c('between parts (forward)')} == {'head, loss and glue'}
+    assert c('optimizer step') == 'optimizer'
+
+
+def test_profile_bars_sum_forward_and_backward_per_component():
+    rec = dict(model='u_swin_micro', parts=[dict(part='stem forward', ms=1.0), dict(part='stem backward', ms=2.0),
+                                            dict(part='stages.1 forward', ms=4.0), dict(part='total', ms=7.0)])
+    fig = figures.profile_bars([rec])
+    by = {t.name: t.x[0] for t in fig.data}
+    assert by['stem'] == 3.0 and by['stage 2'] == 4.0 and by['stage 1'] == 0 and sum(by.values()) == 7.0
+
+
+def test_table8_markdown_puts_ratios_to_dwconv_beside_the_paper():
+    recs = [dict(model='u_swin_micro', img_size=256, batch_size=8, images_per_sec=30.0),
+            dict(model='u_dwconv_micro', img_size=256, batch_size=8, images_per_sec=20.0)]
+    md = figures.table8_markdown(recs)
+    swin = next(line for line in md.splitlines() if line.startswith('| U-Swin'))
+    paper_ratio = TABLE8['u_swin_micro'][0] / TABLE8['u_dwconv_micro'][0]
+    assert '30.0 (1.50x)' in swin and f'{TABLE8["u_swin_micro"][0]} ({paper_ratio:.2f}x)' in swin
+    assert 'batch 8' in md.splitlines()[0]
+
+
+def test_training_results_trains_only_the_missing_smoke_models(tmp_path, monkeypatch):
+    monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path)
+    results.save_result('smoke', 'train_u_pvt_test', [dict(epoch=1)])
+    trained = []
+
+    def fake_train(cfg, **kw):
+        trained.append(cfg.model)
+        results.save_result('smoke', f'train_{cfg.model}', [dict(epoch=2)])
+    monkeypatch.setattr(train, 'train', fake_train)
+    docs = train.training_results('smoke')
+    assert list(docs) == list(train.SMOKE_MODELS)
+    assert trained == [m for m in train.SMOKE_MODELS if m != 'u_pvt_test']
+    assert docs['u_pvt_test']['records'] == [dict(epoch=1)]
+    # other profiles and sub-folders only read what is there
+    assert train.training_results('cpu') == {} and train.training_results('smoke', 'epochs40') == {}
+    assert len(trained) == 4
+
+
+def test_accuracy_markdown_has_a_row_per_model():
+    rows = [dict(model='u_dwconv_micro', params_m=4.06, epochs=12, top1=52.94, top5=90.73, weights='ema',
+                 train_img_per_s=50.7, wall_time_min=35.4, paper_top1=75.1)]
+    md = figures.accuracy_markdown(rows)
+    assert md.count('\n') == 2 and '| U-DWConv | 4.06M | 12 | 52.94% | 90.73% | ema | 51 | 35.4 | 75.1% |' in md
+
+
+@pytest.mark.parametrize('name', ['train_speed', 'train_profile', 'table8_throughput'])
+def test_committed_speed_results_render(name):
+    doc = results.load_result('bench', name)
+    if name == 'train_speed':
+        figures.speed_bars(doc['records'])
+    elif name == 'train_profile':
+        figures.profile_bars(doc['records'])
+        assert 'aten::' in figures.top_operators_markdown(doc['records'])
+    else:
+        assert figures.table8_markdown(doc['records']).count('\n') == len({r['model'] for r in doc['records']}) + 1
