@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 import stm_lab  # noqa: F401  (registers the models)
 from stm_lab.analysis.adversarial import PAPER_EPSILONS, fgsm_perturb, fgsm_sweep
-from stm_lab.analysis.invariance import PixelSpace
+from stm_lab.analysis.common import PixelSpace
 
 
 def batch(n=16, side=32, seed=0, lo=0.1, hi=0.9):

@@ -4,8 +4,9 @@ import torch
 import torch.nn as nn
 
 import stm_lab  # noqa: F401  (registers the models)
-from stm_lab.analysis.invariance import (PixelSpace, crop, default_shifts, resize_short, rotation_sweep,
-                                         scale_sweep, translation_sweep, zhang_consistency)
+from stm_lab.analysis.common import PixelSpace
+from stm_lab.analysis.invariance import (crop, default_shifts, resize_short, rotation_sweep, scale_sweep,
+                                         translation_sweep, zhang_consistency)
 from stm_lab.mixers import create_mixer
 
 S = 32  # crop size used in these tests (views come from 36x36 resized images)

@@ -4,7 +4,7 @@ Fast gradient sign method (Goodfellow et al., "Explaining and harnessing adversa
 untargeted: x' = clamp(x + epsilon * sign(grad_x CE(f(x), y)), 0, 1), computed with ``captum.robust.FGSM``.
 
 The attack lives in pixel space: images are floats in [0, 1], the model is wrapped so that it normalizes
-inside (:class:`~stm_lab.analysis.invariance.PixelSpace`), so epsilon is in units of the [0, 1] range
+inside (:class:`~stm_lab.analysis.common.PixelSpace`), so epsilon is in units of the [0, 1] range
 (8/255 = eight grey levels) and the clamp keeps valid images. The paper gives the epsilons (0.5/255, 2/255,
 8/255) but no code, so how it handled normalization is unknown (facts sheet section 5.4).
 
@@ -17,14 +17,14 @@ Two captum settings, and why:
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from captum.robust import FGSM
 
-from .invariance import Data, PixelSpace, eval_frozen, iter_batches, model_device
+from .common import Data, PixelSpace, eval_frozen, iter_batches, model_device
 
 PAPER_EPSILONS = (0.0, 0.5 / 255, 2 / 255, 8 / 255)  # clean + the paper's three strengths
 FINE_EPSILONS = tuple(e / 255 for e in (0, 0.25, 0.5, 1, 1.5, 2, 3, 4, 6, 8))  # for accuracy-vs-epsilon curves

@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .invariance import Data, PixelSpace, eval_frozen, iter_batches, model_device
+from .common import Data, PixelSpace, eval_frozen, iter_batches, model_device
 
 # mixers whose sampling locations depend on the input: no fixed theoretical receptive field
 DYNAMIC_SAMPLING_MIXERS = {'dcnv3'}

@@ -137,7 +137,7 @@ def iter_models(profile: Profile, models: Optional[Sequence[str]] = None, log=_p
 def load_images(profile: Profile, limit: int) -> Tuple[torch.Tensor, torch.Tensor, List[str]]:
     """A fixed, seeded subset of ``limit`` images of the profile's split (same for every model and analysis of
     that size): un-cropped float images in [0, 1], ``(N, 3, H, W)``, their labels and the class names."""
-    from ..data import DataConfig, decoded_images, find_shard
+    from ..data import decoded_images, find_shard
     path = find_shard(profile.dataset, profile.split, download=profile.dataset != 'fixture')
     with np.load(path, allow_pickle=False) as d:
         labels, classes = d['labels'].astype(np.int64), [str(c) for c in d['classes']]
@@ -230,7 +230,7 @@ def demo_views(img_size: int, crop_pct: float = 0.875, angles: Sequence[float] =
 
 @torch.no_grad()
 def run_demo(m: Loaded, angles: Sequence[float] = DEMO_ANGLES) -> List[dict]:
-    from .invariance import PixelSpace
+    from .common import PixelSpace
     x, photos = demo_images()
     net = PixelSpace(m.model, m.mean, m.std)
     rows = []
