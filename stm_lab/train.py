@@ -517,9 +517,11 @@ def run_dir(cfg: TrainConfig) -> Path:
 
 def train(cfg: TrainConfig, out_dir: Optional[Path] = None, resume: str = 'auto', progress: bool = True,
           stop_after: Optional[int] = None, export: bool = True, limit_train: Optional[int] = None,
-          limit_val: Optional[int] = None, command: Optional[str] = None) -> dict:
+          limit_val: Optional[int] = None, command: Optional[str] = None, results_subdir: str = '') -> dict:
     """Train (or continue) a run; returns the last epoch's metrics. ``resume``: 'auto' (the run folder's
-    last checkpoint if there is one), 'none' (start over), or a checkpoint path. ``stop_after``: stop after
+    last checkpoint if there is one), 'none' (start over), or a checkpoint path. ``results_subdir``: export the
+    final weights and result to ``results/<profile>/<results_subdir>/`` (runs kept apart from the profile's main
+    set, e.g. a longer budget); resuming a finished run exports it again. ``stop_after``: stop after
     that many epochs in this call (for tests and for splitting a long run)."""
     d = init_distributed()
     out = Path(out_dir) if out_dir else run_dir(cfg)
@@ -565,7 +567,7 @@ def train(cfg: TrainConfig, out_dir: Optional[Path] = None, resume: str = 'auto'
             dist.barrier()
     final = run.history[-1] if run.history else {}
     if run.epoch == cfg.epochs and export and d.main:
-        final = export_result(run, out, command)
+        final = export_result(run, out, command, results_subdir)
     if d.world > 1:
         dist.barrier()  # the others wait for rank 0's export
     return final
@@ -582,14 +584,15 @@ def _write_metrics(path: Path, history: List[dict]) -> None:
 
 # --------------------------------------------------------------------------------------- final export
 
-def export_result(run: Run, out: Path, command: Optional[str] = None) -> dict:
-    """Half-precision weights (EMA if it scores higher) + result JSON under results/<profile>/; the fp16
-    weights are re-evaluated, so the committed file's accuracy is the one reported."""
+def export_result(run: Run, out: Path, command: Optional[str] = None, results_subdir: str = '') -> dict:
+    """Half-precision weights (EMA if it scores higher) + result JSON under results/<profile>[/<results_subdir>]/;
+    the fp16 weights are re-evaluated, so the committed file's accuracy is the one reported."""
     cfg, final = run.cfg, dict(run.history[-1])
     use_ema = run.ema is not None and final.get('ema_top1', -1) > final.get('top1', -1)
     model = run.ema.module if use_ema else run.model
     half = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
-    dest = results.RESULTS_DIR / cfg.profile / f'{cfg.model}.safetensors'
+    where = f'{cfg.profile}/{results_subdir}' if results_subdir else cfg.profile
+    dest = results.RESULTS_DIR / where / f'{cfg.model}.safetensors'
     state = weights_state(cfg, model.config.to_dict(), run.classes, 'ema' if use_ema else 'model', final)
     write_checkpoint(dest, half, state)
     check = load_model(dest)[0].to(run.d.device)
@@ -605,7 +608,7 @@ def export_result(run: Run, out: Path, command: Optional[str] = None) -> dict:
                               loadavg=[round(x, 2) for x in os.getloadavg()], run_folder=str(out))
     if command:
         prov['command'] = command
-    results.save_result(cfg.profile, f'train_{cfg.model}', records,
+    results.save_result(where, f'train_{cfg.model}', records,
                         config=dict(train=cfg.to_dict(), model=model.config.to_dict(),
                                     params=sum(p.numel() for p in model.parameters())), prov=prov)
     _log(run.d, f'[train] {cfg.model}: top-1 {final["top1"]:.2f}% (EMA {final.get("ema_top1", float("nan")):.2f}%), '
@@ -764,7 +767,7 @@ def cmd_train(args) -> int:
     command = _command()
     try:
         final = train(cfg, Path(args.out) if args.out else None, resume=args.resume, progress=not args.no_progress,
-                      stop_after=args.stop_after, command=command)
+                      stop_after=args.stop_after, command=command, results_subdir=args.results_subdir)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -858,6 +861,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument('--data-dir', help='ImageNet folder (paper profile), or a folder of shards')
     s.add_argument('--no-download', action='store_true', help='never fetch data from the internet')
     s.add_argument('--stop-after', type=int, help='stop after this many epochs in this call (resume later)')
+    s.add_argument('--results-subdir', default='', help='export to results/<profile>/<dir>/ instead (e.g. epochs40 '
+                                                         'for a longer budget); on a finished run: export it again')
     s.add_argument('--dry-run', action='store_true', help='print the resolved configuration and torchrun command')
     s.add_argument('--no-progress', action='store_true')
     s.add_argument('--json', action='store_true', help='print the final metrics as one JSON line')

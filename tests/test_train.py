@@ -224,3 +224,14 @@ def test_two_gloo_processes_average_the_same_gradients_as_one_process(tmp_path):
     assert ddp_grads.keys() == {n for n, _ in model.named_parameters()}
     for n, p in model.named_parameters():
         torch.testing.assert_close(ddp_grads[n], p.grad, rtol=1e-5, atol=1e-7, msg=n)
+
+
+def test_a_finished_run_exports_again_into_a_results_subdir(smoke_run, tmp_path, monkeypatch):
+    root, final = smoke_run
+    monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path)
+    again = train.train(_cfg(), root / 'run', results_subdir='longer', **SMOKE)  # resumes at 2/2: no training
+    doc = results.load_result('smoke/longer', 'train_u_swin_test')
+    assert (tmp_path / 'smoke' / 'longer' / 'u_swin_test.safetensors').exists()
+    assert not (tmp_path / 'smoke' / 'u_swin_test.safetensors').exists()  # the profile's main set is untouched
+    assert again['top1_fp16'] == final['top1_fp16'] and doc['records'][-1]['epoch'] == 2
+    assert train.summary('smoke/longer', models=('u_swin_test',))[0]['top1'] == final['top1_fp16']
