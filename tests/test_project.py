@@ -61,28 +61,28 @@ def test_committed_table3_matches_the_code():
             assert r[key] == pytest.approx(c[key], rel=1e-9), (r['model'], key)
 
 
-@pytest.mark.skipif(not PAPER.exists(), reason=f'paper text not found at {PAPER}')
-def test_transcribed_tables_match_the_paper_text():
-    from stm_lab.paper import DISPLAY, TABLE3, TABLE7, TABLE8
-    text = PAPER.read_text()
-    table = text[text.index('TABLE III'):text.index('4.3.2')]
-    scale = None
-    found = {}
-    for line in table.splitlines():
-        m = re.match(r'^(Micro|Tiny|Small|Base)? ?(U-[\w ]+?) ([\d.]+)M ([\d.]+)G ([\d.]+)%', line)
+def _scale_table(text: str, numbers: str, cast) -> dict:
+    """Rows '[Scale] U-Name n1 n2 n3' of a paper table (the scale printed on its first row only) as
+    {'u_<family>_<scale>': (n1, n2, n3)}; ``numbers``: the regex of the three numbers, as groups."""
+    from stm_lab.paper import DISPLAY
+    scale, found = None, {}
+    for line in text.splitlines():
+        m = re.match(r'^(Micro|Tiny|Small|Base)? ?(U-[\w ]+?) ' + numbers, line)
         if m:
             scale = (m.group(1) or scale).lower()
             fam = next(k for k, v in DISPLAY.items() if v == m.group(2))
-            found[f'u_{fam}_{scale}'] = tuple(float(m.group(i)) for i in (3, 4, 5))
-    assert found == TABLE3
+            found[f'u_{fam}_{scale}'] = tuple(cast(m.group(i)) for i in (3, 4, 5))
+    return found
+
+
+@pytest.mark.skipif(not PAPER.exists(), reason=f'paper text not found at {PAPER}')
+def test_transcribed_tables_match_the_paper_text():
+    from stm_lab.paper import TABLE3, TABLE7, TABLE8
+    text = PAPER.read_text()
+    t3 = text[text.index('TABLE III'):text.index('4.3.2')]
+    assert _scale_table(t3, r'([\d.]+)M ([\d.]+)G ([\d.]+)%', float) == TABLE3
     t7 = text[text.index('TABLE VII'):text.index('TABLE VIII')]
     for name, (macs, acc) in TABLE7.items():
         assert f'{macs:.2f} {acc}' in t7, name
-    t8, scale, found = text[text.index('TABLE VIII'):text.index('5.4 Ablation')], None, {}
-    for line in t8.splitlines():
-        m = re.match(r'^(Micro|Tiny|Small|Base)? ?(U-[\w ]+?) (\d+) (\d+) (\d+)$', line)
-        if m:
-            scale = (m.group(1) or scale).lower()
-            fam = next(k for k, v in DISPLAY.items() if v == m.group(2))
-            found[f'u_{fam}_{scale}'] = tuple(int(m.group(i)) for i in (3, 4, 5))
-    assert found == TABLE8
+    t8 = text[text.index('TABLE VIII'):text.index('5.4 Ablation')]
+    assert _scale_table(t8, r'(\d+) (\d+) (\d+)$', int) == TABLE8
