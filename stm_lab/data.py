@@ -357,8 +357,9 @@ class BatchFinish:
 
 
 def build_mixup(cfg: DataConfig, num_classes: int) -> Optional[Mixup]:
-    """timm's Mixup (batch mode) with label smoothing; None when mixup, cutmix and smoothing are all off."""
-    if cfg.mixup <= 0 and cfg.cutmix <= 0 and cfg.label_smoothing <= 0:
+    """timm's Mixup (batch mode) with label smoothing; None when mixup and cutmix are both off (timm's Mixup
+    refuses that; label smoothing alone is then the training loss's job)."""
+    if cfg.mixup <= 0 and cfg.cutmix <= 0:
         return None
     return Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
                  switch_prob=cfg.mixup_switch_prob, mode='batch', label_smoothing=cfg.label_smoothing,

@@ -752,13 +752,47 @@ def torchrun_command(cfg: TrainConfig, data_dir: Optional[str]) -> str:
     return ' '.join(a if a == '$IMAGENET' else shlex.quote(a) for a in args)
 
 
+def _coerce(text: str, current, key: str):
+    """``text`` as the type of a config field's current value (None for 'none' or '' where the field allows it)."""
+    if text.lower() in ('none', '') and (current is None or isinstance(current, str)):
+        return None
+    if isinstance(current, bool):
+        if text.lower() not in ('true', 'false', '1', '0'):
+            raise ValueError(f'--set {key}: expected true or false, got {text!r}')
+        return text.lower() in ('true', '1')
+    if isinstance(current, (tuple, list)):
+        return tuple(type(current[0])(v) for v in text.split(','))
+    try:
+        return type(current)(text) if current is not None else text
+    except ValueError:
+        raise ValueError(f'--set {key}: {text!r} is not of type {type(current).__name__}') from None
+
+
+def apply_settings(cfg: TrainConfig, settings: List[str]) -> TrainConfig:
+    """``KEY=VALUE`` overrides of any TrainConfig field (``data.<field>`` for the data pipeline), e.g.
+    ``data.mixup=0``; values take the field's type. Applied after the profile, so derived values (warm-up, EMA)
+    stay those of the profile unless set here too."""
+    top, data = {}, {}
+    for item in settings:
+        key, sep, value = item.partition('=')
+        if not sep:
+            raise ValueError(f'--set expects KEY=VALUE, got {item!r}')
+        target, obj, name = (data, cfg.data, key[5:]) if key.startswith('data.') else (top, cfg, key)
+        valid = [f.name for f in fields(obj)]
+        if name not in valid or name in ('data', 'model', 'profile'):
+            raise ValueError(f'--set: unknown key {key!r}; valid: {", ".join(v for v in valid if v != "data")}'
+                             + ('' if obj is cfg.data else ', data.<field>'))
+        target[name] = _coerce(value, getattr(obj, name), key)
+    return replace(cfg, data=replace(cfg.data, **data), **top)
+
+
 def cmd_train(args) -> int:
     overrides = {k: v for k, v in dict(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, amp=args.amp,
                                        eval_every=args.eval_every).items() if v is not None}
     data = {k: v for k, v in dict(data_dir=args.data_dir, num_workers=args.workers).items() if v is not None}
     if args.no_download:
         data['download'] = False
-    cfg = profile_config(args.model, args.profile, data=data, **overrides)
+    cfg = apply_settings(profile_config(args.model, args.profile, data=data, **overrides), args.set or [])
     if args.dry_run:
         print(json.dumps(cfg.to_dict(), indent=1))
         print(f'per process: batch {cfg.batch_size // cfg.nproc} on each of {cfg.nproc} processes')
@@ -861,6 +895,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument('--data-dir', help='ImageNet folder (paper profile), or a folder of shards')
     s.add_argument('--no-download', action='store_true', help='never fetch data from the internet')
     s.add_argument('--stop-after', type=int, help='stop after this many epochs in this call (resume later)')
+    s.add_argument('--set', action='append', metavar='KEY=VALUE',
+                   help='override a config field, e.g. --set data.mixup=0 --set data.auto_augment=none (repeatable)')
     s.add_argument('--results-subdir', default='', help='export to results/<profile>/<dir>/ instead (e.g. epochs40 '
                                                          'for a longer budget); on a finished run: export it again')
     s.add_argument('--dry-run', action='store_true', help='print the resolved configuration and torchrun command')

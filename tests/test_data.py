@@ -129,3 +129,7 @@ def test_mixup_gives_smoothed_soft_targets():
     _, t = mix(x, y)
     assert t.shape == (4, 10) and torch.allclose(t.sum(1), torch.ones(4))
     assert t.min() >= 0.1 / 10 - 1e-6  # label smoothing 0.1 spreads 0.01 to every class
+
+
+def test_no_mixup_and_no_cutmix_means_no_mixup_stage():
+    assert data.build_mixup(DataConfig(mixup=0.0, cutmix=0.0), num_classes=10) is None  # smoothing is the loss's job

@@ -235,3 +235,25 @@ def test_a_finished_run_exports_again_into_a_results_subdir(smoke_run, tmp_path,
     assert not (tmp_path / 'smoke' / 'u_swin_test.safetensors').exists()  # the profile's main set is untouched
     assert again['top1_fp16'] == final['top1_fp16'] and doc['records'][-1]['epoch'] == 2
     assert train.summary('smoke/longer', models=('u_swin_test',))[0]['top1'] == final['top1_fp16']
+
+
+def test_settings_override_config_fields_with_their_types():
+    cfg = train.apply_settings(train.profile_config('u_dwconv_micro', 'cpu'),
+                               ['data.mixup=0', 'data.auto_augment=none', 'seed=3', 'data.scale=0.5,1', 'clip_grad=1'])
+    assert (cfg.data.mixup, cfg.data.auto_augment, cfg.seed, cfg.data.scale, cfg.clip_grad) == (0.0, None, 3, (0.5, 1.0), 1.0)
+    assert cfg.data.cutmix == 1.0 and cfg.epochs == train.CPU_EPOCHS  # the rest stays the profile's
+    with pytest.raises(ValueError, match=r"unknown key 'data.foo'; valid: dataset, .*mixup"):
+        train.apply_settings(cfg, ['data.foo=1'])
+    with pytest.raises(ValueError, match="'x' is not of type int"):
+        train.apply_settings(cfg, ['seed=x'])
+    with pytest.raises(ValueError, match='KEY=VALUE'):
+        train.apply_settings(cfg, ['seed'])
+    with pytest.raises(ValueError, match="unknown key 'model'"):
+        train.apply_settings(cfg, ['model=u_swin_micro'])
+
+
+def test_light_recipe_trains_with_plain_label_smoothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path / 'results')
+    cfg = train.apply_settings(_cfg(epochs=1), ['data.mixup=0', 'data.cutmix=0', 'data.auto_augment=none'])
+    final = train.train(cfg, tmp_path / 'run', resume='none', **SMOKE)
+    assert final['epoch'] == 1 and 0 <= final['top1'] <= 100
