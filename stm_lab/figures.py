@@ -267,12 +267,13 @@ def demo_rotation_figure(records: Iterable[dict], views: dict, photos: list) -> 
 
 def accuracy_markdown(rows: Iterable[dict]) -> str:
     """Trained top-1/top-5 (rows of ``stm_lab.train.summary``) beside Table III's ImageNet top-1."""
-    out = ['| model | params | epochs | top-1 | top-5 | weights | train images/s | minutes | paper top-1 (ImageNet, 224) |',
+    out = ['| model | params | epochs | top-1 | top-5 | weights | img/s | min | paper (ImageNet) |',
            '|---|---:|---:|---:|---:|---|---:|---:|---:|']
     for r in rows:
         paper = f'{r["paper_top1"]}%' if r.get('paper_top1') else '-'
-        out.append(f'| {_display(r["model"])} | {r["params_m"]}M | {r["epochs"]} | {r["top1"]:.2f}% | {r["top5"]:.2f}% '
-                   f'| {r["weights"]} | {r["train_img_per_s"]:.0f} | {r["wall_time_min"]} | {paper} |')
+        out.append(f'| {_display(r["model"]).replace(" Transformer", "")} | {r["params_m"]}M | {r["epochs"]} '
+                   f'| {r["top1"]:.2f}% | {r["top5"]:.2f}% | {r["weights"]} | {r["train_img_per_s"]:.0f} '
+                   f'| {r["wall_time_min"]} | {paper} |')
     return '\n'.join(out)
 
 
@@ -410,3 +411,26 @@ def top_operators_markdown(records: Iterable[dict], top: int = 8) -> str:
             cells.append(f'{o["ms"]:.1f} ({100 * o["share"]:.0f}%)' if o else '-')
         out.append(f'| `{op}` | ' + ' | '.join(cells) + ' |')
     return '\n'.join(out)
+
+
+def comparison_curves(runs: dict) -> go.Figure:
+    """Validation top-1 (best of weights and EMA at each evaluation) and training loss of several runs of one or more
+    models, one colour per run; ``runs``: label -> ``train_<model>.json`` document."""
+    from plotly.subplots import make_subplots
+    palette = ['#7f7f7f', '#d62728', '#1f77b4', '#2ca02c', '#9467bd', '#ff7f0e']
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1, subplot_titles=['validation top-1', 'training loss'])
+    for (label, doc), color in zip(runs.items(), palette * 3):
+        recs = doc['records']
+        evals = [r for r in recs if r.get('top1') is not None]
+        fig.add_scatter(x=[r['epoch'] for r in evals], y=[max(r['top1'], r.get('ema_top1') or 0) for r in evals],
+                        mode='lines+markers', name=label, legendgroup=label, line=dict(color=color),
+                        hovertemplate='epoch %{x}: top-1 %{y:.2f}%<extra>' + label + '</extra>', row=1, col=1)
+        fig.add_scatter(x=[r['epoch'] for r in recs], y=[r['train_loss'] for r in recs], mode='lines', name=label,
+                        legendgroup=label, showlegend=False, line=dict(color=color),
+                        hovertemplate='epoch %{x}: loss %{y:.3f}<extra>' + label + '</extra>', row=1, col=2)
+    fig.update_xaxes(title_text='epoch')
+    fig.update_yaxes(title_text='top-1 (%), best of weights and EMA', row=1, col=1)
+    fig.update_yaxes(title_text='training loss (its own recipe)', row=1, col=2)
+    fig.update_layout(template='plotly_white', height=400, margin=dict(l=60, r=20, t=40, b=50),
+                      legend=dict(orientation='h', y=-0.2))
+    return fig

@@ -732,6 +732,22 @@ def training_results(profile: str, folder: str = '') -> Dict[str, dict]:
     return docs
 
 
+def result_folders(profile: str) -> List[str]:
+    """Sub-folders of ``results/<profile>/`` that hold training results (runs kept apart with ``--results-subdir``)."""
+    root = results.RESULTS_DIR / profile
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and any(p.glob('train_*.json'))) if root.is_dir() else []
+
+
+def config_changes(base: dict, other: dict) -> Dict[str, tuple]:
+    """``{key: (base value, other value)}`` for the training-config fields (``data.<field>`` for the data
+    pipeline) that differ between two ``train_<model>.json`` documents."""
+    def flat(doc):
+        cfg = dict(doc['config']['train'])
+        return {**{k: v for k, v in cfg.items() if k != 'data'}, **{f'data.{k}': v for k, v in cfg['data'].items()}}
+    a, b = flat(base), flat(other)
+    return {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}
+
+
 def format_summary(rows: List[dict], profile: str) -> str:
     lines = [f'| model | params | top-1 ({profile}) | top-5 | weights | epochs | train img/s | minutes | paper top-1 (ImageNet, 224) |',
              '|---|---|---|---|---|---|---|---|---|']

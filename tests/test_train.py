@@ -257,3 +257,17 @@ def test_light_recipe_trains_with_plain_label_smoothing(tmp_path, monkeypatch):
     cfg = train.apply_settings(_cfg(epochs=1), ['data.mixup=0', 'data.cutmix=0', 'data.auto_augment=none'])
     final = train.train(cfg, tmp_path / 'run', resume='none', **SMOKE)
     assert final['epoch'] == 1 and 0 <= final['top1'] <= 100
+
+
+def test_config_changes_and_result_folders(tmp_path, monkeypatch):
+    monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path)
+    base = dict(config=dict(train=train.profile_config('u_dwconv_micro', 'cpu').to_dict()))
+    other = dict(config=dict(train=train.apply_settings(train.profile_config('u_dwconv_micro', 'cpu', epochs=12),
+                                                        ['data.mixup=0']).to_dict()))
+    changes = train.config_changes(base, other)
+    assert changes['epochs'] == (train.CPU_EPOCHS, 12) and changes['data.mixup'] == (0.8, 0.0)
+    assert 'data.cutmix' not in changes and 'model' not in changes
+    assert train.result_folders('cpu') == []
+    results.save_result('cpu/longer', 'train_u_dwconv_micro', [])
+    results.save_result('cpu/notes', 'something_else', [])
+    assert train.result_folders('cpu') == ['longer']
