@@ -889,6 +889,21 @@ def summary_readme(rows: List[dict], table: str, profile: str) -> str:
         lines.append(f'- `{r["model"]}` at {mc["img_size"]}x{mc["img_size"]}: mixer options {opts}'
                      + (f'; per stage {stage}' if stage else '') + f'; batch {tc["batch_size"]}, peak lr {tc["lr"]:g}, '
                      f'EMA {tc["ema_decay"]}, {tc["epochs"]} epochs. Command: `{doc["provenance"]["command"]}`')
+    folders = result_folders(profile)
+    if folders:
+        lines += ['', '## Runs kept apart', '', 'Written with `--results-subdir <folder>`; each differs from the run above '
+                  'of the same model in the configuration fields listed.']
+    for folder in folders:
+        docs = training_results(profile, folder)
+        lines += ['', f'### `{folder}/`', '']
+        for m, doc in docs.items():
+            try:
+                changes = config_changes(results.load_result(profile, f'train_{m}'), doc)
+            except FileNotFoundError:
+                changes = {}
+            lines.append(f'- `{m}`: ' + ('; '.join(f'{k} {a} -> {b}' for k, (a, b) in changes.items()) or 'no change')
+                         + f'. Command: `{doc["provenance"]["command"]}`')
+        lines += ['', format_summary(summary(f'{profile}/{folder}', models=list(docs)), profile)]
     return '\n'.join(lines) + '\n'
 
 

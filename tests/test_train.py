@@ -271,3 +271,16 @@ def test_config_changes_and_result_folders(tmp_path, monkeypatch):
     results.save_result('cpu/longer', 'train_u_dwconv_micro', [])
     results.save_result('cpu/notes', 'something_else', [])
     assert train.result_folders('cpu') == ['longer']
+
+
+def test_summary_readme_lists_runs_kept_apart(smoke_run, tmp_path, monkeypatch):
+    root, final = smoke_run
+    monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path)
+    (tmp_path / 'smoke').mkdir()
+    (tmp_path / 'smoke' / 'train_u_swin_test.json').write_bytes(
+        (root / 'results' / 'smoke' / 'train_u_swin_test.json').read_bytes())
+    train.train(_cfg(), root / 'run', results_subdir='again', **SMOKE)  # the same run, exported apart
+    rows = train.summary('smoke', models=('u_swin_test',))
+    readme = train.summary_readme(rows, train.format_summary(rows, 'smoke'), 'smoke')
+    assert '### `again/`' in readme and '- `u_swin_test`: no change.' in readme
+    assert readme.count(f'{final["top1_fp16"]:.2f}%') == 2  # the main table and the kept-apart one
