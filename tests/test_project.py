@@ -86,3 +86,16 @@ def test_transcribed_tables_match_the_paper_text():
         assert f'{macs:.2f} {acc}' in t7, name
     t8 = text[text.index('TABLE VIII'):text.index('5.4 Ablation')]
     assert _scale_table(t8, r'(\d+) (\d+) (\d+)$', int) == TABLE8
+
+
+def test_kernel_sources_ship_with_the_package():
+    """ops/ is packaged as stm_lab._csrc (a non-editable install builds the kernels from there); a checkout uses
+    ops/ itself."""
+    from stm_lab.ops import _build
+    setuptools = tomllib.loads((ROOT / 'pyproject.toml').read_text())['tool']['setuptools']
+    assert setuptools['package-dir']['stm_lab._csrc'] == 'ops' and 'stm_lab._csrc' in setuptools['packages']
+    assert set(setuptools['package-data']['stm_lab._csrc']) == {'*.cpp', '*.h'}
+    assert _build.SOURCE_DIR == ROOT / 'ops'
+    assert {p.name for p in (ROOT / 'ops').iterdir()} >= set(_build.CPU_SOURCES + _build.HEADERS)
+    shipped = {p.parent.name for p in (ROOT / 'stm_lab').rglob('__init__.py')} - {'stm_lab'}
+    assert shipped <= {p.split('.')[-1] for p in setuptools['packages']}  # no sub-package left out of the list

@@ -33,7 +33,13 @@ from typing import Optional
 
 import torch
 
-SOURCE_DIR = Path(__file__).resolve().parents[2] / 'ops'
+def _source_dir() -> Path:
+    """The repository's ops/ (a checkout or an editable install), else the copy a wheel ships as stm_lab/_csrc."""
+    repo = Path(__file__).resolve().parents[2] / 'ops'
+    return repo if (repo / 'dcnv3_cpu.cpp').exists() else Path(__file__).resolve().parents[1] / '_csrc'
+
+
+SOURCE_DIR = _source_dir()
 CPU_SOURCES = ('dcnv3_cpu.cpp', 'dwconv_cpu.cpp')  # one library, one build
 HEADERS = ('dcnv3_common.h',)
 NAME = 'stm_lab_dcnv3'
