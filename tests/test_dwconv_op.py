@@ -106,3 +106,15 @@ def test_kernel_checks_its_shapes():
         torch.ops.stm_lab.dwconv_weight_grad(g[0], x[0], 7, 7, 3, 3)
     with pytest.raises(RuntimeError, match='contiguous'):
         torch.ops.stm_lab.dwconv_weight_grad(g.transpose(1, 2), x, 7, 7, 3, 3)
+
+
+def test_autocast_takes_the_plain_path_with_the_same_gradients():
+    (x, weight, bias), _ = _case(2, 8, 5, 5, 7, 7, dtype=torch.float32)
+    grads = []
+    for fn in (lambda: depthwise_conv2d(x, weight, bias), lambda: F.conv2d(x, weight, bias, padding=3, groups=8)):
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            y = fn()
+        assert y.dtype == torch.bfloat16
+        grads.append(torch.autograd.grad(y.float().square().sum(), (x, weight, bias)))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

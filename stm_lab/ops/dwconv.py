@@ -82,6 +82,8 @@ def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
         raise ValueError(f'depthwise_conv2d: the kernel must have odd sides, got {kh}x{kw}')
     pad = (kh // 2, kw // 2)
     grads = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
-    if backend == 'torch' or not grads or not _compiled_ok(x, weight, required=backend == 'cpp'):
+    # under autocast the convolution runs in bf16/fp16, which the compiled weight gradient does not take
+    plain = backend == 'torch' or not grads or (torch.is_autocast_enabled(x.device.type) and backend == 'auto')
+    if plain or not _compiled_ok(x, weight, required=backend == 'cpp'):
         return F.conv2d(x, weight, bias, padding=pad, groups=x.shape[1])
     return _DepthwiseConv.apply(x, weight, bias, pad)
