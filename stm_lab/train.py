@@ -708,7 +708,7 @@ def summary(profile: str = 'cpu', models=MICRO_MODELS) -> List[dict]:
         f = doc['records'][-1]
         rows.append(dict(model=name, top1=f['top1_fp16'], top5=f['top5_fp16'], weights=f['weights'],
                          top1_last=f['top1'], ema_top1_last=f.get('ema_top1'), epochs=f['epoch'],
-                         train_img_per_s=doc['provenance'].get('train_img_per_s_median'),
+                         train_img_per_s=round(doc['provenance'].get('train_img_per_s_median') or 0, 1) or None,
                          wall_time_min=round(doc['provenance']['wall_time_s'] / 60, 1),
                          params_m=round(doc['config']['params'] / 1e6, 2),
                          paper_top1=TABLE3.get(name, (None, None, None))[2]))
