@@ -295,12 +295,20 @@ def training_curves(docs: dict, title_suffix: str = '') -> go.Figure:
                             name=f'{name} (EMA)', legendgroup=m, showlegend=False,
                             line=dict(color=color, dash='dot'), marker=dict(symbol='circle-open'),
                             hovertemplate='epoch %{x}: EMA top-1 %{y:.2f}%<extra>' + name + '</extra>', row=1, col=1)
-        fig.add_scatter(x=[r['epoch'] for r in recs], y=[r['train_loss'] for r in recs], mode='lines', name=name,
-                        legendgroup=m, showlegend=False, line=dict(color=color),
-                        hovertemplate='epoch %{x}: loss %{y:.3f}<extra>' + name + '</extra>', row=1, col=2)
+        _add_loss(fig, recs, name, m, color)
+    return _finish_curves(fig, 'top-1 (%)', 'mixup/cutmix soft-target loss')
+
+
+def _add_loss(fig: go.Figure, recs: list, name: str, group: str, color: str) -> None:
+    fig.add_scatter(x=[r['epoch'] for r in recs], y=[r['train_loss'] for r in recs], mode='lines', name=name,
+                    legendgroup=group, showlegend=False, line=dict(color=color),
+                    hovertemplate='epoch %{x}: loss %{y:.3f}<extra>' + name + '</extra>', row=1, col=2)
+
+
+def _finish_curves(fig: go.Figure, top1_title: str, loss_title: str) -> go.Figure:
     fig.update_xaxes(title_text='epoch')
-    fig.update_yaxes(title_text='top-1 (%)', row=1, col=1)
-    fig.update_yaxes(title_text='mixup/cutmix soft-target loss', row=1, col=2)
+    fig.update_yaxes(title_text=top1_title, row=1, col=1)
+    fig.update_yaxes(title_text=loss_title, row=1, col=2)
     fig.update_layout(template='plotly_white', height=420, margin=dict(l=60, r=20, t=40, b=50),
                       legend=dict(orientation='h', y=-0.2))
     return fig
@@ -425,12 +433,5 @@ def comparison_curves(runs: dict) -> go.Figure:
         fig.add_scatter(x=[r['epoch'] for r in evals], y=[max(r['top1'], r.get('ema_top1') or 0) for r in evals],
                         mode='lines+markers', name=label, legendgroup=label, line=dict(color=color),
                         hovertemplate='epoch %{x}: top-1 %{y:.2f}%<extra>' + label + '</extra>', row=1, col=1)
-        fig.add_scatter(x=[r['epoch'] for r in recs], y=[r['train_loss'] for r in recs], mode='lines', name=label,
-                        legendgroup=label, showlegend=False, line=dict(color=color),
-                        hovertemplate='epoch %{x}: loss %{y:.3f}<extra>' + label + '</extra>', row=1, col=2)
-    fig.update_xaxes(title_text='epoch')
-    fig.update_yaxes(title_text='top-1 (%), best of weights and EMA', row=1, col=1)
-    fig.update_yaxes(title_text='training loss (its own recipe)', row=1, col=2)
-    fig.update_layout(template='plotly_white', height=400, margin=dict(l=60, r=20, t=40, b=50),
-                      legend=dict(orientation='h', y=-0.2))
-    return fig
+        _add_loss(fig, recs, label, label, color)
+    return _finish_curves(fig, 'top-1 (%), best of weights and EMA', 'training loss (its own recipe)')

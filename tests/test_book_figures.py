@@ -66,3 +66,11 @@ def test_committed_speed_results_render(name):
         assert 'aten::' in figures.top_operators_markdown(doc['records'])
     else:
         assert figures.table8_markdown(doc['records']).count('\n') == len({r['model'] for r in doc['records']}) + 1
+
+
+def test_learning_curves_have_a_top1_and_a_loss_trace_per_run():
+    doc = dict(records=[dict(epoch=1, train_loss=2.0), dict(epoch=2, train_loss=1.5, top1=40.0, ema_top1=42.0)])
+    fig = figures.training_curves({'u_dwconv_micro': doc})
+    assert [len(t.x) for t in fig.data] == [1, 1, 2]  # weights, EMA (evaluated epochs), loss (every epoch)
+    fig = figures.comparison_curves({'a': doc, 'b': doc})
+    assert [t.y[-1] for t in fig.data] == [42.0, 1.5, 42.0, 1.5]  # best of weights and EMA; the loss
