@@ -892,7 +892,8 @@ def summary_readme(rows: List[dict], table: str, profile: str) -> str:
     folders = result_folders(profile)
     if folders:
         lines += ['', '## Runs kept apart', '', 'Written with `--results-subdir <folder>`; each differs from the run above '
-                  'of the same model in the configuration fields listed.']
+                  'of the same model in the configuration fields listed. Only their results are committed, not their '
+                  'weights (`.gitignore`); the command re-creates them.']
     for folder in folders:
         docs = training_results(profile, folder)
         lines += ['', f'### `{folder}/`', '']

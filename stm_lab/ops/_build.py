@@ -1,4 +1,5 @@
-"""Build and load the compiled CPU kernels in ``ops/`` (DCNv3 core, depth-wise convolution weight gradient) (``torch.utils.cpp_extension``, on first use, cached).
+"""Build and load the compiled CPU kernels in ``ops/`` (the DCNv3 core, the weight gradient of depth-wise
+convolutions) with ``torch.utils.cpp_extension``, on first use, cached.
 
 The build goes to ``$STM_LAB_CACHE/torch_extensions/<name>-<key>`` (default cache ``~/.cache/stm_lab``, or
 ``$XDG_CACHE_HOME/stm_lab``), never into the repository. The key hashes everything the binary depends on: the
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+
 
 def _source_dir() -> Path:
     """The repository's ops/ (a checkout or an editable install), else the copy a wheel ships as stm_lab/_csrc."""
@@ -112,7 +114,8 @@ class ExtensionLoader:
                     self.error = f'{type(e).__name__}: {e}'.strip()
                 if self.ops is None and self.error:
                     warnings.warn(f'stm_lab: the compiled CPU kernels (DCNv3, depth-wise conv) are unavailable '
-                                  f'({self.error.splitlines()[0]}); using the slower PyTorch paths', RuntimeWarning, stacklevel=3)
+                                  f'({self.error.splitlines()[0]}); using the slower PyTorch paths',
+                                  RuntimeWarning, stacklevel=3)
         return self.ops
 
     def _build(self, verbose):
