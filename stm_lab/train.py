@@ -65,7 +65,7 @@ PAPER_RECIPES = {
 }
 CNN_MIXERS = {'dw_conv', 'dcnv3', 'identity', 'pooling'}  # trained with the convolution recipe
 # cpu profile: epochs for every model (same for all five, so they are compared on one recipe); see data/README.md
-CPU_EPOCHS = 40
+CPU_EPOCHS = 12
 
 
 @dataclass
@@ -148,7 +148,10 @@ def profile_config(model: str, profile: str, **overrides) -> TrainConfig:
                            # the CNNs' 4x larger batch cost accuracy here (data/README.md); peak lr 1e-3
                            batch_size=64, lr_per_1024=1.6e-2,
                            warmup_lr=r['warmup_lr'], min_lr=r['min_lr'], eval_every=5,
-                           data=DataConfig(dataset='imagenette', img_size=64, scale=(0.35, 1.0)))
+                           # Table IV's heavy regularization (RandAugment, mixup, cutmix, random erasing) is made for
+                           # 300 epochs of 1.28M images; at 12 epochs of 9,469 it cost 12-14 points (data/README.md)
+                           data=DataConfig(dataset='imagenette', img_size=64, scale=(0.35, 1.0), auto_augment=None,
+                                           color_jitter=0.0, re_prob=0.0, mixup=0.0, cutmix=0.0))
         n_train = 9469
     elif profile == 'smoke':  # *_test models on the committed fixture, seconds
         base = TrainConfig(model=model, profile=profile, recipe=recipe, epochs=2, batch_size=32, lr_per_1024=3.2e-2,
@@ -344,6 +347,7 @@ class Run:
         self.epoch = 0  # epochs completed
         self.history: List[dict] = []
         self.wall_time = 0.0
+        self.commands: List[str] = []  # the command lines that trained this run (the first started it)
 
     # -- numerics
     def autocast(self):
@@ -428,7 +432,7 @@ class Run:
                      scaler=self.scaler.state_dict() if self.scaler is not None else None,
                      rng=dict(seed=self.cfg.seed, scheme='python/numpy/torch reseeded at each epoch start from '
                                                          '(seed, epoch, rank)', next_epoch=self.epoch),
-                     history=self.history, wall_time_s=round(self.wall_time, 2))
+                     history=self.history, wall_time_s=round(self.wall_time, 2), commands=self.commands)
         return tensors, state
 
     def load_state(self, tensors: Dict[str, torch.Tensor], state: dict, path: Path) -> None:
@@ -448,6 +452,7 @@ class Run:
         if self.scaler is not None and state.get('scaler'):
             self.scaler.load_state_dict(state['scaler'])
         self.epoch, self.history, self.wall_time = state['epoch'], state['history'], state['wall_time_s']
+        self.commands = list(state.get('commands', []))  # absent in checkpoints older than the field
 
 
 RESUME_FREE = {'eval_every', 'nproc', 'data.num_workers', 'data.download', 'data.data_dir'}
@@ -545,6 +550,8 @@ def train(cfg: TrainConfig, out_dir: Optional[Path] = None, resume: str = 'auto'
                 f'{run.steps_per_epoch} steps, batch {cfg.batch_size} over {d.world} process(es), peak lr {cfg.lr:.2e}, '
                 f'EMA {cfg.ema_decay}, device {d.device}; run folder {out}')
     done_here = 0
+    if command and run.epoch < cfg.epochs:
+        run.commands.append(command)
     while run.epoch < cfg.epochs and (stop_after is None or done_here < stop_after):
         t0 = time.perf_counter()
         metrics = dict(epoch=run.epoch + 1, **run.train_epoch(progress))
@@ -606,8 +613,13 @@ def export_result(run: Run, out: Path, command: Optional[str] = None, results_su
     prov = results.provenance(cfg.profile, cfg.seed, wall_time_s=round(run.wall_time, 1),
                               train_img_per_s_median=float(np.median(train_speed)), processes=run.d.world,
                               loadavg=[round(x, 2) for x in os.getloadavg()], run_folder=str(out))
-    if command:
-        prov['command'] = command
+    # the command that started the run (provenance of the numbers); resumes and a re-export only beside it
+    if run.commands or command:
+        prov['command'] = run.commands[0] if run.commands else command
+    if len(run.commands) > 1:
+        prov['resumed_with'] = run.commands[1:]
+    if command and command not in run.commands:
+        prov['exported_with'] = command
     results.save_result(where, f'train_{cfg.model}', records,
                         config=dict(train=cfg.to_dict(), model=model.config.to_dict(),
                                     params=sum(p.numel() for p in model.parameters())), prov=prov)
@@ -888,7 +900,7 @@ def summary_readme(rows: List[dict], table: str, profile: str) -> str:
         opts = ', '.join(f'{k}={v}' for k, v in mc['mixer_options'].items()) or 'none'
         lines.append(f'- `{r["model"]}` at {mc["img_size"]}x{mc["img_size"]}: mixer options {opts}'
                      + (f'; per stage {stage}' if stage else '') + f'; batch {tc["batch_size"]}, peak lr {tc["lr"]:g}, '
-                     f'EMA {tc["ema_decay"]}, {tc["epochs"]} epochs. Command: `{doc["provenance"]["command"]}`')
+                     f'EMA {tc["ema_decay"]}, {tc["epochs"]} epochs. {_command_at(doc)}')
     folders = result_folders(profile)
     if folders:
         lines += ['', '## Runs kept apart', '', 'Written with `--results-subdir <folder>`; each differs from the run above '
@@ -903,9 +915,16 @@ def summary_readme(rows: List[dict], table: str, profile: str) -> str:
             except FileNotFoundError:
                 changes = {}
             lines.append(f'- `{m}`: ' + ('; '.join(f'{k} {a} -> {b}' for k, (a, b) in changes.items()) or 'no change')
-                         + f'. Command: `{doc["provenance"]["command"]}`')
+                         + f'. {_command_at(doc)}')
         lines += ['', format_summary(summary(f'{profile}/{folder}', models=list(docs)), profile)]
     return '\n'.join(lines) + '\n'
+
+
+def _command_at(doc: dict) -> str:
+    """The command of a result and the commit it ran at: profile defaults change, so the command alone can mislead."""
+    prov = doc['provenance']
+    dirty = ' with uncommitted changes' if prov.get('git_dirty') else ''
+    return f'Command: `{prov["command"]}` (at commit {str(prov.get("git_sha"))[:7]}{dirty})'
 
 
 def build_parser() -> argparse.ArgumentParser:

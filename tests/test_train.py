@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from stm_lab import results, train
+from stm_lab.data import build_mixup
 
 TIMING = {'train_time_s', 'train_img_per_s', 'eval_time_s', 'wall_time_s'}
 SMOKE = dict(limit_val=40, progress=False)
@@ -38,7 +39,7 @@ def smoke_run(tmp_path_factory, one_thread):
     root = tmp_path_factory.mktemp('smoke')
     with pytest.MonkeyPatch.context() as mp_:
         mp_.setattr(results, 'RESULTS_DIR', root / 'results')
-        final = train.train(_cfg(), root / 'run', resume='none', **SMOKE)
+        final = train.train(_cfg(), root / 'run', resume='none', command='stm-lab train (smoke)', **SMOKE)
     return root, final
 
 
@@ -75,9 +76,18 @@ def test_cpu_profile_keeps_the_recipe_at_a_small_scale():
     assert (t.batch_size, c.batch_size) == (64, 64) and (t.lr, c.lr) == pytest.approx((1e-3, 1e-3))
     assert (t.warmup_lr, t.min_lr, c.warmup_lr, c.min_lr) == (1e-6, 1e-5, 0.0, 1e-6)
     assert t.epochs == c.epochs == train.CPU_EPOCHS and t.data.img_size == 64 and t.data.dataset == 'imagenette'
-    assert 0.99 < t.ema_decay < 0.999 and 0.99 < c.ema_decay < 0.999
+    # EMA time constant 1/(1-decay), as a fraction of the run, equals 0.9999's in the paper's run
+    for cfg, paper_batch in ((t, 1024), (c, 4096)):
+        paper_steps = 300 * -(-1281167 // paper_batch)
+        steps = cfg.epochs * (9469 // 64)
+        assert 1 / (1 - cfg.ema_decay) / steps == pytest.approx(1e4 / paper_steps, rel=1e-3)
     short = train.profile_config('u_dwconv_micro', 'cpu', epochs=15)
-    assert short.warmup_epochs == 1.0 and short.ema_decay < c.ema_decay
+    assert short.warmup_epochs == 1.0 and short.ema_decay > c.ema_decay  # longer run, longer EMA time constant
+    # the light form of the recipe (data/README.md): crop, flip, label smoothing; no RandAugment, mixup, cutmix, erasing
+    for d in (t.data, c.data):
+        assert (d.mixup, d.cutmix, d.re_prob, d.color_jitter, d.auto_augment) == (0.0, 0.0, 0.0, 0.0, None)
+        assert (d.label_smoothing, d.hflip, d.scale, d.crop_pct) == (0.1, 0.5, (0.35, 1.0), 0.875)
+    assert build_mixup(c.data, 10) is None
 
 
 def test_no_weight_decay_for_norms_biases_and_position_tables(smoke_run):
@@ -107,10 +117,12 @@ def test_interrupted_and_resumed_run_ends_exactly_like_an_uninterrupted_one(smok
         return step(self, x, y, global_step)
     monkeypatch.setattr(train.Run, 'step', crash_in_epoch_2)
     with pytest.raises(KeyboardInterrupt):
-        train.train(_cfg(), tmp_path / 'run', resume='none', **SMOKE)
+        train.train(_cfg(), tmp_path / 'run', resume='none', command='first', **SMOKE)
     monkeypatch.setattr(train.Run, 'step', step)
     assert json.loads((tmp_path / 'run' / 'last.json').read_text())['epoch'] == 1
-    resumed = train.train(_cfg(), tmp_path / 'run', resume='auto', **SMOKE)
+    resumed = train.train(_cfg(), tmp_path / 'run', resume='auto', command='second', **SMOKE)
+    prov = results.load_result('smoke', 'train_u_swin_test')['provenance']
+    assert (prov['command'], prov['resumed_with']) == ('first', ['second']) and 'exported_with' not in prov
 
     a, b = load_file(root / 'run' / 'last.safetensors'), load_file(tmp_path / 'run' / 'last.safetensors')
     assert a.keys() == b.keys() and any(k.startswith('ema/') for k in a) and any(k.startswith('optim/') for k in a)
@@ -229,8 +241,11 @@ def test_two_gloo_processes_average_the_same_gradients_as_one_process(tmp_path):
 def test_a_finished_run_exports_again_into_a_results_subdir(smoke_run, tmp_path, monkeypatch):
     root, final = smoke_run
     monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path)
-    again = train.train(_cfg(), root / 'run', results_subdir='longer', **SMOKE)  # resumes at 2/2: no training
+    again = train.train(_cfg(), root / 'run', results_subdir='longer', command='export', **SMOKE)  # 2/2: no training
     doc = results.load_result('smoke/longer', 'train_u_swin_test')
+    # the numbers keep the command that trained them; the re-export is named beside it
+    assert doc['provenance']['command'] == 'stm-lab train (smoke)' and doc['provenance']['exported_with'] == 'export'
+    assert 'resumed_with' not in doc['provenance']
     assert (tmp_path / 'smoke' / 'longer' / 'u_swin_test.safetensors').exists()
     assert not (tmp_path / 'smoke' / 'u_swin_test.safetensors').exists()  # the profile's main set is untouched
     assert again['top1_fp16'] == final['top1_fp16'] and doc['records'][-1]['epoch'] == 2
@@ -239,9 +254,9 @@ def test_a_finished_run_exports_again_into_a_results_subdir(smoke_run, tmp_path,
 
 def test_settings_override_config_fields_with_their_types():
     cfg = train.apply_settings(train.profile_config('u_dwconv_micro', 'cpu'),
-                               ['data.mixup=0', 'data.auto_augment=none', 'seed=3', 'data.scale=0.5,1', 'clip_grad=1'])
-    assert (cfg.data.mixup, cfg.data.auto_augment, cfg.seed, cfg.data.scale, cfg.clip_grad) == (0.0, None, 3, (0.5, 1.0), 1.0)
-    assert cfg.data.cutmix == 1.0 and cfg.epochs == train.CPU_EPOCHS  # the rest stays the profile's
+                               ['data.mixup=0.8', 'data.auto_augment=none', 'seed=3', 'data.scale=0.5,1', 'clip_grad=1'])
+    assert (cfg.data.mixup, cfg.data.auto_augment, cfg.seed, cfg.data.scale, cfg.clip_grad) == (0.8, None, 3, (0.5, 1.0), 1.0)
+    assert cfg.data.cutmix == 0.0 and cfg.epochs == train.CPU_EPOCHS  # the rest stays the profile's
     with pytest.raises(ValueError, match=r"unknown key 'data.foo'; valid: dataset, .*mixup"):
         train.apply_settings(cfg, ['data.foo=1'])
     with pytest.raises(ValueError, match="'x' is not of type int"):
@@ -262,10 +277,10 @@ def test_light_recipe_trains_with_plain_label_smoothing(tmp_path, monkeypatch):
 def test_config_changes_and_result_folders(tmp_path, monkeypatch):
     monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path)
     base = dict(config=dict(train=train.profile_config('u_dwconv_micro', 'cpu').to_dict()))
-    other = dict(config=dict(train=train.apply_settings(train.profile_config('u_dwconv_micro', 'cpu', epochs=12),
-                                                        ['data.mixup=0']).to_dict()))
+    other = dict(config=dict(train=train.apply_settings(train.profile_config('u_dwconv_micro', 'cpu', epochs=24),
+                                                        ['data.mixup=0.8']).to_dict()))
     changes = train.config_changes(base, other)
-    assert changes['epochs'] == (train.CPU_EPOCHS, 12) and changes['data.mixup'] == (0.8, 0.0)
+    assert changes['epochs'] == (train.CPU_EPOCHS, 24) and changes['data.mixup'] == (0.0, 0.8)
     assert 'data.cutmix' not in changes and 'model' not in changes
     assert train.result_folders('cpu') == []
     results.save_result('cpu/longer', 'train_u_dwconv_micro', [])
