@@ -149,7 +149,7 @@ def profile_config(model: str, profile: str, **overrides) -> TrainConfig:
                            batch_size=64, lr_per_1024=1.6e-2,
                            warmup_lr=r['warmup_lr'], min_lr=r['min_lr'], eval_every=5,
                            # Table IV's heavy regularization (RandAugment, mixup, cutmix, random erasing) is made for
-                           # 300 epochs of 1.28M images; at 12 epochs of 9,469 it cost 12-14 points (data/README.md)
+                           # 300 epochs of 1.28M images; at 12 epochs of 9,469 it cost 13-17 points (data/README.md)
                            data=DataConfig(dataset='imagenette', img_size=64, scale=(0.35, 1.0), auto_augment=None,
                                            color_jitter=0.0, re_prob=0.0, mixup=0.0, cutmix=0.0))
         n_train = 9469
