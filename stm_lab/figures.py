@@ -296,12 +296,23 @@ def training_curves(docs: dict, title_suffix: str = '') -> go.Figure:
                             line=dict(color=color, dash='dot'), marker=dict(symbol='circle-open'),
                             hovertemplate='epoch %{x}: EMA top-1 %{y:.2f}%<extra>' + name + '</extra>', row=1, col=1)
         _add_loss(fig, recs, name, m, color)
-    return _finish_curves(fig, 'top-1 (%)', 'mixup/cutmix soft-target loss')
+    return _finish_curves(fig, 'top-1 (%)', loss_label(docs.values()))
 
 
-def _add_loss(fig: go.Figure, recs: list, name: str, group: str, color: str) -> None:
+def loss_label(docs) -> str:
+    """What the training loss of these result documents is, from their recorded data configuration."""
+    data = [d.get('config', {}).get('train', {}).get('data', {}) for d in docs]
+    mixed = {bool(x.get('mixup') or x.get('cutmix')) for x in data}
+    smoothing = {x.get('label_smoothing') for x in data}
+    if len(mixed) != 1 or len(smoothing) != 1 or None in smoothing:
+        return 'training loss (its own recipe)'
+    return ('mixup/cutmix soft-target loss' if mixed.pop() else
+            f'cross-entropy, label smoothing {smoothing.pop():g}')
+
+
+def _add_loss(fig: go.Figure, recs: list, name: str, group: str, color: str, dash: str = 'solid') -> None:
     fig.add_scatter(x=[r['epoch'] for r in recs], y=[r['train_loss'] for r in recs], mode='lines', name=name,
-                    legendgroup=group, showlegend=False, line=dict(color=color),
+                    legendgroup=group, showlegend=False, line=dict(color=color, dash=dash),
                     hovertemplate='epoch %{x}: loss %{y:.3f}<extra>' + name + '</extra>', row=1, col=2)
 
 
@@ -421,17 +432,18 @@ def top_operators_markdown(records: Iterable[dict], top: int = 8) -> str:
     return '\n'.join(out)
 
 
-def comparison_curves(runs: dict) -> go.Figure:
-    """Validation top-1 (best of weights and EMA at each evaluation) and training loss of several runs of one or more
-    models, one colour per run; ``runs``: label -> ``train_<model>.json`` document."""
+def comparison_curves(main: dict, other: dict, folder: str) -> go.Figure:
+    """Validation top-1 (best of weights and EMA at each evaluation) and training loss of runs kept apart in
+    ``folder`` (dashed) beside the main run of the same model (solid), one colour per model;
+    ``main``, ``other``: model -> ``train_<model>.json`` document."""
     from plotly.subplots import make_subplots
-    palette = ['#7f7f7f', '#d62728', '#1f77b4', '#2ca02c', '#9467bd', '#ff7f0e']
     fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1, subplot_titles=['validation top-1', 'training loss'])
-    for (label, doc), color in zip(runs.items(), palette * 3):
-        recs = doc['records']
-        evals = [r for r in recs if r.get('top1') is not None]
-        fig.add_scatter(x=[r['epoch'] for r in evals], y=[max(r['top1'], r.get('ema_top1') or 0) for r in evals],
-                        mode='lines+markers', name=label, legendgroup=label, line=dict(color=color),
-                        hovertemplate='epoch %{x}: top-1 %{y:.2f}%<extra>' + label + '</extra>', row=1, col=1)
-        _add_loss(fig, recs, label, label, color)
-    return _finish_curves(fig, 'top-1 (%), best of weights and EMA', 'training loss (its own recipe)')
+    for runs, which, dash in ((main, 'main run', 'solid'), (other, folder, 'dash')):
+        for m, doc in runs.items():
+            recs, color, label = doc['records'], COLORS.get(family_of(m)), f'{_display(m)}, {which}'
+            evals = [r for r in recs if r.get('top1') is not None]
+            fig.add_scatter(x=[r['epoch'] for r in evals], y=[max(r['top1'], r.get('ema_top1') or 0) for r in evals],
+                            mode='lines+markers', name=label, legendgroup=label, line=dict(color=color, dash=dash),
+                            hovertemplate='epoch %{x}: top-1 %{y:.2f}%<extra>' + label + '</extra>', row=1, col=1)
+            _add_loss(fig, recs, label, label, color, dash)
+    return _finish_curves(fig, 'top-1 (%), best of weights and EMA', loss_label([*main.values(), *other.values()]))

@@ -72,5 +72,17 @@ def test_learning_curves_have_a_top1_and_a_loss_trace_per_run():
     doc = dict(records=[dict(epoch=1, train_loss=2.0), dict(epoch=2, train_loss=1.5, top1=40.0, ema_top1=42.0)])
     fig = figures.training_curves({'u_dwconv_micro': doc})
     assert [len(t.x) for t in fig.data] == [1, 1, 2]  # weights, EMA (evaluated epochs), loss (every epoch)
-    fig = figures.comparison_curves({'a': doc, 'b': doc})
+    fig = figures.comparison_curves({'u_dwconv_micro': doc}, {'u_dwconv_micro': doc}, 'longer')
     assert [t.y[-1] for t in fig.data] == [42.0, 1.5, 42.0, 1.5]  # best of weights and EMA; the loss
+    assert [t.line.dash for t in fig.data] == ['solid', 'solid', 'dash', 'dash']  # main run, run kept apart
+    assert fig.data[2].name == 'U-DWConv, longer' and fig.data[0].line.color == fig.data[2].line.color
+
+
+def test_loss_label_names_the_loss_the_runs_trained_with():
+    def doc(mixup, cutmix, ls=0.1):
+        return dict(config=dict(train=dict(data=dict(mixup=mixup, cutmix=cutmix, label_smoothing=ls))))
+    assert figures.loss_label([doc(0.0, 0.0), doc(0.0, 0.0)]) == 'cross-entropy, label smoothing 0.1'
+    assert figures.loss_label([doc(0.8, 1.0)]) == 'mixup/cutmix soft-target loss'
+    assert figures.loss_label([doc(0.0, 0.0), doc(0.8, 1.0)]) == 'training loss (its own recipe)'
+    assert figures.loss_label([doc(0.0, 0.0, 0.1), doc(0.0, 0.0, 0.2)]) == 'training loss (its own recipe)'
+    assert figures.loss_label([{}]) == 'training loss (its own recipe)'  # no recorded configuration
