@@ -553,7 +553,7 @@ def train(cfg: TrainConfig, out_dir: Optional[Path] = None, resume: str = 'auto'
     if command and run.epoch < cfg.epochs:
         run.commands.append(command)
     while run.epoch < cfg.epochs and (stop_after is None or done_here < stop_after):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         metrics = dict(epoch=run.epoch + 1, **run.train_epoch(progress))
         last = run.epoch + 1 == cfg.epochs
         if last or (run.epoch + 1) % max(cfg.eval_every, 1) == 0:
@@ -561,6 +561,8 @@ def train(cfg: TrainConfig, out_dir: Optional[Path] = None, resume: str = 'auto'
         run.epoch += 1
         run.wall_time += time.perf_counter() - t0
         metrics['wall_time_s'] = round(run.wall_time, 1)
+        # CPU seconds of this process (all its threads): the cost in core time, whatever else shared the machine
+        metrics['cpu_time_s'] = round(time.process_time() - c0, 1)
         run.history.append(metrics)
         done_here += 1
         if d.main:
@@ -612,6 +614,8 @@ def export_result(run: Run, out: Path, command: Optional[str] = None, results_su
     train_speed = [h['train_img_per_s'] for h in run.history]
     prov = results.provenance(cfg.profile, cfg.seed, wall_time_s=round(run.wall_time, 1),
                               train_img_per_s_median=float(np.median(train_speed)), processes=run.d.world,
+                              cpu_time_s=(round(sum(h['cpu_time_s'] for h in run.history), 1)  # of rank 0
+                                          if all('cpu_time_s' in h for h in run.history) else None),
                               loadavg=[round(x, 2) for x in os.getloadavg()], run_folder=str(out))
     # the command that started the run (provenance of the numbers); resumes and a re-export only beside it
     if run.commands or command:

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from stm_lab import results, train
 from stm_lab.data import build_mixup
 
-TIMING = {'train_time_s', 'train_img_per_s', 'eval_time_s', 'wall_time_s'}
+TIMING = {'train_time_s', 'train_img_per_s', 'eval_time_s', 'wall_time_s', 'cpu_time_s'}
 SMOKE = dict(limit_val=40, progress=False)
 
 
@@ -130,6 +130,8 @@ def test_interrupted_and_resumed_run_ends_exactly_like_an_uninterrupted_one(smok
     hist = [json.loads(line) for line in (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()]
     ref = [json.loads(line) for line in (root / 'run' / 'metrics.jsonl').read_text().splitlines()]
     assert len(hist) == 2 and _numbers(hist) == _numbers(ref)
+    assert all(h['cpu_time_s'] > 0 for h in hist)  # core time of each epoch, summed into the provenance
+    assert prov['cpu_time_s'] == pytest.approx(sum(h['cpu_time_s'] for h in hist), abs=0.051)
     assert {k: v for k, v in resumed.items() if k not in TIMING | {'checkpoint'}} == \
         {k: v for k, v in final.items() if k not in TIMING | {'checkpoint'}}
 
