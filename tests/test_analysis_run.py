@@ -103,3 +103,19 @@ def test_paper_claims_follow_the_numbers():
     assert c['fgsm_halo_dcn_best']['agrees'] and c['fgsm_pvt_worst']['agrees']
     assert 'does not agree' in c['scale_dcn_best']['sentence']
     assert run.paper_claims(inv[:3], fgsm[:2]) == {}  # only U-HaloNet: no claim can be checked
+    assert c['shift_conv_best']['stderr'] is None and c['shift_conv_best']['noise'] == ''  # no image counts
+
+
+def test_paper_claims_say_when_the_deciding_gap_is_within_sampling_noise():
+    def claims(n):
+        inv = [dict(model=f'u_{f}_micro', transform='rotation', magnitude=5, consistency=c, n=n)
+               for f, c in (('internimage', 0.6), ('dwconv', 0.5), ('pvt', 0.4))]
+        return run.paper_claims(inv, [])['rotation_dcn_best']
+    few, many = claims(100), claims(10000)
+    # U-InternImage 0.6 against U-DWConv 0.5: standard error sqrt(0.24/n + 0.25/n)
+    assert few['gap'] == pytest.approx(0.1) and few['stderr'] == pytest.approx(0.07)
+    assert few['agrees'] and not few['separable'] and 'cannot separate' in few['noise']
+    assert many['stderr'] == pytest.approx(0.007) and many['separable'] and 'separable on these' in many['noise']
+    worst = run.paper_claims([dict(model=f'u_{f}_micro', transform='shift', magnitude=2, consistency=c, n=400)
+                              for f, c in (('pvt', 0.7), ('swin', 0.5))], [])['shift_pvt_worst']
+    assert not worst['agrees'] and worst['gap'] == pytest.approx(-0.2) and worst['separable']

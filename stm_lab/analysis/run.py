@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import base64
 import io
+import math
 import os
 import sys
 import time
@@ -347,42 +348,75 @@ def _ranked(scores: Dict[str, float]) -> List[str]:
 def paper_claims(invariance: Sequence[dict], fgsm: Sequence[dict]) -> Dict[str, dict]:
     """The qualitative claims of Sec. 6.2-6.3, each checked against our numbers:
     ``{claim_id: {'paper': text, 'metric': text, 'best': display name, 'worst': ..., 'scores': {model: value},
-    'agrees': bool, 'verdict': 'agrees' | 'does not agree', 'sentence': text}}``. A claim is only checked when
-    the models it names were analysed (otherwise it is absent)."""
+    'agrees': bool, 'verdict': 'agrees' | 'does not agree', 'gap': float, 'stderr': float | None,
+    'separable': bool | None, 'noise': text, 'sentence': text}}``. A claim is only checked when the models it
+    names were analysed (otherwise it is absent).
+
+    ``gap``: how far the deciding pair of models is apart (the claimed models' worst score against the best of the
+    others, for a claim about the top; mirrored for the bottom). ``stderr``: the standard error of that difference
+    from image sampling, taking each score as a proportion over its ``n`` images (an upper bound for a mean over
+    several transforms of the same images) and the two models as independent; ``separable``: |gap| > 2 stderr."""
     out = {}
     models = {r['model'] for r in invariance} | {r['model'] for r in fgsm}
     fams = {family(m) for m in models}
 
-    def add(cid, paper, metric, scores, agrees_fn, needs):
-        if not scores or not needs <= {family(m) for m in scores}:
+    def add(cid, paper, metric, scores, n, claimed, at):
+        if not scores or not claimed <= {family(m) for m in scores}:
             return
         ranked = _ranked(scores)
-        ok = bool(agrees_fn([family(m) for m in ranked]))
-        best, worst = _display(ranked[0]), _display(ranked[-1])
+        k = len(claimed)
+        ok = {family(m) for m in (ranked[:k] if at == 'top' else ranked[-k:])} == claimed
+        inside = [m for m in ranked if family(m) in claimed]
+        outside = [m for m in ranked if family(m) not in claimed]
+        if at == 'top':
+            a, b = min(inside, key=scores.get), max(outside, key=scores.get)
+        else:
+            a, b = min(outside, key=scores.get), max(inside, key=scores.get)
+        gap = scores[a] - scores[b]
+        se = None
+        if n.get(a) and n.get(b):
+            se = math.sqrt(sum(scores[m] * (1 - scores[m]) / n[m] for m in (a, b)))
+        separable = None if se is None else abs(gap) > 2 * se
+        noise = ('' if se is None else
+                 f'(deciding gap {_display(a)} - {_display(b)} = {gap:+.3f}, standard error about {se:.3f}: '
+                 + ('separable on these images)' if separable else 'within two standard errors, so these images '
+                    'cannot separate the two)'))
+        verdict = 'agrees' if ok else 'does not agree'
         order = ', '.join(f'{_display(m)} {scores[m]:.3f}' for m in ranked)
-        out[cid] = dict(paper=paper, metric=metric, best=best, worst=worst, ranking=order, scores=scores,
-                        agrees=ok, verdict='agrees' if ok else 'does not agree',
-                        sentence=f'Ours, {metric}: {order}. This {"agrees" if ok else "does not agree"} with the paper.')
+        out[cid] = dict(paper=paper, metric=metric, best=_display(ranked[0]), worst=_display(ranked[-1]),
+                        ranking=order, scores=scores, agrees=ok, verdict=verdict, gap=gap, stderr=se,
+                        separable=separable, noise=noise,
+                        sentence=f'Ours, {metric}: {order}. This {verdict} with the paper' +
+                                 (f' {noise}.' if noise else '.'))
 
     if fams:
-        shift = mean_by_model(invariance, 'consistency', lambda r: r['transform'] == 'shift' and r['magnitude'] > 0)
-        rot = mean_by_model(invariance, 'consistency', lambda r: r['transform'] == 'rotation' and r['magnitude'] > 0)
-        scale = mean_by_model(invariance, 'consistency', lambda r: r['transform'] == 'scale')
-        adv = mean_by_model(fgsm, 'top1', lambda r: r['epsilon'] > 0)
+        def pick(records, key, where):
+            return mean_by_model(records, key, where), images_by_model(records, where)
+        shift = pick(invariance, 'consistency', lambda r: r['transform'] == 'shift' and r['magnitude'] > 0)
+        rot = pick(invariance, 'consistency', lambda r: r['transform'] == 'rotation' and r['magnitude'] > 0)
+        scale = pick(invariance, 'consistency', lambda r: r['transform'] == 'scale')
+        adv = pick(fgsm, 'top1', lambda r: r['epsilon'] > 0)
         add('shift_conv_best', 'convolution STMs (DW-Conv, DCNv3) are the most translation-invariant',
-            'mean consistency over the non-zero shifts', shift,
-            lambda r: set(r[:2]) == {'dwconv', 'internimage'}, {'dwconv', 'internimage'})
+            'mean consistency over the non-zero shifts', *shift, {'dwconv', 'internimage'}, 'top')
         add('shift_pvt_worst', 'U-PVT (global attention) is the least translation-invariant',
-            'mean consistency over the non-zero shifts', shift, lambda r: r[-1] == 'pvt', {'pvt'})
+            'mean consistency over the non-zero shifts', *shift, {'pvt'}, 'bottom')
         add('rotation_dcn_best', 'DCNv3 (U-InternImage) is the most rotation-invariant',
-            'mean consistency over the rotations 5-45 degrees', rot, lambda r: r[0] == 'internimage', {'internimage'})
+            'mean consistency over the rotations 5-45 degrees', *rot, {'internimage'}, 'top')
         add('scale_dcn_best', 'DCNv3 (U-InternImage) is the most scale-invariant',
-            'mean consistency over the 15 crop ratios', scale, lambda r: r[0] == 'internimage', {'internimage'})
+            'mean consistency over the 15 crop ratios', *scale, {'internimage'}, 'top')
         add('fgsm_halo_dcn_best', 'U-HaloNet and U-InternImage are the most robust to FGSM',
-            'mean FGSM top-1 over the non-zero epsilons', adv,
-            lambda r: set(r[:2]) == {'halonet', 'internimage'}, {'halonet', 'internimage'})
+            'mean FGSM top-1 over the non-zero epsilons', *adv, {'halonet', 'internimage'}, 'top')
         add('fgsm_pvt_worst', 'U-PVT is the least robust to FGSM', 'mean FGSM top-1 over the non-zero epsilons',
-            adv, lambda r: r[-1] == 'pvt', {'pvt'})
+            *adv, {'pvt'}, 'bottom')
+    return out
+
+
+def images_by_model(records: Sequence[dict], where=lambda r: True) -> Dict[str, int]:
+    """The fewest images behind any selected record of each model (``n``); models whose records lack it are left out."""
+    out: Dict[str, int] = {}
+    for r in records:
+        if where(r) and r.get('n'):
+            out[r['model']] = min(out.get(r['model'], r['n']), r['n'])
     return out
 
 
