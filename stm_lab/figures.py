@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Iterable
+from typing import Dict, Iterable, Tuple
 
 import plotly.graph_objects as go
 import plotly.io as pio
@@ -327,9 +327,6 @@ def _finish_curves(fig: go.Figure, top1_title: str, loss_title: str) -> go.Figur
 
 # ------------------------------------------------------------------------------------------------ speed
 
-SPEED_BASELINE = 'u_dwconv_micro'
-
-
 def _speed_name(model: str) -> str:
     return "timm's Swin (same shape)" if model.startswith('timm_') else _display(model)
 
@@ -393,9 +390,14 @@ def profile_bars(records: Iterable[dict]) -> go.Figure:
     return fig
 
 
+def _same_scale_dwconv(model: str) -> str:
+    """U-DWConv of ``model``'s scale (``u_swin_tiny`` -> ``u_dwconv_tiny``): the baseline of speed ratios."""
+    return 'u_dwconv_' + model.rsplit('_', 1)[-1]
+
+
 def table8_markdown(records: Iterable[dict]) -> str:
-    """Inference images/s here (``results/bench/table8_throughput.json``) beside the paper's Table VIII (RTX 3090),
-    each with its ratio to U-DWConv, so that orderings can be compared."""
+    """Inference images/s here (``results/bench/table8_throughput*.json``) beside the paper's Table VIII (RTX 3090),
+    each with its ratio to U-DWConv of the same scale, so that orderings can be compared."""
     from .paper import TABLE8, TABLE8_SIZES
     records = list(records)
     sizes = sorted({r['img_size'] for r in records})
@@ -404,16 +406,33 @@ def table8_markdown(records: Iterable[dict]) -> str:
                                      f'| {s}: paper' for s in sizes) + ' |'
     out = [head, '|---|' + '---:|---:|' * len(sizes)]
     for m in _models_in_order(records):
-        cells = []
+        cells, base_name = [], _same_scale_dwconv(m)
         for s in sizes:
-            r, base = by.get((m, s)), by.get((SPEED_BASELINE, s))
+            r, base = by.get((m, s)), by.get((base_name, s))
             cells.append(f'{r["images_per_sec"]:.1f} ({r["images_per_sec"] / base["images_per_sec"]:.2f}x)'
                          if r and base else (f'{r["images_per_sec"]:.1f}' if r else '-'))
-            paper = TABLE8.get(m)
+            paper, paper_base = TABLE8.get(m), TABLE8.get(base_name)
             i = TABLE8_SIZES.index(s) if s in TABLE8_SIZES else None
-            cells.append(f'{paper[i]} ({paper[i] / TABLE8[SPEED_BASELINE][i]:.2f}x)' if paper and i is not None else '-')
+            cells.append(f'{paper[i]} ({paper[i] / paper_base[i]:.2f}x)' if paper and paper_base and i is not None
+                         else '-')
         out.append(f'| {_display(m)} | ' + ' | '.join(cells) + ' |')
     return '\n'.join(out)
+
+
+def table8_pair_agreement(records: Iterable[dict]) -> Dict[int, Tuple[int, int]]:
+    """Per input size: (pairs of models that the measurement orders as the paper's Table VIII does, pairs compared),
+    over the models that both have. Ties in either count as disagreement; 5 models give 10 pairs."""
+    from .paper import TABLE8, TABLE8_SIZES
+    out = {}
+    for s in sorted({r['img_size'] for r in records}):
+        here = {r['model']: r['images_per_sec'] for r in records if r['img_size'] == s and r['model'] in TABLE8}
+        if s not in TABLE8_SIZES or len(here) < 2:
+            continue
+        i = TABLE8_SIZES.index(s)
+        pairs = [(a, b) for j, a in enumerate(here) for b in list(here)[j + 1:]]
+        same = sum((here[a] - here[b]) * (TABLE8[a][i] - TABLE8[b][i]) > 0 for a, b in pairs)
+        out[s] = (same, len(pairs))
+    return out
 
 
 def top_operators_markdown(records: Iterable[dict], top: int = 8) -> str:

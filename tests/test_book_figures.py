@@ -31,6 +31,25 @@ def test_table8_markdown_puts_ratios_to_dwconv_beside_the_paper():
     assert 'batch 8' in md.splitlines()[0]
 
 
+def test_table8_ratios_are_to_the_dwconv_of_the_same_scale():
+    recs = [dict(model='u_pvt_tiny', img_size=512, batch_size=32, images_per_sec=50.0),
+            dict(model='u_dwconv_tiny', img_size=512, batch_size=32, images_per_sec=200.0)]
+    pvt = next(line for line in figures.table8_markdown(recs).splitlines() if line.startswith('| U-PVT'))
+    assert '50.0 (0.25x)' in pvt and f'({TABLE8["u_pvt_tiny"][1] / TABLE8["u_dwconv_tiny"][1]:.2f}x)' in pvt
+
+
+def test_table8_pair_agreement_counts_pairs_in_the_papers_order():
+    paper_order = sorted((m for m in TABLE8 if m.endswith('_micro')), key=lambda m: -TABLE8[m][0])
+    recs = [dict(model=m, img_size=256, images_per_sec=100.0 - 10 * k) for k, m in enumerate(paper_order)]
+    assert figures.table8_pair_agreement(recs) == {256: (10, 10)}
+    flipped = [dict(r, images_per_sec=-r['images_per_sec']) for r in recs]
+    assert figures.table8_pair_agreement(flipped) == {256: (0, 10)}
+    swap = [dict(r) for r in recs]  # exchange the first two: one pair out of order
+    swap[0]['images_per_sec'], swap[1]['images_per_sec'] = swap[1]['images_per_sec'], swap[0]['images_per_sec']
+    assert figures.table8_pair_agreement(swap) == {256: (9, 10)}
+    assert figures.table8_pair_agreement([dict(r, img_size=300) for r in recs]) == {}  # no paper column
+
+
 def test_training_results_trains_only_the_missing_smoke_models(tmp_path, monkeypatch):
     monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path)
     results.save_result('smoke', 'train_u_pvt_test', [dict(epoch=1)])
@@ -56,7 +75,8 @@ def test_accuracy_markdown_has_a_row_per_model():
     assert md.count('\n') == 2 and '| U-DWConv | 4.06M | 12 | 52.94% | 90.73% | ema | 51 | 35.4 | 75.1% |' in md
 
 
-@pytest.mark.parametrize('name', ['train_speed', 'train_profile', 'table8_throughput'])
+@pytest.mark.parametrize('name', ['train_speed', 'train_profile', 'table8_throughput',
+                                  'table8_throughput_micro_cuda', 'table8_throughput_tiny_cuda'])
 def test_committed_speed_results_render(name):
     doc = results.load_result('bench', name)
     if name == 'train_speed':
