@@ -65,7 +65,7 @@ PAPER_RECIPES = {
 }
 CNN_MIXERS = {'dw_conv', 'dcnv3', 'identity', 'pooling'}  # trained with the convolution recipe
 # cpu profile: epochs for every model (same for all five, so they are compared on one recipe); see data/README.md
-CPU_EPOCHS = 12
+CPU_EPOCHS = 22
 
 
 @dataclass
@@ -729,6 +729,24 @@ def summary(profile: str = 'cpu', models=MICRO_MODELS) -> List[dict]:
                          params_m=round(doc['config']['params'] / 1e6, 2),
                          paper_top1=TABLE3.get(name, (None, None, None))[2]))
     return rows
+
+
+def core_time_estimate(docs: Dict[str, dict], speeds: List[dict]) -> Dict[str, float]:
+    """model -> core-seconds its run takes at the one-thread speeds ``speeds`` (the records of
+    ``train_throughput.json``): every epoch's training, and each evaluation the configuration schedules (every
+    ``eval_every`` epochs and the last; the trained weights and, where there is one, the EMA). Models without a
+    speed record are left out. The sum over the five, halved, is the wall time on two cores shared perfectly."""
+    speed = {r['model']: r for r in speeds}
+    out = {}
+    for m, doc in docs.items():
+        if m not in speed or not speed[m].get('train_epoch_s'):
+            continue
+        cfg, last = doc['config']['train'], doc['records'][-1]
+        epochs, every = cfg['epochs'], max(cfg.get('eval_every') or 1, 1)
+        evals = len({e for e in range(1, epochs + 1) if e % every == 0} | {epochs})
+        per_eval = last['val_images'] / speed[m]['eval_img_per_s'] * (2 if cfg.get('ema_decay', 0) > 0 else 1)
+        out[m] = epochs * speed[m]['train_epoch_s'] + evals * per_eval
+    return out
 
 
 def training_results(profile: str, folder: str = '') -> Dict[str, dict]:
