@@ -85,7 +85,7 @@ def test_dcnv3_core_on_cuda_matches_the_cpu_and_auto_takes_the_torch_path(stride
                    group=group, offset_scale=1.0, backend='cpp')
 
 
-def test_fp16_amp_training_on_cuda_resumes_where_it_stopped(tmp_path, monkeypatch):
+def test_fp16_amp_training_on_cuda_resumes_where_it_stopped(tmp_path, monkeypatch, crash_in_second_epoch):
     """A smoke run with the GPU's fp16 autocast and gradient scaler, interrupted and resumed, ends where an
     uninterrupted run ends (deterministic kernels), and records the GPU it ran on."""
     monkeypatch.setenv('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
@@ -94,18 +94,11 @@ def test_fp16_amp_training_on_cuda_resumes_where_it_stopped(tmp_path, monkeypatc
     cfg = train.profile_config('u_swin_test', 'smoke', amp='fp16')
     kw = dict(limit_val=40, progress=False)
     try:
-        ref = train.train(cfg, tmp_path / 'a', resume='none', command='a', **kw)
-        step = train.Run.step
-
-        def crash(self, x, y, global_step):
-            if global_step == self.steps_per_epoch + 3:
-                raise KeyboardInterrupt
-            return step(self, x, y, global_step)
-        monkeypatch.setattr(train.Run, 'step', crash)
         with pytest.raises(KeyboardInterrupt):
             train.train(cfg, tmp_path / 'b', resume='none', command='b', **kw)
-        monkeypatch.setattr(train.Run, 'step', step)
+        crash_in_second_epoch()  # lifts the interruption
         resumed = train.train(cfg, tmp_path / 'b', resume='auto', command='b2', **kw)
+        ref = train.train(cfg, tmp_path / 'a', resume='none', command='a', **kw)
     finally:
         torch.use_deterministic_algorithms(False)
     state = json.loads((tmp_path / 'b' / 'last.json').read_text())

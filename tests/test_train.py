@@ -107,19 +107,13 @@ def test_no_weight_decay_for_norms_biases_and_position_tables(smoke_run):
     assert run.cfg.min_lr < lrs[2] < 2e-5 and s._get_lr(total)[0] == pytest.approx(run.cfg.min_lr)
 
 
-def test_interrupted_and_resumed_run_ends_exactly_like_an_uninterrupted_one(smoke_run, tmp_path, monkeypatch):
+def test_interrupted_and_resumed_run_ends_exactly_like_an_uninterrupted_one(smoke_run, tmp_path, monkeypatch,
+                                                                            crash_in_second_epoch):
     root, final = smoke_run
     monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path / 'results')
-    step = train.Run.step
-
-    def crash_in_epoch_2(self, x, y, global_step):
-        if global_step == self.steps_per_epoch + 3:
-            raise KeyboardInterrupt
-        return step(self, x, y, global_step)
-    monkeypatch.setattr(train.Run, 'step', crash_in_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         train.train(_cfg(), tmp_path / 'run', resume='none', command='first', **SMOKE)
-    monkeypatch.setattr(train.Run, 'step', step)
+    crash_in_second_epoch()  # lifts the interruption
     assert json.loads((tmp_path / 'run' / 'last.json').read_text())['epoch'] == 1
     resumed = train.train(_cfg(), tmp_path / 'run', resume='auto', command='second', **SMOKE)
     prov = results.load_result('smoke', 'train_u_swin_test')['provenance']
