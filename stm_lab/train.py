@@ -520,6 +520,11 @@ def run_dir(cfg: TrainConfig) -> Path:
     return RUNS_DIR / cfg.profile / cfg.model
 
 
+def evaluated_after(epoch: int, epochs: int, eval_every: int) -> bool:
+    """Whether a run of ``epochs`` evaluates after ``epoch`` (1-based): every ``eval_every`` epochs and the last."""
+    return epoch == epochs or epoch % max(eval_every, 1) == 0
+
+
 def train(cfg: TrainConfig, out_dir: Optional[Path] = None, resume: str = 'auto', progress: bool = True,
           stop_after: Optional[int] = None, export: bool = True, limit_train: Optional[int] = None,
           limit_val: Optional[int] = None, command: Optional[str] = None, results_subdir: str = '') -> dict:
@@ -555,8 +560,7 @@ def train(cfg: TrainConfig, out_dir: Optional[Path] = None, resume: str = 'auto'
     while run.epoch < cfg.epochs and (stop_after is None or done_here < stop_after):
         t0, c0 = time.perf_counter(), time.process_time()
         metrics = dict(epoch=run.epoch + 1, **run.train_epoch(progress))
-        last = run.epoch + 1 == cfg.epochs
-        if last or (run.epoch + 1) % max(cfg.eval_every, 1) == 0:
+        if evaluated_after(run.epoch + 1, cfg.epochs, cfg.eval_every):
             metrics.update(run.evaluate())
         run.epoch += 1
         run.wall_time += time.perf_counter() - t0
@@ -566,8 +570,9 @@ def train(cfg: TrainConfig, out_dir: Optional[Path] = None, resume: str = 'auto'
         run.history.append(metrics)
         done_here += 1
         if d.main:
-            write_checkpoint(ckpt, *run.state())
-            atomic_write_bytes(out / 'last.json', (json.dumps(run.state()[1], indent=1) + '\n').encode())
+            tensors, state = run.state()
+            write_checkpoint(ckpt, tensors, state)
+            atomic_write_bytes(out / 'last.json', (json.dumps(state, indent=1) + '\n').encode())
             _write_metrics(out / 'metrics.jsonl', run.history)
             eta = run.wall_time / run.epoch * (cfg.epochs - run.epoch)
             _log(d, f'[train] {cfg.model} epoch {run.epoch}/{cfg.epochs}: ' +
@@ -742,8 +747,8 @@ def core_time_estimate(docs: Dict[str, dict], speeds: List[dict]) -> Dict[str, f
         if m not in speed or not speed[m].get('train_epoch_s'):
             continue
         cfg, last = doc['config']['train'], doc['records'][-1]
-        epochs, every = cfg['epochs'], max(cfg.get('eval_every') or 1, 1)
-        evals = len({e for e in range(1, epochs + 1) if e % every == 0} | {epochs})
+        epochs = cfg['epochs']
+        evals = sum(evaluated_after(e, epochs, cfg.get('eval_every') or 1) for e in range(1, epochs + 1))
         per_eval = last['val_images'] / speed[m]['eval_img_per_s'] * (2 if cfg.get('ema_decay', 0) > 0 else 1)
         out[m] = epochs * speed[m]['train_epoch_s'] + evals * per_eval
     return out
