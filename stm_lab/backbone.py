@@ -9,9 +9,14 @@ Everything inside runs channels-last, ``(B, H, W, C)``, which is what mixers tak
 returns NCHW maps as timm does. The backbone never asks which mixer it holds: per-mixer needs go through the
 mixer contract (``stm_lab/mixers/base.py``).
 
-Ablation switches (Table VI / Fig. 4): ``norm_after_pool`` (B: LN after pooling), ``stage_norm=False``
+Ablation switches. Table VI / Fig. 4: ``norm_after_pool`` (B: LN after pooling), ``stage_norm=False``
 (C: no stage norms), ``block='single'`` (D/E: ConvNeXt-style block with one residual,
-``x + drop_path(gamma * mlp(norm(mixer(x))))``). The HaloNet variants of Table VII are mixer options.
+``x + drop_path(gamma * mlp(norm(mixer(x))))``). Table II: ``downsample='patch'`` (the original stage design of
+Swin and ConvNeXt: a non-overlapping 4x4/4 patch stem and 2x2/2 patch merging in the transitions, each followed
+by the same LN as the unified 3x3 convolutions, so that only the overlap changes) and ``block='bottleneck'`` (the
+original HaloNet block: ResNet's bottleneck with one residual, ``relu(x + drop_path(bn(W2 act(bn(mixer(act(bn(W1
+x))))))))``, the mixer working at ``bottleneck_ratio * C`` channels; 1.5 gives the unified block's parameter count
+for a 4C^2 mixer). The HaloNet variants of Table VII are mixer options.
 """
 from __future__ import annotations
 
@@ -20,12 +25,14 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.layers import DropPath, LayerScale, Mlp, trunc_normal_
 from timm.models import checkpoint_seq
 
 from .mixers import create_mixer, get_mixer_class, stage_input
 
-BLOCK_TYPES = ('double', 'single')
+BLOCK_TYPES = ('double', 'single', 'bottleneck')
+DOWNSAMPLE_TYPES = ('overlap', 'patch')
 
 
 @dataclass
@@ -45,6 +52,8 @@ class UnifiedConfig:
     norm_after_pool: bool = False
     block: str = 'double'
     single_res_pre_norm: bool = False  # single-residual block: LN before the mixer (the paper's DW-Conv D/E)
+    bottleneck_ratio: float = 1.5  # block='bottleneck': mixer width / C
+    downsample: str = 'overlap'  # 'overlap' (3x3/2 convs, Fig. 3) or 'patch' (4x4/4 stem, 2x2/2 merging)
     head_ratio: float = 1.5
     num_classes: int = 1000
     in_chans: int = 3
@@ -58,6 +67,8 @@ class UnifiedConfig:
                 raise ValueError(f'{name} has {len(getattr(self, name))} entries, depths has {n}')
         if self.block not in BLOCK_TYPES:
             raise ValueError(f'unknown block type {self.block!r}; valid: {", ".join(BLOCK_TYPES)}')
+        if self.downsample not in DOWNSAMPLE_TYPES:
+            raise ValueError(f'unknown downsample {self.downsample!r}; valid: {", ".join(DOWNSAMPLE_TYPES)}')
         self.depths, self.dims, self.heads, self.mlp_ratios = (
             tuple(self.depths), tuple(self.dims), tuple(self.heads), tuple(self.mlp_ratios))
         self.stage_mixer_options = tuple(dict(o) for o in self.stage_mixer_options)
@@ -88,6 +99,55 @@ class Transition(nn.Sequential):
 
     def __init__(self, dim_in, dim_out):
         super().__init__(nn.Conv2d(dim_in, dim_out, 3, stride=2, padding=1, bias=False), ChannelsLastLN(dim_out))
+
+
+class PatchConv(nn.Conv2d):
+    """Non-overlapping ``k x k`` stride-``k`` convolution (patch embedding / merging). The map is zero-padded on
+    the right and bottom to a multiple of ``k``, so output sizes are ``ceil(H / k)`` as with the overlapped design."""
+
+    def __init__(self, dim_in, dim_out, k, bias=True):
+        super().__init__(dim_in, dim_out, k, stride=k, bias=bias)
+
+    def forward(self, x):
+        k = self.stride[0]
+        return super().forward(F.pad(x, (0, -x.shape[-1] % k, 0, -x.shape[-2] % k)))
+
+
+def patch_stem(in_chans, dim):
+    """Swin's and ConvNeXt's stem: 4x4 stride-4 patch embedding -> LN."""
+    return nn.Sequential(PatchConv(in_chans, dim, 4), ChannelsLastLN(dim))
+
+
+def patch_transition(dim_in, dim_out):
+    """Non-overlapping 2x2 stride-2 patch merging -> LN (Table II's original stage design)."""
+    return nn.Sequential(PatchConv(dim_in, dim_out, 2, bias=False), ChannelsLastLN(dim_out))
+
+
+class ChannelsLastBN(nn.BatchNorm2d):
+    """BatchNorm over the channels of a ``(B, H, W, C)`` map."""
+
+    def forward(self, x):
+        return super().forward(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+class BottleneckBlock(nn.Module):
+    """HaloNet's original block (ResNet bottleneck, one residual), channels-last:
+    ``relu(x + drop_path(BN(Linear(relu(BN(mixer(relu(BN(Linear(x))))))))))``; the last BN starts at zero scale
+    (ResNet's zero-init residual), which, like layer scale in the unified block, makes each block start as identity."""
+
+    def __init__(self, dim, mixer: nn.Module, hidden: int, drop_path=0.0):
+        super().__init__()
+        self.reduce = nn.Sequential(nn.Linear(dim, hidden, bias=False), ChannelsLastBN(hidden), nn.ReLU())
+        self.mixer = mixer
+        self.expand = nn.Sequential(ChannelsLastBN(hidden), nn.ReLU(), nn.Linear(hidden, dim, bias=False),
+                                    ChannelsLastBN(dim))
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def init_weights(self):
+        nn.init.zeros_(self.expand[-1].weight)
+
+    def forward(self, x):  # (B, H, W, C)
+        return F.relu(x + self.drop_path(self.expand(self.mixer(self.reduce(x)))))
 
 
 class Block(nn.Module):
@@ -147,20 +207,26 @@ class UnifiedNet(nn.Module):
         dims, n = cfg.dims, len(cfg.depths)
         total = sum(cfg.depths)  # drop-path rate grows linearly with the global block index
         dpr = [cfg.drop_path_rate * k / max(total - 1, 1) for k in range(total)]
-        self.stem = Stem(cfg.in_chans, dims[0])
+        patch = cfg.downsample == 'patch'
+        self.stem = patch_stem(cfg.in_chans, dims[0]) if patch else Stem(cfg.in_chans, dims[0])
+        transition = patch_transition if patch else Transition
         stages, k = [], 0
         for i in range(n):
             feat_size = (-(-cfg.img_size // 2 ** (i + 2)),) * 2  # stride 4, 8, 16, 32 with ceil (padding 1)
             options = {**cfg.mixer_options, **cfg.stage_mixer_options[i]}
             blocks = []
+            width = int(dims[i] * cfg.bottleneck_ratio) if cfg.block == 'bottleneck' else dims[i]
             for j in range(cfg.depths[i]):
-                mixer = create_mixer(cfg.mixer, dims[i], cfg.heads[i], block_index=j, stage_index=i,
+                mixer = create_mixer(cfg.mixer, width, cfg.heads[i], block_index=j, stage_index=i,
                                      feat_size=feat_size, **options)
-                blocks.append(Block(dims[i], mixer, cfg.mlp_ratios[i], dpr[k], cfg.layer_scale_init, cfg.norm_eps,
-                                    cfg.block, cfg.single_res_pre_norm))
+                if cfg.block == 'bottleneck':
+                    blocks.append(BottleneckBlock(dims[i], mixer, width, dpr[k]))
+                else:
+                    blocks.append(Block(dims[i], mixer, cfg.mlp_ratios[i], dpr[k], cfg.layer_scale_init,
+                                        cfg.norm_eps, cfg.block, cfg.single_res_pre_norm))
                 k += 1
             stages.append(Stage(
-                Transition(dims[i - 1], dims[i]) if i > 0 else None,
+                transition(dims[i - 1], dims[i]) if i > 0 else None,
                 stage_input(cfg.mixer, dims[i], feat_size, **options),
                 blocks,
                 nn.LayerNorm(dims[i], eps=1e-6) if cfg.stage_norm else None))

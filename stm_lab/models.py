@@ -8,8 +8,11 @@ After ``import stm_lab``::
 Families (prefix -> mixer): ``u_halonet`` halo_attn, ``u_pvt`` sr_attn, ``u_swin`` sw_attn, ``u_dwconv`` dw_conv,
 ``u_internimage`` dcnv3, plus the lower bounds ``u_identity`` and ``u_pooling``. Scales ``micro``, ``tiny``,
 ``small``, ``base`` follow the paper's configurations (depths, widths, heads/groups, SR ratios, MLP ratios,
-drop-path rates of the authors' factories); ``test`` is a tiny layout for fast tests. Table VI ablation variants
-are ``u_<family>_small_{b,c,d,e}`` (A is the plain model) and Table VII's are ``u_halonet_small_{switch,1px,shift}``.
+drop-path rates of the authors' factories); ``test`` is a tiny layout for fast tests. Ablation variants, at the
+paper's scale and at micro (the CPU reproduction): Table VI ``u_<family>_{small,micro}_{b,c,d,e}`` (A is the plain
+model), Table VII ``u_halonet_{small,micro}_{switch,1px,shift}``, Table II (tiny in the paper)
+``u_{swin,dwconv}_{tiny,micro}_patchds`` (non-overlapped stem and downsampling) and ``u_halonet_{tiny,micro}_resblock``
+(HaloNet's own ResNet bottleneck block).
 
 Sizes that depend on the input (:func:`adapt_to_img_size`), chosen so that 224 gives the paper's values:
 - window (Swin) and query block (HaloNet): 7 if 7 divides the stage-1 map side (``ceil(img_size / 4)``), else
@@ -112,6 +115,14 @@ HALO_VARIANTS = {
     '1px': dict(halo=1),
     'shift': dict(centric=False),  # query block at the top-left corner of its key window
 }
+# Table II (tiny scale in the paper): the original stage design (non-overlapped patch stem and merging) of Swin and
+# ConvNeXt, and the original (ResNet bottleneck) block of HaloNet; DW-Conv with ConvNeXt's block is Table VI's D
+TABLE2_VARIANTS = {
+    ('swin', 'patchds'): dict(downsample='patch'),
+    ('dwconv', 'patchds'): dict(downsample='patch'),
+    ('halonet', 'resblock'): dict(block='bottleneck'),
+}
+ABLATION_SCALES = {'table6': ('small', 'micro'), 'table7': ('small', 'micro'), 'table2': ('tiny', 'micro')}
 
 
 def window_for(img_size: int) -> int:
@@ -233,7 +244,12 @@ def paper_model_names() -> list:
 for _family in list(FAMILIES):
     _register_scales(_family)
 for _family in ('halonet', 'pvt', 'swin', 'dwconv', 'internimage'):
-    for _letter, _switch in ABLATIONS.items():
-        _register(f'u_{_family}_small_{_letter}', _family, 'small', _switch)
-for _name, _opts in HALO_VARIANTS.items():
-    _register(f'u_halonet_small_{_name}', 'halonet', 'small', dict(mixer_options=_opts))
+    for _scale in ABLATION_SCALES['table6']:
+        for _letter, _switch in ABLATIONS.items():
+            _register(f'u_{_family}_{_scale}_{_letter}', _family, _scale, _switch)
+for _scale in ABLATION_SCALES['table7']:
+    for _name, _opts in HALO_VARIANTS.items():
+        _register(f'u_halonet_{_scale}_{_name}', 'halonet', _scale, dict(mixer_options=_opts))
+for _scale in ABLATION_SCALES['table2']:
+    for (_family, _name), _switch in TABLE2_VARIANTS.items():
+        _register(f'u_{_family}_{_scale}_{_name}', _family, _scale, _switch)

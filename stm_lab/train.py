@@ -31,7 +31,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -92,6 +92,9 @@ class TrainConfig:
     seed: int = 0
     eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated)
     nproc: int = 1  # processes the dry-run's torchrun command starts (the real count comes from torchrun)
+    # Fig. 7(c): >0 records, after every epoch, the translation and rotation consistency of the (non-EMA) weights
+    # on this many fixed validation images (stm_lab.analysis.run.consistency_tracker)
+    track_consistency: int = 0
 
     def __post_init__(self):
         if isinstance(self.data, dict):
@@ -527,12 +530,17 @@ def evaluated_after(epoch: int, epochs: int, eval_every: int) -> bool:
 
 def train(cfg: TrainConfig, out_dir: Optional[Path] = None, resume: str = 'auto', progress: bool = True,
           stop_after: Optional[int] = None, export: bool = True, limit_train: Optional[int] = None,
-          limit_val: Optional[int] = None, command: Optional[str] = None, results_subdir: str = '') -> dict:
+          limit_val: Optional[int] = None, command: Optional[str] = None, results_subdir: str = '',
+          epoch_hook: Optional[Callable[[nn.Module], dict]] = None) -> dict:
     """Train (or continue) a run; returns the last epoch's metrics. ``resume``: 'auto' (the run folder's
     last checkpoint if there is one), 'none' (start over), or a checkpoint path. ``results_subdir``: export the
     final weights and result to ``results/<profile>/<results_subdir>/`` (runs kept apart from the profile's main
     set, e.g. a longer budget); resuming a finished run exports it again. ``stop_after``: stop after
-    that many epochs in this call (for tests and for splitting a long run)."""
+    that many epochs in this call (for tests and for splitting a long run). ``epoch_hook(model)``: extra metrics
+    of the trained weights after every epoch (rank 0 computes them; the CLI passes the consistency tracker when
+    ``cfg.track_consistency`` is set)."""
+    if cfg.track_consistency and epoch_hook is None:
+        raise ValueError('track_consistency is set but no epoch_hook measures it (the stm-lab command passes one)')
     d = init_distributed()
     out = Path(out_dir) if out_dir else run_dir(cfg)
     ckpt = out / 'last.safetensors'
@@ -562,6 +570,8 @@ def train(cfg: TrainConfig, out_dir: Optional[Path] = None, resume: str = 'auto'
         metrics = dict(epoch=run.epoch + 1, **run.train_epoch(progress))
         if evaluated_after(run.epoch + 1, cfg.epochs, cfg.eval_every):
             metrics.update(run.evaluate())
+        if epoch_hook is not None and d.main:
+            metrics.update(epoch_hook(run.model))
         run.epoch += 1
         run.wall_time += time.perf_counter() - t0
         metrics['wall_time_s'] = round(run.wall_time, 1)
@@ -854,9 +864,14 @@ def cmd_train(args) -> int:
         print(torchrun_command(cfg, args.data_dir))
         return 0
     command = _command()
+    hook = None
+    if cfg.track_consistency:  # the analyses sit downstream of training: imported only when asked for
+        from .analysis.run import consistency_tracker
+        hook = consistency_tracker(cfg.profile, cfg.track_consistency, cfg.data)
     try:
         final = train(cfg, Path(args.out) if args.out else None, resume=args.resume, progress=not args.no_progress,
-                      stop_after=args.stop_after, command=command, results_subdir=args.results_subdir)
+                      stop_after=args.stop_after, command=command, results_subdir=args.results_subdir,
+                      epoch_hook=hook)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

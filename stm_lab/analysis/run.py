@@ -36,10 +36,11 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import results
@@ -190,6 +191,29 @@ def run_invariance(m: Loaded, images: torch.Tensor, labels: torch.Tensor, batch_
     rows += rotation_sweep(m.model, data, ANGLES, **kw)
     rows += scale_sweep(m.model, data, CROP_PCTS, **kw)
     return rows
+
+
+def consistency_tracker(profile: str, n_images: int, data_cfg) -> Callable[[nn.Module], dict]:
+    """Fig. 7(c): a function of a model in training that returns its mean translation and rotation consistency
+    (over the non-zero shifts and angles of the sweeps above) on a fixed subset of ``n_images`` validation
+    images, the same subset for every epoch and model. ``data_cfg`` is the run's DataConfig (input pipeline)."""
+    from .invariance import rotation_sweep, translation_sweep
+    images, labels, _ = load_images(PROFILES[profile], n_images)
+    kw = dict(img_size=data_cfg.img_size, crop_pct=data_cfg.crop_pct, batch_size=100, mean=tuple(data_cfg.mean),
+              std=tuple(data_cfg.std), progress=False)
+
+    def mean_nonzero(rows):
+        return round(float(np.mean([r['consistency'] for r in rows if r['magnitude'] != 0])), 5)
+
+    def hook(model: nn.Module) -> dict:
+        device = next(model.parameters()).device
+        data = (images.to(device), labels.to(device))
+        t0 = time.perf_counter()
+        shift = translation_sweep(model, data, seed=SEED, **kw)
+        rot = rotation_sweep(model, data, ANGLES, **kw)
+        return dict(consistency_shift=mean_nonzero(shift), consistency_rotation=mean_nonzero(rot),
+                    consistency_images=len(images), consistency_time_s=round(time.perf_counter() - t0, 1))
+    return hook
 
 
 def run_fgsm(m: Loaded, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> List[dict]:
