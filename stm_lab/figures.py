@@ -13,7 +13,7 @@ from typing import Dict, Iterable, Tuple
 import plotly.graph_objects as go
 import plotly.io as pio
 
-from .paper import DISPLAY
+from .paper import DISPLAY, DISPLAY_STM
 from .results import ROOT
 
 STATIC_DIR = ROOT / 'book' / '_static'
@@ -466,3 +466,114 @@ def comparison_curves(main: dict, other: dict, folder: str) -> go.Figure:
                             hovertemplate='epoch %{x}: top-1 %{y:.2f}%<extra>' + label + '</extra>', row=1, col=1)
             _add_loss(fig, recs, label, label, color, dash)
     return _finish_curves(fig, 'top-1 (%), best of weights and EMA', loss_label([*main.values(), *other.values()]))
+
+
+# ------------------------------------------------------------------------------------------------ ablations
+
+VARIANT_NAMES = {'B': 'B: LN after pooling', 'C': 'C: B without stage norms', 'D': "D: ConvNeXt's block",
+                 'E': "E: D with C's norms", 'switch': 'Halo-Switch', '1px': 'Halo-1px', 'shift': 'Halo-Shift',
+                 'patchds': 'non-overlapped stem and downsampling', 'resblock': "HaloNet's own bottleneck block"}
+
+
+def _signed(x, digits: int = 2) -> str:
+    if x is None:
+        return '-'
+    text = f'{x:+.{digits}f}'
+    return text.replace('+0.00', '0.00').replace('-0.00', '0.00') if digits == 2 else text
+
+
+def ablation_markdown(rows: Iterable[dict], table: str) -> str:
+    """One paper table (``'II'``, ``'VI'``, ``'VII'``): paper and ours side by side, each as top-1 and difference to
+    its own A, with the noise of our difference (rows of :func:`stm_lab.ablations.ablation_rows`)."""
+    out = ['| STM | variant | paper | paper - A | ours | ours - A | noise (1 sd) | beyond noise? |',
+           '|---|---|---:|---:|---:|---:|---:|---|']
+    for r in rows:
+        if r['table'] != table:
+            continue
+        ours = f'{r["ours"]:.2f}' if r['ours'] is not None else 'not yet run'
+        beyond = '-' if r['beyond_noise'] is None else ('yes' if r['beyond_noise'] else 'no')
+        out.append(f'| {DISPLAY_STM[r["family"]]} | {VARIANT_NAMES[r["variant"]]} | {r["paper"]} '
+                   f'| {_signed(r["paper_diff"], 1)} | {ours} | {_signed(r["diff"])} '
+                   f'| {"-" if r["noise"] is None else format(r["noise"], ".2f")} | {beyond} |')
+    return '\n'.join(out)
+
+
+def claims_markdown(claims: Iterable[dict]) -> str:
+    """The paper's claims with the paper's evidence, ours, its noise and the verdict (points of top-1)."""
+    out = ['| claim | paper | ours | noise (1 sd) | verdict |', '|---|---:|---:|---:|---|']
+    for c in claims:
+        out.append(f'| {c["claim"]} | {_signed(c["paper"])} | {_signed(c["ours"])} '
+                   f'| {"-" if c["noise"] is None else format(c["noise"], ".2f")} | {c["verdict"]} |')
+    return '\n'.join(out)
+
+
+def ablation_bars(rows: Iterable[dict]) -> go.Figure:
+    """Difference to A per variant: the paper's (open markers) and ours with +-2 noise (bars), one row per table."""
+    rows = [r for r in rows]
+    labels = [f'{DISPLAY_STM[r["family"]]} {r["variant"]}' for r in rows]
+    colors = [COLORS.get(r['family']) for r in rows]
+    fig = go.Figure()
+    fig.add_bar(x=labels, y=[r['diff'] for r in rows], marker_color=colors, name='ours (micro, Imagenette 64 px)',
+                error_y=dict(type='data', array=[2 * r['noise'] if r['noise'] else 0 for r in rows], visible=True),
+                hovertemplate='%{x}: %{y:+.2f} points<extra>ours</extra>')
+    fig.add_scatter(x=labels, y=[r['paper_diff'] for r in rows], mode='markers', name='paper (ImageNet, 224 px)',
+                    marker=dict(symbol='diamond-open', size=10, color='black'),
+                    hovertemplate='%{x}: %{y:+.1f} points<extra>paper</extra>')
+    fig.update_layout(template='plotly_white', height=420, margin=dict(l=60, r=10, t=20, b=110),
+                      yaxis_title='top-1 minus A (points)', legend=dict(orientation='h', y=1.08, x=0),
+                      xaxis=dict(tickangle=-60, automargin=True))
+    return fig
+
+
+def original_vs_unified(ours: Dict[str, float], ours_label: str) -> go.Figure:
+    """Fig. 1: each STM's originally reported top-1 (its own paper, ~30M models), its unified re-implementation
+    (Table III, tiny) and our micro models (``ours``: family -> top-1, on another task; ``ours_label`` says which)."""
+    from .paper import ORIGINAL_TINY, TABLE3
+    fams = list(ORIGINAL_TINY)
+    names = [DISPLAY_STM[f] for f in fams]
+    fig = go.Figure()
+    fig.add_scatter(x=names, y=[ORIGINAL_TINY[f][1] for f in fams], mode='markers+lines', name='original (own paper)',
+                    text=[ORIGINAL_TINY[f][0] for f in fams], line=dict(color='#888', dash='dot'),
+                    marker=dict(size=10, symbol='square-open', color='#555'),
+                    hovertemplate='%{text}: %{y:.1f}%<extra>original</extra>')
+    fig.add_scatter(x=names, y=[TABLE3[f'u_{f}_tiny'][2] for f in fams], mode='markers+lines',
+                    name='unified, tiny (Table III)', line=dict(color='black'), marker=dict(size=10),
+                    hovertemplate='%{x}: %{y:.1f}%<extra>unified (paper)</extra>')
+    fig.add_scatter(x=[DISPLAY_STM[f] for f in fams if f in ours], y=[ours[f] for f in fams if f in ours],
+                    mode='markers+lines', name=ours_label, yaxis='y2',
+                    marker=dict(size=10, color=[COLORS[f] for f in fams if f in ours], symbol='diamond'),
+                    line=dict(color='#bbb'), hovertemplate='%{x}: %{y:.2f}%<extra>ours</extra>')
+    fig.update_layout(template='plotly_white', height=420, margin=dict(l=60, r=60, t=20, b=40),
+                      yaxis=dict(title='ImageNet-1k top-1 (%)'),
+                      yaxis2=dict(title='ours: Imagenette top-1 (%)', overlaying='y', side='right', showgrid=False),
+                      legend=dict(orientation='h', y=-0.15, x=0))
+    return fig
+
+
+def consistency_over_training(docs: dict) -> go.Figure:
+    """Fig. 7(c): mean translation and rotation consistency after every epoch, one line per model
+    (``docs``: model -> a ``train_<model>.json`` document whose records carry ``consistency_*``)."""
+    from plotly.subplots import make_subplots
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.12,
+                        subplot_titles=['translation', 'rotation'])
+    for m, doc in docs.items():
+        recs = [r for r in doc['records'] if 'consistency_shift' in r]
+        for col, key in ((1, 'consistency_shift'), (2, 'consistency_rotation')):
+            fig.add_scatter(x=[r['epoch'] for r in recs], y=[100 * r[key] for r in recs], mode='lines+markers',
+                            name=_display(m), legendgroup=m, showlegend=col == 1,
+                            line=dict(color=COLORS.get(family_of(m))),
+                            hovertemplate='epoch %{x}: %{y:.1f}%<extra>' + _display(m) + '</extra>', row=1, col=col)
+    fig.update_xaxes(title_text='epoch')
+    fig.update_yaxes(title_text='mean consistency (%)', row=1, col=1)
+    fig.update_layout(template='plotly_white', height=400, margin=dict(l=60, r=20, t=40, b=50),
+                      legend=dict(orientation='h', y=-0.25))
+    return fig
+
+
+def recipe_markdown(rows: Iterable[dict], columns: Iterable[str]) -> str:
+    """Table IV: one row per setting, one column per configuration (rows of :func:`stm_lab.train.recipe_table`)."""
+    columns = list(columns)
+    out = ['| setting | ' + ' | '.join(columns) + ' |', '|---|' + '---|' * len(columns)]
+    for r in rows:
+        out.append(f'| {r["setting"]} | ' + ' | '.join(str(r[c]) for c in columns) + ' |')
+    return '\n'.join(out)

@@ -122,7 +122,9 @@ TABLE2_VARIANTS = {
     ('dwconv', 'patchds'): dict(downsample='patch'),
     ('halonet', 'resblock'): dict(block='bottleneck'),
 }
-ABLATION_SCALES = {'table6': ('small', 'micro'), 'table7': ('small', 'micro'), 'table2': ('tiny', 'micro')}
+# the paper's scale, micro (the cpu profile's runs) and test (the smoke profile's)
+ABLATION_SCALES = {'table6': ('small', 'micro', 'test'), 'table7': ('small', 'micro', 'test'),
+                   'table2': ('tiny', 'micro', 'test')}
 
 
 def window_for(img_size: int) -> int:
@@ -218,11 +220,15 @@ def register_family(prefix: str, mixer: str, layouts: Optional[Dict[str, Layout]
     return _register_scales(family)
 
 
+def _default_size(scale: str) -> int:
+    return 64 if scale == 'test' else 224
+
+
 def _register_scales(family: str) -> list:
     names = []
     for scale in [*FAMILIES[family].layouts, 'test']:
         names.append(f'u_{family}_{scale}')
-        _register(names[-1], family, scale, default_img_size=64 if scale == 'test' else 224)
+        _register(names[-1], family, scale, default_img_size=_default_size(scale))
     return names
 
 
@@ -246,10 +252,10 @@ for _family in list(FAMILIES):
 for _family in ('halonet', 'pvt', 'swin', 'dwconv', 'internimage'):
     for _scale in ABLATION_SCALES['table6']:
         for _letter, _switch in ABLATIONS.items():
-            _register(f'u_{_family}_{_scale}_{_letter}', _family, _scale, _switch)
+            _register(f'u_{_family}_{_scale}_{_letter}', _family, _scale, _switch, _default_size(_scale))
 for _scale in ABLATION_SCALES['table7']:
     for _name, _opts in HALO_VARIANTS.items():
-        _register(f'u_halonet_{_scale}_{_name}', 'halonet', _scale, dict(mixer_options=_opts))
+        _register(f'u_halonet_{_scale}_{_name}', 'halonet', _scale, dict(mixer_options=_opts), _default_size(_scale))
 for _scale in ABLATION_SCALES['table2']:
     for (_family, _name), _switch in TABLE2_VARIANTS.items():
-        _register(f'u_{_family}_{_scale}_{_name}', _family, _scale, _switch)
+        _register(f'u_{_family}_{_scale}_{_name}', _family, _scale, _switch, _default_size(_scale))

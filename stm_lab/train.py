@@ -725,6 +725,38 @@ def bench(models, profile: str = 'cpu', steps: int = 12, warmup: int = 3, worker
     return out
 
 
+# ------------------------------------------------------------------------------------------ Table IV
+
+# (label, how to read it from a TrainConfig); every value comes from the resolved configuration
+RECIPE_ROWS = (
+    ('data', lambda c: f'{c.data.dataset} at {c.data.img_size} px'),
+    ('epochs (warm-up)', lambda c: f'{c.epochs} ({c.warmup_epochs:g})'),
+    ('batch size', lambda c: c.batch_size),
+    ('optimizer', lambda c: f'AdamW, betas {c.betas[0]:g}/{c.betas[1]:g}, weight decay {c.weight_decay:g}'),
+    ('peak learning rate', lambda c: f'{c.lr:.2g} ({c.lr_per_1024:g} per 1024 images)'),
+    ('warm-up start / final lr', lambda c: f'{c.warmup_lr:g} / {c.min_lr:g}'),
+    ('schedule', lambda c: 'linear warm-up, cosine decay (per step)'),
+    ('gradient clipping', lambda c: f'{c.clip_grad:g}'),
+    ('EMA decay', lambda c: f'{c.ema_decay:g}' if c.ema_decay else 'off'),
+    ('layer scale init', lambda c: f'{c.layer_scale_init:g}'),
+    ('stochastic depth', lambda c: 'the model\'s own rate' if c.drop_path_rate is None else f'{c.drop_path_rate:g}'),
+    ('random-resized crop scale', lambda c: f'{c.data.scale[0]:g}-{c.data.scale[1]:g}'),
+    ('RandAugment', lambda c: c.data.auto_augment or 'off'),
+    ('mixup / cutmix', lambda c: f'{c.data.mixup:g} / {c.data.cutmix:g}' if c.data.mixup or c.data.cutmix else 'off'),
+    ('random erasing', lambda c: f'{c.data.re_prob:g}' if c.data.re_prob else 'off'),
+    ('colour jitter', lambda c: ('ignored (RandAugment on)' if c.data.auto_augment else f'{c.data.color_jitter:g}')
+     if c.data.color_jitter else 'off'),
+    ('label smoothing', lambda c: f'{c.data.label_smoothing:g}'),
+    ('mixed precision', lambda c: c.amp),
+)
+
+
+def recipe_table(columns: Dict[str, TrainConfig]) -> List[dict]:
+    """Table IV as rows ``{'setting': label, <column>: value, ...}`` from resolved configurations, e.g.
+    ``{'paper, transformer': profile_config('u_swin_tiny', 'paper'), 'cpu': profile_config('u_swin_micro', 'cpu')}``."""
+    return [dict(setting=label, **{name: read(cfg) for name, cfg in columns.items()}) for label, read in RECIPE_ROWS]
+
+
 # -------------------------------------------------------------------------------------------- summary
 
 def summary(profile: str = 'cpu', models=MICRO_MODELS) -> List[dict]:
