@@ -17,7 +17,8 @@ model), Table VII ``u_halonet_{small,micro}_{switch,1px,shift}``, Table II (tiny
 Sizes that depend on the input (:func:`adapt_to_img_size`), chosen so that 224 gives the paper's values:
 - window (Swin) and query block (HaloNet): 7 if 7 divides the stage-1 map side (``ceil(img_size / 4)``), else
   the largest divisor of that side in [4, 7], else 7 (maps are then padded); 224 -> 7, 64 -> 4, 96 -> 6.
-  Halo band = block // 2 (224 -> 3, 64 -> 2). Maps smaller than a window use one window (Swin drops the shift).
+  Halo band = block // 2 (224 -> 3, 64 -> 2). A map side no larger than the window (block) is one window (block)
+  on that axis, and Swin drops its shift on that axis.
 - PVT spatial-reduction ratio of stage i: the paper's ratio (8, 4, 2, 1), halved until the reduced map keeps at
   least 7 tokens per side (or down to 1); 224 -> (8, 4, 2, 1), 64 -> (2, 1, 1, 1).
 Register a family for your own mixer with :func:`register_family`.

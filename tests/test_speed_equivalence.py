@@ -80,7 +80,7 @@ def test_halo_attention_probs_match_reference(H, W):
         torch.testing.assert_close(m.attention_probs(x), R.halo_attention_probs(m, x), **TOL)
 
 
-@pytest.mark.parametrize('H,W', SIZES + [(12, 12)])
+@pytest.mark.parametrize('H,W', SIZES + [(12, 12), (4, 9), (10, 3)])  # + a side equal to / under window 4
 @pytest.mark.parametrize('window,shift,block_index', [
     (4, None, 0), (4, None, 1), (4, 1, 1), (3, None, 1), (7, None, 1), (2, None, 1),
 ])

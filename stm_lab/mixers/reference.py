@@ -68,37 +68,36 @@ def halo_attention_probs(m, x: torch.Tensor) -> torch.Tensor:
 
 
 def swin_attention(m, x: torch.Tensor) -> torch.Tensor:
-    """Shifted-window attention (``stm_lab.mixers.swin.ShiftedWindowAttention``): zero-pad, cyclic roll,
-    partition, attention with the relative position bias and a materialized region mask, merge, roll back."""
+    """Shifted-window attention (``stm_lab.mixers.swin.ShiftedWindowAttention``): window and shift per axis (a side
+    no larger than the window is one unshifted window), zero-pad, cyclic roll, partition, attention with the
+    relative position bias and a materialized region mask, merge, roll back."""
     B, H, W, C = x.shape
-    w, s = m.window, m.shift
-    if min(H, W) <= w:
-        w, s = min(H, W, w), 0
-    Hp, Wp = -(-H // w) * w, -(-W // w) * w
+    (wh, sh), (ww, sw) = ((n, 0) if n <= m.window else (m.window, m.shift) for n in (H, W))
+    Hp, Wp = -(-H // wh) * wh, -(-W // ww) * ww
     nh, dh = m.num_heads, C // m.num_heads
     xp = F.pad(x, (0, 0, 0, Wp - W, 0, Hp - H))
-    xs = torch.roll(xp, (-s, -s), (1, 2))
-    win = rearrange(xs, 'B (y wy) (x wx) C -> B (y x) (wy wx) C', wy=w, wx=w)
+    xs = torch.roll(xp, (-sh, -sw), (1, 2))
+    win = rearrange(xs, 'B (y wy) (x wx) C -> B (y x) (wy wx) C', wy=wh, wx=ww)
     q, k, v = rearrange(m.qkv(win), 'B n N (three nh d) -> three B n nh N d', three=3, nh=nh)
 
     # bias[h, i, j] = table[(yi - yj + W - 1) * (2W - 1) + (xi - xj + W - 1), h], W = the module's window
-    ys, xs_ = torch.meshgrid(torch.arange(w, device=x.device), torch.arange(w, device=x.device), indexing='ij')
+    ys, xs_ = torch.meshgrid(torch.arange(wh, device=x.device), torch.arange(ww, device=x.device), indexing='ij')
     ys, xs_ = ys.flatten(), xs_.flatten()
     idx = (ys[:, None] - ys[None, :] + m.window - 1) * (2 * m.window - 1) + (xs_[:, None] - xs_[None, :] + m.window - 1)
     bias = m.relative_position_bias_table[idx].permute(2, 0, 1)  # (nh, N, N)
 
     # region of every position of the rolled map: which side of the wrap (per axis), or padding
-    r = (torch.arange(Hp, device=x.device) + s) % Hp  # original row held by rolled row i
-    c = (torch.arange(Wp, device=x.device) + s) % Wp
-    region = ((r < s)[:, None].long() + 2 * (c < s)[None, :].long()
+    r = (torch.arange(Hp, device=x.device) + sh) % Hp  # original row held by rolled row i
+    c = (torch.arange(Wp, device=x.device) + sw) % Wp
+    region = ((r < sh)[:, None].long() + 2 * (c < sw)[None, :].long()
               + 4 * ((r >= H)[:, None] | (c >= W)[None, :]).long())
-    region = rearrange(region, '(y wy) (x wx) -> (y x) (wy wx)', wy=w, wx=w)  # (nW, N)
+    region = rearrange(region, '(y wy) (x wx) -> (y x) (wy wx)', wy=wh, wx=ww)  # (nW, N)
     mask = region[:, :, None] != region[:, None, :]  # (nW, N, N): True = not allowed
     bias = bias[None].masked_fill(mask[:, None], NEG_INF)  # (nW, nh, N, N)
 
     out = attention(q * dh ** -0.5, k, v, bias)  # (B, nW, nh, N, d)
-    out = rearrange(out, 'B (y x) nh (wy wx) d -> B (y wy) (x wx) (nh d)', y=Hp // w, wy=w)
-    out = torch.roll(m.proj(out), (s, s), (1, 2))
+    out = rearrange(out, 'B (y x) nh (wy wx) d -> B (y wy) (x wx) (nh d)', y=Hp // wh, wy=wh)
+    out = torch.roll(m.proj(out), (sh, sw), (1, 2))
     return out[:, :H, :W]
 
 

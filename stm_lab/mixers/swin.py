@@ -2,18 +2,26 @@
 
 Liu et al., "Swin Transformer: Hierarchical Vision Transformer using Shifted Windows", ICCV 2021.
 
-Multi-head self-attention inside non-overlapping ``window`` x ``window`` windows with a learned relative position
-bias ((2w-1)^2 entries per head). Blocks with an odd index within their stage shift the windows by ``shift``
-(half a window by default) with a cyclic roll, so that information crosses window borders every other block.
-Tokens that the roll brought together from opposite sides of the map are masked from each other.
+Multi-head self-attention inside non-overlapping ``window`` x ``window`` windows (narrower on an axis where the map
+is no larger than the window, see below) with a learned relative position bias ((2w-1)^2 entries per head). Blocks
+with an odd index within their stage shift the windows by ``shift`` (half a window by default) with a cyclic roll,
+so that information crosses window borders every other block. Tokens that the roll brought together from opposite
+sides of the map are masked from each other.
 
 Differences from the paper's code, on purpose:
 - masks are built for the actual input size (and cached per size) instead of once for 224x224, so any input
   size is handled correctly (the paper's code misaligns its masks at 448, facts sheet section 5.1);
 - when a map is not a multiple of the window it is zero-padded at the bottom/right and the padded tokens are
   masked out as keys (the paper's code pads without masking, only in detection);
-- masked pairs get exactly zero attention (``-inf`` before softmax) instead of ``-100``.
-If the map is no larger than the window, the window shrinks to the map and the shift is dropped (as in Swin).
+- masked pairs get exactly zero attention (``-inf`` before softmax) instead of ``-100``;
+- window and shift are chosen per axis, as timm's ``SwinTransformerBlock`` does: a side of the map no larger than
+  ``window`` is one window on that axis (the window's side there is the map's side) with no shift on that axis,
+  while the other axis keeps ``window`` and the block's shift. The paper's classification code, which only meets
+  square maps, shrinks the window to ``min(H, W)`` on both axes and drops both shifts: on a non-square map that
+  cuts the long side into square windows that are never shifted, so these windows exchange nothing in the whole
+  stage. Square maps, and maps larger than the window on both axes, get the same windows and shifts either way.
+A window of ``h x w`` tokens (``h, w <= window``) reads the relative position bias of offset ``(dy, dx)`` from the
+same table row as a full window does, i.e. the central ``(2h - 1) x (2w - 1)`` part of the ``(2 window - 1)^2`` table.
 
 Implementation notes (speed, same result; ``stm_lab.mixers.reference.swin_attention`` is the plain version and
 ``tests/test_speed_equivalence.py`` checks values and gradients against it):
@@ -116,25 +124,24 @@ class _Permute(torch.autograd.Function):
 
 
 class _Geometry:
-    """Everything about an input size that does not depend on the data, built once per size: the window side
-    ``w`` and shift ``s`` used, the padded size, the gathers to and from windows, the index into the relative
-    position table and the mask."""
+    """Everything about an input size that does not depend on the data, built once per size: the window
+    ``(wh, ww)`` and shift ``(sh, sw)`` used per axis, the padded size, the gathers to and from windows, the index
+    into the relative position table and the mask."""
 
     def __init__(self, H: int, W: int, window: int, shift: int, heads: int, device):
-        w, s = window, shift
-        if min(H, W) <= w:  # the whole map fits in one window: no shift needed
-            w, s = min(H, W, w), 0
-        self.w, self.s = w, s
-        self.Hp, self.Wp = Hp, Wp = -(-H // w) * w, -(-W // w) * w
-        self.nW, self.N = (Hp // w) * (Wp // w), w * w
+        # per axis: a side that fits in one window is one window, unshifted (a shift would only wrap it)
+        (wh, sh), (ww, sw) = ((n, 0) if n <= window else (window, shift) for n in (H, W))
+        self.wh, self.ww, self.sh, self.sw = wh, ww, sh, sw
+        self.Hp, self.Wp = Hp, Wp = -(-H // wh) * wh, -(-W // ww) * ww
+        self.nW, self.N = (Hp // wh) * (Wp // ww), wh * ww
         nW, N, P = self.nW, self.N, Hp * Wp
         arange = lambda n: torch.arange(n, device=device)  # noqa: E731
 
-        # pos[j, n]: position (in the padded map) of token n of window j, after the cyclic roll by -s
+        # pos[j, n]: position (in the padded map) of token n of window j, after the cyclic roll by (-sh, -sw)
         pos = arange(P).view(Hp, Wp)
-        if s:
-            pos = torch.roll(pos, (-s, -s), (0, 1))
-        pos = pos.view(Hp // w, w, Wp // w, w).transpose(1, 2).reshape(nW, N)
+        if sh or sw:
+            pos = torch.roll(pos, (-sh, -sw), (0, 1))
+        pos = pos.view(Hp // wh, wh, Wp // ww, ww).transpose(1, 2).reshape(nW, N)
         h, t = arange(heads), arange(3)
         # to windows: rows of dh channels, qkv (P, 3, heads) -> (nW, heads, 3, N)
         self.to_win = ((pos[:, None, None, :] * 3 + t[:, None]) * heads + h[:, None, None]).flatten()
@@ -145,17 +152,18 @@ class _Geometry:
         self.from_win = (((slot // N)[:, None] * heads + h) * N + (slot % N)[:, None]).flatten()
         self.from_win_inv = torch.argsort(self.from_win)
 
-        # relative position of every (query, key) pair of a window -> row of the (2 * window - 1)^2 table
-        yx = torch.stack(torch.meshgrid(arange(w), arange(w), indexing='ij')).flatten(1)  # (2, N)
+        # relative position of every (query, key) pair of a window -> row of the (2 * window - 1)^2 table; offsets
+        # are counted from the full window's centre row so a smaller window reads the same rows for the same offset
+        yx = torch.stack(torch.meshgrid(arange(wh), arange(ww), indexing='ij')).flatten(1)  # (2, N)
         rel = yx[:, :, None] - yx[:, None, :] + (window - 1)  # (2, N, N), in [0, 2 * window - 2]
         self.rel_index = rel[0] * (2 * window - 1) + rel[1]
 
         # mask: a label per position (which side of the cyclic wrap per axis, or padding); only equal labels
         # may attend to each other, which also keeps padded keys away from real queries
         self.forbidden = None  # (nW, 1, N, N), True where a query may not attend a key
-        if s or Hp != H or Wp != W:
+        if sh or sw or Hp != H or Wp != W:
             r, c = arange(Hp), arange(Wp)
-            label = ((r < s)[:, None].long() + 2 * (c < s)[None, :].long()
+            label = ((r < sh)[:, None].long() + 2 * (c < sw)[None, :].long()
                      + 4 * ((r >= H)[:, None] | (c >= W)[None, :]).long()).flatten()[pos]  # (nW, N)
             self.forbidden = (label[:, :, None] != label[:, None, :])[:, None]
 
