@@ -483,27 +483,26 @@ def _signed(x, digits: int = 2) -> str:
 
 
 def ablation_markdown(rows: Iterable[dict], table: str) -> str:
-    """One paper table (``'II'``, ``'VI'``, ``'VII'``): paper and ours side by side, each as top-1 and difference to
-    its own A, with the noise of our difference (rows of :func:`stm_lab.ablations.ablation_rows`)."""
-    out = ['| STM | variant | paper | paper - A | ours | ours - A | noise (1 sd) | beyond noise? |',
-           '|---|---|---:|---:|---:|---:|---:|---|']
+    """One paper table (``'II'``, ``'VI'``, ``'VII'``): the paper's top-1 and ours, each with its difference to its own
+    A, ours with two standard deviations of noise (rows of :func:`stm_lab.ablations.ablation_rows`)."""
+    out = ['| STM | variant | paper (- A) | ours (- A, ± 2 sd) | beyond noise? |', '|---|---|---:|---:|---|']
     for r in rows:
         if r['table'] != table:
             continue
-        ours = f'{r["ours"]:.2f}' if r['ours'] is not None else 'not yet run'
+        ours = (f'{r["ours"]:.2f} ({_signed(r["diff"])} ± {2 * r["noise"]:.2f})' if r['ours'] is not None
+                else 'not yet run')
         beyond = '-' if r['beyond_noise'] is None else ('yes' if r['beyond_noise'] else 'no')
-        out.append(f'| {DISPLAY_STM[r["family"]]} | {VARIANT_NAMES[r["variant"]]} | {r["paper"]} '
-                   f'| {_signed(r["paper_diff"], 1)} | {ours} | {_signed(r["diff"])} '
-                   f'| {"-" if r["noise"] is None else format(r["noise"], ".2f")} | {beyond} |')
+        out.append(f'| {DISPLAY_STM[r["family"]]} | {VARIANT_NAMES[r["variant"]]} '
+                   f'| {r["paper"]} ({_signed(r["paper_diff"], 1)}) | {ours} | {beyond} |')
     return '\n'.join(out)
 
 
 def claims_markdown(claims: Iterable[dict]) -> str:
-    """The paper's claims with the paper's evidence, ours, its noise and the verdict (points of top-1)."""
-    out = ['| claim | paper | ours | noise (1 sd) | verdict |', '|---|---:|---:|---:|---|']
+    """The paper's claims with the paper's evidence, ours with two noise standard deviations, and the verdict."""
+    out = ['| claim | paper | ours (± 2 sd) | verdict |', '|---|---:|---:|---|']
     for c in claims:
-        out.append(f'| {c["claim"]} | {_signed(c["paper"])} | {_signed(c["ours"])} '
-                   f'| {"-" if c["noise"] is None else format(c["noise"], ".2f")} | {c["verdict"]} |')
+        ours = '-' if c['ours'] is None else f'{_signed(c["ours"])} ± {2 * c["noise"]:.2f}'
+        out.append(f'| {c["claim"]} | {_signed(c["paper"])} | {ours} | {c["verdict"]} |')
     return '\n'.join(out)
 
 

@@ -983,6 +983,11 @@ def summary_readme(rows: List[dict], table: str, profile: str) -> str:
     for folder in folders:
         docs = training_results(profile, folder)
         lines += ['', f'### `{folder}/`', '']
+        if not docs:  # other models than the main set: the ablation variants, tabulated by `stm-lab ablations`
+            names = sorted(p.stem[len('train_'):] for p in (results.RESULTS_DIR / profile / folder).glob('train_*.json'))
+            lines.append(f'{len(names)} runs of other models ({", ".join(f"`{n}`" for n in names)}); their tables '
+                         'are on the book\'s Ablations page (`stm-lab ablations list` prints each command).')
+            continue
         for m, doc in docs.items():
             try:
                 changes = config_changes(results.load_result(profile, f'train_{m}'), doc)

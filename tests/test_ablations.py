@@ -173,6 +173,6 @@ def test_ablations_page_builds_at_the_smoke_profile(tmp_path):
     from stm_lab import cli
     assert cli.main(['notebooks', '--profile', 'smoke', '--only', 'ablations', '--out', str(tmp_path)]) == 0
     text = (tmp_path / 'ablations.ipynb').read_text()
-    for needle in ('SR-Attn', 'Halo-Shift', 'non-overlapped stem', 'verdict', 'beyond noise?'):
+    for needle in ('SR-Attn', 'Halo-Shift', 'non-overlapped stem', 'verdict', 'beyond noise?', '± 2 sd'):
         assert needle in text
     assert 'not yet run' not in text  # at the smoke profile every run exists
