@@ -32,10 +32,19 @@ def install_book_assets() -> Path:
     return dst
 
 
+class _BookRenderer(pio.base_renderers.MimetypeRenderer):
+    """Figures as HTML fragments for the book: no plotly.js of their own (the page loads one local copy, see
+    ``stm_lab.book_sphinx``) and no MathJax (plotly's default fetches it from a CDN for every figure)."""
+
+    def to_mimebundle(self, fig_dict):
+        html = pio.to_html(fig_dict, include_plotlyjs=False, include_mathjax=False, full_html=False,
+                           default_width='100%', default_height=480, config=dict(responsive=True))
+        return {'text/html': html}
+
+
 def use_book_renderer() -> None:
     """Render figures as HTML fragments that use the page's plotly.js (see the book's _config.yml)."""
-    pio.renderers['stm_book'] = pio.base_renderers.HtmlRenderer(
-        connected=False, full_html=False, global_init=False, include_plotlyjs=False)
+    pio.renderers['stm_book'] = _BookRenderer()
     pio.renderers.default = 'stm_book'
 
 
@@ -84,8 +93,8 @@ def complexity_scatter(records: Iterable[dict]) -> go.Figure:
                         text=[scale_of(r['model']) for r in rs],
                         hovertemplate='paper, %{text}: %{x}M params, %{y} GFLOPs<extra>' + name + '</extra>')
     fig.update_layout(xaxis=dict(title='parameters (M)', type='log'), yaxis=dict(title='GMACs at 224x224', type='log'),
-                      height=480, margin=dict(l=60, r=20, t=30, b=50), legend=dict(font=dict(size=11)),
-                      template='plotly_white')
+                      height=520, margin=dict(l=60, r=20, t=30, b=50),
+                      legend=dict(font=dict(size=11), orientation='h', y=-0.15), template='plotly_white')
     return fig
 
 
@@ -100,9 +109,9 @@ def _models_in_order(records: Iterable[dict]) -> list:
 
 
 def erf_browser(records: Iterable[dict], t: float = 0.5) -> go.Figure:
-    """ERF score maps, one precomputed frame per (model, stage): a slider over all of them and a dropdown that
-    jumps to a model's first stage. The dashed square is ERF@t (the smallest centred square holding a fraction t
-    of the score's mass). ``records``: ``results/<profile>/erf.json`` records (with ``score_map``)."""
+    """ERF score maps, one precomputed frame per (model, stage) on one slider. The dashed square is ERF@t (the
+    smallest centred square holding a fraction t of the score's mass). Maps are stored to 3 decimals (the colour scale
+    cannot show more), which keeps the page small. ``records``: ``results/<profile>/erf.json`` records."""
     records = list(records)
     if not records:
         raise ValueError('erf_browser got no records')
@@ -119,11 +128,12 @@ def erf_browser(records: Iterable[dict], t: float = 0.5) -> go.Figure:
 
     def title(r):
         a = next(a for a in r['erf_at'] if a['t'] == t)
-        return (f'{name(r)}: ERF@{round(100 * t)} side ratio {a["side_ratio"]:.2f}, area ratio {a["area_ratio"]:.3f}'
-                f'{"" if r["trained"] else " (untrained)"}')
+        return (f'{name(r)}{"" if r["trained"] else " (untrained)"}<br><sup>ERF@{round(100 * t)}: side '
+                f'{a["side_ratio"]:.2f}, area {a["area_ratio"]:.3f} of the input</sup>')
 
     def heat(r):
-        return go.Heatmap(z=r['score_map'], zmin=0, zmax=1, colorscale='Viridis', colorbar=dict(title='score'),
+        z = [[round(v, 3) for v in row] for row in r['score_map']]
+        return go.Heatmap(z=z, zmin=0, zmax=1, colorscale='Viridis', colorbar=dict(title='score', thickness=12),
                           hovertemplate='x %{x}, y %{y}: %{z:.3f}<extra></extra>')
 
     frames = [go.Frame(data=[heat(r)], name=name(r), layout=dict(shapes=square(r), title=dict(text=title(r))))
@@ -131,18 +141,17 @@ def erf_browser(records: Iterable[dict], t: float = 0.5) -> go.Figure:
     first = records[0]
     fig = go.Figure(data=[heat(first)], frames=frames)
     anim = dict(mode='immediate', frame=dict(duration=0, redraw=True), transition=dict(duration=0))
-    steps = [dict(method='animate', label=f'{family_of(r["model"])} s{r["stage"]}', args=[[name(r)], anim])
+    short = {m: _display(m).split()[0].replace('U-', '') for m in _models_in_order(records)}
+    steps = [dict(method='animate', label=f'{short[r["model"]]} {r["stage"]}', args=[[name(r)], anim])
              for r in records]
-    buttons = [dict(method='animate', label=_display(m), args=[[name(next(r for r in records if r['model'] == m))], anim])
-               for m in _models_in_order(records)]
     size = len(first['score_map'])
     fig.update_layout(
-        title=dict(text=title(first)), shapes=square(first), template='plotly_white', height=560, width=620,
-        margin=dict(l=40, r=20, t=100, b=90),
+        title=dict(text=title(first), x=0, xanchor='left', font=dict(size=14)), shapes=square(first),
+        template='plotly_white', height=560, margin=dict(l=40, r=10, t=70, b=100),
         xaxis=dict(range=[-0.5, size - 0.5], constrain='domain', showgrid=False, title='x (input pixel)'),
         yaxis=dict(range=[size - 0.5, -0.5], scaleanchor='x', showgrid=False, title='y'),
-        sliders=[dict(active=0, steps=steps, currentvalue=dict(prefix='map: '), pad=dict(t=40), font=dict(size=9))],
-        updatemenus=[dict(type='dropdown', buttons=buttons, x=0, xanchor='left', y=1.16, yanchor='top')])
+        sliders=[dict(active=0, steps=steps, currentvalue=dict(prefix='model and stage: ', font=dict(size=12)),
+                      pad=dict(t=50), font=dict(size=9))])
     return fig
 
 
@@ -158,8 +167,9 @@ def erf_bars(rows: Iterable[dict], t: float = 0.5) -> go.Figure:
                     marker_color=COLORS.get(family_of(m)), customdata=theo,
                     hovertemplate='%{x}: ERF@' + str(round(100 * t)) + ' %{y:.3f} (theoretical RF %{customdata})'
                                   '<extra>' + _display(m) + '</extra>')
-    fig.update_layout(barmode='group', template='plotly_white', height=400, margin=dict(l=60, r=20, t=30, b=40),
-                      yaxis=dict(title=f'ERF@{round(100 * t)} (side / input side)', range=[0, 1.05]))
+    fig.update_layout(barmode='group', template='plotly_white', height=420, margin=dict(l=60, r=20, t=30, b=40),
+                      yaxis=dict(title=f'ERF@{round(100 * t)} (side / input side)', range=[0, 1.05]),
+                      legend=dict(orientation='h', y=-0.12))
     return fig
 
 
@@ -211,55 +221,62 @@ def fgsm_curves(records: Iterable[dict]) -> go.Figure:
         fig.add_scatter(x=[r['epsilon_255'] for r in rs], y=[r['top1'] for r in rs], mode='lines+markers',
                         name=_display(m), line=dict(color=COLORS.get(family_of(m))),
                         hovertemplate='epsilon %{x}/255: top-1 %{y:.3f}<extra>' + _display(m) + '</extra>')
-    fig.update_layout(template='plotly_white', height=420, margin=dict(l=60, r=20, t=30, b=50),
-                      xaxis=dict(title='epsilon (x 1/255)'), yaxis=dict(title='top-1 on FGSM images', rangemode='tozero'))
+    fig.update_layout(template='plotly_white', height=440, margin=dict(l=60, r=20, t=30, b=50),
+                      xaxis=dict(title='epsilon (x 1/255)'), yaxis=dict(title='top-1 on FGSM images', rangemode='tozero'),
+                      legend=dict(orientation='h', y=-0.2))
     return fig
 
 
+def _short_class(name: str, width: int = 9) -> str:
+    return name if len(name) <= width else name.split()[-1][:width]
+
+
 def demo_rotation_figure(records: Iterable[dict], views: dict, photos: list) -> go.Figure:
-    """"Rotate a photo": a slider over angles; each frame shows the rotated views the models saw (top row; PNG
-    data URIs ``views[angle][i]`` for ``photos[i]``) and, below, each model's top-1 class and probability per
-    photo (cell colour: the probability given to the true class). ``records``: ``demo_rotation.json``."""
+    """"Rotate a photo": a slider over angles; each frame shows, one row per photo, the rotated view the models saw
+    (left; PNG data URIs ``views[angle][i]`` for ``photos[i]``) and each model's top-1 class and probability (right;
+    cell colour: the probability given to the true class, full names on hover). One column per model keeps it
+    readable on a phone. ``records``: ``demo_rotation.json``."""
     from plotly.subplots import make_subplots
     records = list(records)
     angles = sorted({r['angle'] for r in records})
     models = _models_in_order(records)
     files = [p['file'] for p in photos]
     n = len(files)
-    fig = make_subplots(rows=2, cols=n, specs=[[{'type': 'xy'}] * n, [{'type': 'xy', 'colspan': n}] + [None] * (n - 1)],
-                        row_heights=[0.3, 0.7], vertical_spacing=0.04, horizontal_spacing=0.01,
-                        column_titles=[p['class'] for p in photos])
+    specs = [[{'type': 'xy'}, {'type': 'xy', 'rowspan': n} if i == 0 else None] for i in range(n)]
+    fig = make_subplots(rows=n, cols=2, specs=specs, column_widths=[0.2, 0.8], horizontal_spacing=0.02,
+                        vertical_spacing=0.006)
     index = {(r['model'], r['photo'], r['angle']): r for r in records}
+    names = [_display(m).replace('U-', '').replace(' Transformer', '') for m in models]
 
     def traces(a):
         out = [go.Image(source=views[a][i], hoverinfo='skip') for i in range(n)]
-        cells = [[index.get((m, f, a)) for f in files] for m in models]
+        cells = [[index.get((m, f, a)) for m in models] for f in files]
         z = [[c['true_prob'] if c else None for c in row] for row in cells]
-        text = [[f'{c["pred_class"]}<br>{c["prob"]:.2f}{" ✓" if c["correct"] else ""}' if c else '' for c in row]
-                for row in cells]
-        out.append(go.Heatmap(z=z, x=[p['class'] for p in photos], y=[_display(m) for m in models], text=text,
-                              texttemplate='%{text}', textfont=dict(size=9), zmin=0, zmax=1, colorscale='RdYlGn',
-                              colorbar=dict(title='p(true)', len=0.6, y=0.3), xgap=2, ygap=2,
-                              hovertemplate='%{y} on %{x}: %{text}<br>p(true class) %{z:.2f}<extra></extra>'))
+        text = [[f'{_short_class(c["pred_class"])}<br>{c["prob"]:.2f}{" ✓" if c["correct"] else ""}' if c else ''
+                 for c in row] for row in cells]
+        full = [[f'{c["pred_class"]} {c["prob"]:.2f}' if c else '' for c in row] for row in cells]
+        out.append(go.Heatmap(z=z, x=names, y=[p['class'] for p in photos], text=text, customdata=full,
+                              texttemplate='%{text}', textfont=dict(size=10), zmin=0, zmax=1, colorscale='RdYlGn',
+                              showscale=False, xgap=2, ygap=2,
+                              hovertemplate='%{x} on the %{y} photo: %{customdata}<br>p(true class) %{z:.2f}'
+                                            '<extra></extra>'))
         return out
 
     for i, tr in enumerate(traces(angles[0])):
-        if i < n:
-            fig.add_trace(tr, row=1, col=i + 1)
-        else:
-            fig.add_trace(tr, row=2, col=1)
+        fig.add_trace(tr, row=i + 1 if i < n else 1, col=1 if i < n else 2)
     fig.frames = [go.Frame(data=traces(a), name=str(a), traces=list(range(n + 1))) for a in angles]
     anim = dict(mode='immediate', frame=dict(duration=0, redraw=True), transition=dict(duration=0))
     fig.update_layout(
-        template='plotly_white', height=520, margin=dict(l=130, r=20, t=40, b=60),
-        sliders=[dict(active=0, currentvalue=dict(prefix='rotation: ', suffix=' degrees'), pad=dict(t=30),
+        template='plotly_white', height=120 + 62 * n, margin=dict(l=10, r=10, t=50, b=10),
+        sliders=[dict(active=0, currentvalue=dict(prefix='rotation: ', suffix=' degrees', font=dict(size=12)),
+                      pad=dict(t=10, b=0), x=0, len=1, y=0, yanchor='top',
                       steps=[dict(method='animate', label=str(a), args=[[str(a)], anim]) for a in angles])])
+    fig.update_layout(margin=dict(b=90))
     for i in range(1, n + 1):
-        fig.update_xaxes(visible=False, row=1, col=i)
-        fig.update_yaxes(visible=False, row=1, col=i)
-    fig.update_yaxes(autorange='reversed', row=2, col=1)
-    fig.update_xaxes(tickangle=-30, row=2, col=1)
-    fig.update_annotations(font_size=10)
+        fig.update_xaxes(visible=False, row=i, col=1)
+        fig.update_yaxes(visible=False, row=i, col=1)
+    fig.update_yaxes(autorange='reversed', tickfont=dict(size=10), row=1, col=2)
+    fig.update_xaxes(side='top', tickfont=dict(size=11), row=1, col=2)
     return fig
 
 
@@ -280,9 +297,7 @@ def accuracy_markdown(rows: Iterable[dict]) -> str:
 def training_curves(docs: dict, title_suffix: str = '') -> go.Figure:
     """Validation top-1 (weights: solid, EMA: dotted) and training loss per epoch, one colour per model.
     ``docs``: model -> ``results/<profile>/train_<model>.json`` document."""
-    from plotly.subplots import make_subplots
-    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,
-                        subplot_titles=[f'validation top-1{title_suffix}', f'training loss{title_suffix}'])
+    fig = _two_panels([f'validation top-1{title_suffix}', f'training loss{title_suffix}'])
     for m, doc in docs.items():
         recs, color, name = doc['records'], COLORS.get(family_of(m)), _display(m)
         evals = [r for r in recs if r.get('top1') is not None]
@@ -313,15 +328,21 @@ def loss_label(docs) -> str:
 def _add_loss(fig: go.Figure, recs: list, name: str, group: str, color: str, dash: str = 'solid') -> None:
     fig.add_scatter(x=[r['epoch'] for r in recs], y=[r['train_loss'] for r in recs], mode='lines', name=name,
                     legendgroup=group, showlegend=False, line=dict(color=color, dash=dash),
-                    hovertemplate='epoch %{x}: loss %{y:.3f}<extra>' + name + '</extra>', row=1, col=2)
+                    hovertemplate='epoch %{x}: loss %{y:.3f}<extra>' + name + '</extra>', row=2, col=1)
+
+
+def _two_panels(titles) -> go.Figure:
+    """Two panels stacked (side by side they overlap on a phone), sharing the x axis (epochs)."""
+    from plotly.subplots import make_subplots
+    return make_subplots(rows=2, cols=1, vertical_spacing=0.12, shared_xaxes=True, subplot_titles=titles)
 
 
 def _finish_curves(fig: go.Figure, top1_title: str, loss_title: str) -> go.Figure:
-    fig.update_xaxes(title_text='epoch')
+    fig.update_xaxes(title_text='epoch', row=2, col=1)
     fig.update_yaxes(title_text=top1_title, row=1, col=1)
-    fig.update_yaxes(title_text=loss_title, row=1, col=2)
-    fig.update_layout(template='plotly_white', height=420, margin=dict(l=60, r=20, t=40, b=50),
-                      legend=dict(orientation='h', y=-0.2))
+    fig.update_yaxes(title_text=loss_title, row=2, col=1)
+    fig.update_layout(template='plotly_white', height=640, margin=dict(l=60, r=20, t=40, b=50),
+                      legend=dict(orientation='h', y=-0.12))
     return fig
 
 
@@ -455,8 +476,7 @@ def comparison_curves(main: dict, other: dict, folder: str) -> go.Figure:
     """Validation top-1 (best of weights and EMA at each evaluation) and training loss of runs kept apart in
     ``folder`` (dashed) beside the main run of the same model (solid), one colour per model;
     ``main``, ``other``: model -> ``train_<model>.json`` document."""
-    from plotly.subplots import make_subplots
-    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1, subplot_titles=['validation top-1', 'training loss'])
+    fig = _two_panels(['validation top-1', 'training loss'])
     for runs, which, dash in ((main, 'main run', 'solid'), (other, folder, 'dash')):
         for m, doc in runs.items():
             recs, color, label = doc['records'], COLORS.get(family_of(m)), f'{_display(m)}, {which}'
@@ -552,20 +572,18 @@ def original_vs_unified(ours: Dict[str, float], ours_label: str) -> go.Figure:
 def consistency_over_training(docs: dict) -> go.Figure:
     """Fig. 7(c): mean translation and rotation consistency after every epoch, one line per model
     (``docs``: model -> a ``train_<model>.json`` document whose records carry ``consistency_*``)."""
-    from plotly.subplots import make_subplots
-    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.12,
-                        subplot_titles=['translation', 'rotation'])
+    fig = _two_panels(['translation', 'rotation'])
     for m, doc in docs.items():
         recs = [r for r in doc['records'] if 'consistency_shift' in r]
-        for col, key in ((1, 'consistency_shift'), (2, 'consistency_rotation')):
+        for row, key in ((1, 'consistency_shift'), (2, 'consistency_rotation')):
             fig.add_scatter(x=[r['epoch'] for r in recs], y=[100 * r[key] for r in recs], mode='lines+markers',
-                            name=_display(m), legendgroup=m, showlegend=col == 1,
+                            name=_display(m), legendgroup=m, showlegend=row == 1,
                             line=dict(color=COLORS.get(family_of(m))),
-                            hovertemplate='epoch %{x}: %{y:.1f}%<extra>' + _display(m) + '</extra>', row=1, col=col)
-    fig.update_xaxes(title_text='epoch')
-    fig.update_yaxes(title_text='mean consistency (%)', row=1, col=1)
-    fig.update_layout(template='plotly_white', height=400, margin=dict(l=60, r=20, t=40, b=50),
-                      legend=dict(orientation='h', y=-0.25))
+                            hovertemplate='epoch %{x}: %{y:.1f}%<extra>' + _display(m) + '</extra>', row=row, col=1)
+    fig.update_xaxes(title_text='epoch', row=2, col=1)
+    fig.update_yaxes(title_text='mean consistency (%)')
+    fig.update_layout(template='plotly_white', height=600, margin=dict(l=60, r=20, t=40, b=50),
+                      legend=dict(orientation='h', y=-0.12))
     return fig
 
 
@@ -576,3 +594,14 @@ def recipe_markdown(rows: Iterable[dict], columns: Iterable[str]) -> str:
     for r in rows:
         out.append(f'| {r["setting"]} | ' + ' | '.join(str(r[c]) for c in columns) + ' |')
     return '\n'.join(out)
+
+
+def setting_text(value) -> str:
+    """A configuration value as a reader reads it: None and 0 as 'off', ranges as 'a-b', floats without noise."""
+    if value is None:
+        return 'off'
+    if isinstance(value, (list, tuple)):
+        return '-'.join(setting_text(v) for v in value)
+    if isinstance(value, float):
+        return f'{value:g}'
+    return str(value)

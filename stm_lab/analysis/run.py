@@ -402,7 +402,7 @@ def paper_claims(invariance: Sequence[dict], fgsm: Sequence[dict]) -> Dict[str, 
             se = math.sqrt(sum(scores[m] * (1 - scores[m]) / n[m] for m in (a, b)))
         separable = None if se is None else abs(gap) > 2 * se
         noise = ('' if se is None else
-                 f'(deciding gap {_display(a)} - {_display(b)} = {gap:+.3f}, standard error about {se:.3f}: '
+                 f'(deciding gap {_display(a)} - {_display(b)} = {(round(gap, 3) or 0.0):+.3f}, standard error about {se:.3f}: '
                  + ('separable on these images)' if separable else 'within two standard errors, so these images '
                     'cannot separate the two)'))
         verdict = 'agrees' if ok else 'does not agree'
