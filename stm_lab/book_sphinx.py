@@ -12,7 +12,9 @@ FIGURE_ONLY = ('plotly.min.js', 'fit-figures.js')
 
 
 def _name(script) -> str:
-    return str(getattr(script, 'filename', None) or script or '')
+    """The script's file (or URL); '' for an inline script (Sphinx's ``_JavaScript`` with a body and no file)."""
+    name = getattr(script, 'filename', script)
+    return str(name) if name else ''
 
 
 def _key(script):
