@@ -149,7 +149,7 @@ def erf_browser(records: Iterable[dict], t: float = 0.5) -> go.Figure:
         title=dict(text=title(first), x=0, xanchor='left', font=dict(size=14)), shapes=square(first),
         template='plotly_white', height=560, margin=dict(l=40, r=10, t=70, b=100),
         xaxis=dict(range=[-0.5, size - 0.5], constrain='domain', showgrid=False, title='x (input pixel)'),
-        yaxis=dict(range=[size - 0.5, -0.5], scaleanchor='x', showgrid=False, title='y'),
+        yaxis=dict(range=[size - 0.5, -0.5], scaleanchor='x', constrain='domain', showgrid=False, title='y'),
         sliders=[dict(active=0, steps=steps, currentvalue=dict(prefix='model and stage: ', font=dict(size=12)),
                       pad=dict(t=50), font=dict(size=9))])
     return fig
@@ -275,7 +275,7 @@ def demo_rotation_figure(records: Iterable[dict], views: dict, photos: list) -> 
     for i in range(1, n + 1):
         fig.update_xaxes(visible=False, row=i, col=1)
         fig.update_yaxes(visible=False, row=i, col=1)
-    fig.update_yaxes(autorange='reversed', tickfont=dict(size=10), row=1, col=2)
+    fig.update_yaxes(autorange='reversed', showticklabels=False, row=1, col=2)  # the photo names its row
     fig.update_xaxes(side='top', tickfont=dict(size=11), row=1, col=2)
     return fig
 
