@@ -405,9 +405,10 @@ def profile_bars(records: Iterable[dict]) -> go.Figure:
         fig.add_bar(y=ys, x=xs, name=comp, orientation='h', marker_color=color, customdata=list(zip(fwd, bwd)),
                     hovertemplate=comp + ': %{x:.1f} ms (forward %{customdata[0]:.1f}, backward %{customdata[1]:.1f})'
                                          '<extra>%{y}</extra>')
-    fig.update_layout(barmode='stack', template='plotly_white', height=120 + 60 * len(records),
-                      margin=dict(l=170, r=20, t=30, b=40), xaxis=dict(title='ms per training step'),
-                      legend=dict(orientation='h', y=-0.35), yaxis=dict(autorange='reversed'))
+    fig.update_layout(barmode='stack', template='plotly_white', height=200 + 60 * len(records),
+                      margin=dict(l=10, r=20, t=10, b=40), xaxis=dict(title='ms per training step'),
+                      legend=dict(orientation='h', y=1.02, yanchor='bottom', x=0, traceorder='normal'),
+                      yaxis=dict(autorange='reversed', automargin=True))
     return fig
 
 
