@@ -1,6 +1,10 @@
 """Results with provenance, atomic writes, and the stm-lab command's error paths."""
 import json
 import os
+import stat
+import subprocess
+import sys
+import time
 
 import nbformat
 import pytest
@@ -27,6 +31,36 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
         results.atomic_write_bytes(target, object())  # not bytes: the write fails midway
     assert target.read_bytes() == b'old'
     assert os.listdir(tmp_path) == ['r.json']
+
+
+def test_atomic_rewrites_keep_permissions_and_new_files_follow_the_umask(tmp_path):
+    target = tmp_path / 'r.json'
+    results.atomic_write_bytes(target, b'1')
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask  # as open() would create it (mkstemp gave 0600)
+    target.chmod(0o640)
+    results.atomic_write_bytes(target, b'2')
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640 and target.read_bytes() == b'2'
+
+
+def test_temporaries_of_killed_writers_are_removed_and_live_ones_kept(tmp_path):
+    target = tmp_path / 'last.safetensors'
+    dead = subprocess.Popen([sys.executable, '-c', 'pass'])
+    dead.wait()  # a pid that no longer runs
+    old_style = tmp_path / '.last.safetensors.k2x9_q1a.tmp'  # mkstemp's name, before pids were recorded
+    leftovers = {'killed': tmp_path / f'.last.safetensors.{dead.pid}.00ff00ff.tmp', 'old': old_style,
+                 'live': tmp_path / f'.last.safetensors.{os.getpid()}.12345678.tmp',
+                 'recent': tmp_path / '.last.safetensors.abcdefgh.tmp',
+                 'other file': tmp_path / f'.metrics.jsonl.{dead.pid}.00ff00ff.tmp'}
+    for p in leftovers.values():
+        p.write_bytes(b'x' * 1000)
+    hours_ago = time.time() - 2 * results.LEGACY_TMP_AGE_S
+    os.utime(old_style, (hours_ago, hours_ago))
+    results.atomic_write_bytes(target, b'new')
+    left = {k for k, p in leftovers.items() if p.exists()}
+    assert left == {'live', 'recent', 'other file'} and target.read_bytes() == b'new'
+    assert results.remove_stale_temporaries(target, every=True) == 2000 and not any(tmp_path.glob('.last*'))
 
 
 def test_missing_and_corrupt_results_name_their_path(tmp_path, monkeypatch):
