@@ -239,16 +239,25 @@ def _tensor_digest(tensors: Dict[str, torch.Tensor]) -> str:
 
 
 def write_checkpoint(path: Path, tensors: Dict[str, torch.Tensor], state: dict) -> Path:
-    """Tensors plus a JSON state in one safetensors file (state in its metadata, with a digest of the tensors),
-    written atomically: a crash leaves the previous file intact."""
+    """Tensors plus a JSON state in one safetensors file, written atomically: a crash leaves the previous file
+    intact. The state (in the metadata) records a digest of the tensors, and a second metadata entry the digest
+    of the state's text, so a change anywhere in the file is caught on reading."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    state = dict(state, format=FORMAT, tensors_sha256=_tensor_digest(tensors))
-    atomic_write_bytes(path, st_save(tensors, metadata={'stm_lab': json.dumps(state)}))
+    text = json.dumps(dict(state, format=FORMAT, tensors_sha256=_tensor_digest(tensors)))
+    atomic_write_bytes(path, st_save(tensors, metadata={'stm_lab': text, STATE_DIGEST: _sha256(text)}))
     return path
 
 
+STATE_DIGEST = 'stm_lab_sha256'  # metadata key of the state's digest (absent in checkpoints written before it)
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def read_checkpoint(path) -> Tuple[Dict[str, torch.Tensor], dict]:
-    """Tensors and state of a checkpoint; a damaged or foreign file raises ValueError (and is left untouched)."""
+    """Tensors and state of a checkpoint; a damaged or foreign file raises ValueError (and is left untouched).
+    Checkpoints written before the state digest existed are accepted with their tensors checked."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f'checkpoint not found: {path}')
@@ -256,10 +265,20 @@ def read_checkpoint(path) -> Tuple[Dict[str, torch.Tensor], dict]:
         with safe_open(str(path), framework='pt') as f:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-        state = json.loads(meta['stm_lab'])
+        text = meta['stm_lab']
+        state = json.loads(text)
+        if not isinstance(state, dict):
+            raise TypeError(f'state is a {type(state).__name__}')
     except Exception as e:  # safetensors raises its own error types for truncated or garbled files
         raise ValueError(f'checkpoint {path} is damaged or is not a stm-lab checkpoint ({type(e).__name__}: {e}); '
                          f'it was left in place') from None
+    # an unknown key is a damaged digest key: without this, flipping its name would pass as an older checkpoint
+    unknown = sorted(set(meta) - {'stm_lab', STATE_DIGEST})
+    if unknown:
+        raise ValueError(f'checkpoint {path} is damaged (unexpected metadata {unknown}); it was left in place')
+    if STATE_DIGEST in meta and meta[STATE_DIGEST] != _sha256(text):
+        raise ValueError(f'checkpoint {path} is corrupted (its state does not match the recorded sha256); '
+                         f'it was left in place')
     if state.get('format') != FORMAT:
         raise ValueError(f'checkpoint {path} has format {state.get("format")!r}, expected {FORMAT!r}; it was left in place')
     if _tensor_digest(tensors) != state.get('tensors_sha256'):

@@ -162,6 +162,29 @@ def test_truncated_corrupted_or_foreign_checkpoints_are_refused_and_left_in_plac
                        '--no-progress']) == 2
 
 
+def test_a_flipped_bit_in_the_checkpoint_state_or_its_digest_is_refused(smoke_run, tmp_path, monkeypatch):
+    root, _ = smoke_run
+    monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path / 'results')  # where a wrongly accepted run would export
+    good = (root / 'run' / 'last.safetensors').read_bytes()
+    run = tmp_path / 'run'
+    run.mkdir()
+    metrics = (root / 'run' / 'metrics.jsonl').read_bytes()
+    (run / 'metrics.jsonl').write_bytes(metrics)
+    ckpt = run / 'last.safetensors'
+    # the state is a JSON string inside the file's JSON header, hence the escaped quotes
+    for before, after, refusal in ((rb'\"epoch\": 2, \"steps_per_epoch\"', rb'\"epoch\": 0, \"steps_per_epoch\"',
+                                    'state does not match the recorded sha256'),  # '2' -> '0' is one bit
+                                   (b'"stm_lab_sha256"', b'"stm_lab_sha257"', 'unexpected metadata')):
+        assert good.count(before) == 1
+        flipped = good.replace(before, after)
+        assert sum(bin(a ^ b).count('1') for a, b in zip(good, flipped)) == 1
+        ckpt.write_bytes(flipped)
+        with pytest.raises(ValueError, match=refusal):
+            train.train(_cfg(), run, **SMOKE)
+        assert ckpt.read_bytes() == flipped and (run / 'metrics.jsonl').read_bytes() == metrics
+        assert sorted(p.name for p in run.iterdir()) == ['last.safetensors', 'metrics.jsonl']
+
+
 def test_exported_half_precision_weights_evaluate_from_what_they_record(smoke_run, capsys):
     root, final = smoke_run
     path = root / 'results' / 'smoke' / 'u_swin_test.safetensors'
