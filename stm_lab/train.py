@@ -21,12 +21,14 @@ embedded in its metadata, so one atomic rename updates everything), ``last.json`
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import math
 import os
 import random
 import shlex
+import socket
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -48,7 +50,7 @@ from . import results
 from .backbone import UnifiedNet
 from .data import BatchFinish, DataConfig, build_mixup, image_transform, load_dataset
 from .models import FAMILIES, create_model
-from .results import ROOT, atomic_write_bytes
+from .results import ROOT, atomic_write_bytes, remove_stale_temporaries
 
 FORMAT = 'stm-lab-checkpoint/1'
 RUNS_DIR = Path(os.environ.get('STM_LAB_RUNS', ROOT / 'runs'))
@@ -314,17 +316,31 @@ def build_model(cfg: TrainConfig, num_classes: int) -> UnifiedNet:
     return create_model(cfg.model, **kw)
 
 
+def check_setup(cfg: TrainConfig, d: Dist) -> None:
+    """Settings that cannot work on this machine or process group, refused before anything is written."""
+    if cfg.batch_size % (2 * d.world):
+        raise ValueError(f'batch size {cfg.batch_size} must split into even per-process batches over {d.world} '
+                         f'process(es) (mixup pairs images within a batch)')
+    if cfg.amp == 'fp16' and d.device.type != 'cuda':
+        raise ValueError("--amp fp16 needs a GPU (it uses a gradient scaler); on the CPU use --amp bf16")
+
+
+def _positive(name: str, value: int) -> int:
+    if value < 1:
+        raise ValueError(f'{name} must be at least 1, got {value}')
+    return value
+
+
 class Run:
     """Model, EMA, optimizer, schedule, loss and loaders of one training run, on this process's share."""
 
     def __init__(self, cfg: TrainConfig, d: Dist, limit_train: Optional[int] = None, limit_val: Optional[int] = None):
         self.cfg, self.d = cfg, d
-        if cfg.batch_size % (2 * d.world):
-            raise ValueError(f'batch size {cfg.batch_size} must split into even per-process batches over {d.world} '
-                             f'process(es) (mixup pairs images within a batch)')
+        check_setup(cfg, d)
         self.batch = cfg.batch_size // d.world
-        if cfg.amp == 'fp16' and d.device.type != 'cuda':
-            raise ValueError("--amp fp16 needs a GPU (it uses a gradient scaler); on the CPU use --amp bf16")
+        # what else decides the numbers besides the config: a resume must match it (check_resume)
+        self.execution = dict(world_size=d.world, threads=torch.get_num_threads(), workers=cfg.data.num_workers,
+                              device=d.device.type)
         self.train_set = load_dataset(cfg.data, cfg.data.train_split, image_transform(cfg.data, True))
         self.val_set = load_dataset(cfg.data, cfg.data.val_split, image_transform(cfg.data, False))
         self.classes = list(self.val_set.classes)
@@ -454,15 +470,12 @@ class Run:
                      scaler=self.scaler.state_dict() if self.scaler is not None else None,
                      rng=dict(seed=self.cfg.seed, scheme='python/numpy/torch reseeded at each epoch start from '
                                                          '(seed, epoch, rank)', next_epoch=self.epoch),
-                     history=self.history, wall_time_s=round(self.wall_time, 2), commands=self.commands)
+                     history=self.history, wall_time_s=round(self.wall_time, 2), commands=self.commands,
+                     execution=self.execution)
         return tensors, state
 
     def load_state(self, tensors: Dict[str, torch.Tensor], state: dict, path: Path) -> None:
-        theirs = TrainConfig.from_dict(state['config'])
-        diff = config_differences(theirs, self.cfg)
-        if diff:
-            raise ValueError(f'checkpoint {path} belongs to a different run ({"; ".join(diff)}); it was left in '
-                             f'place. Use another --out folder, or --resume none to start over.')
+        """Continue from a checkpoint that :func:`check_resume` accepted."""
         try:
             self.model.load_state_dict(_prefixed('model/', tensors))
             if self.ema is not None:
@@ -477,7 +490,36 @@ class Run:
         self.commands = list(state.get('commands', []))  # absent in checkpoints older than the field
 
 
-RESUME_FREE = {'eval_every', 'nproc', 'data.num_workers', 'data.download', 'data.data_dir'}
+RESUME_FREE = {'eval_every', 'nproc', 'data.num_workers', 'data.download', 'data.data_dir'}  # workers: check_resume
+
+
+def check_resume(state: dict, cfg: TrainConfig, d: Dist, path: Path, threads: Optional[int] = None) -> None:
+    """Refuse a checkpoint whose continuation here would not give the numbers of an uninterrupted run: another
+    configuration, or other execution settings (processes, loader workers, CPU threads on a CPU run: each changes
+    the result). Settings a checkpoint does not record (written before they were) count as this run's. Without
+    an explicit ``threads``, a CPU run continues with the checkpoint's thread count."""
+    diff = config_differences(TrainConfig.from_dict(state['config']), cfg)
+    if diff:
+        raise ValueError(f'checkpoint {path} belongs to a different run ({"; ".join(diff)}); it was left in '
+                         f'place. Use another --out folder, or --resume none to start over.')
+    ex = state.get('execution') or {}
+    problems = []
+    if ex.get('world_size', d.world) != d.world:
+        problems.append(f'{ex["world_size"]} process(es) there, {d.world} here')
+    workers = state['config'].get('data', {}).get('num_workers', cfg.data.num_workers)
+    if workers != cfg.data.num_workers:
+        problems.append(f'--workers {workers} there, {cfg.data.num_workers} here')
+    recorded = ex.get('threads')
+    if recorded and ex.get('device') == 'cpu' == d.device.type:
+        if threads is None and recorded != torch.get_num_threads():
+            torch.set_num_threads(recorded)
+            _log(d, f'[train] {recorded} CPU thread(s), as the checkpoint was trained with')
+        elif threads is not None and threads != recorded:
+            problems.append(f'--threads {recorded} there, {threads} here')
+    if problems:
+        raise ValueError(f'checkpoint {path} was trained with other settings, and continuing with these would '
+                         f'change the result ({"; ".join(problems)}); resume with its settings, or start over with '
+                         f'--resume none or another --out. It was left in place.')
 
 
 def config_differences(a: TrainConfig, b: TrainConfig) -> List[str]:
@@ -550,70 +592,188 @@ def evaluated_after(epoch: int, epochs: int, eval_every: int) -> bool:
 def train(cfg: TrainConfig, out_dir: Optional[Path] = None, resume: str = 'auto', progress: bool = True,
           stop_after: Optional[int] = None, export: bool = True, limit_train: Optional[int] = None,
           limit_val: Optional[int] = None, command: Optional[str] = None, results_subdir: str = '',
-          epoch_hook: Optional[Callable[[nn.Module], dict]] = None) -> dict:
+          epoch_hook: Optional[Callable[[nn.Module], dict]] = None, threads: Optional[int] = None) -> dict:
     """Train (or continue) a run; returns the last epoch's metrics. ``resume``: 'auto' (the run folder's
     last checkpoint if there is one), 'none' (start over), or a checkpoint path. ``results_subdir``: export the
     final weights and result to ``results/<profile>/<results_subdir>/`` (runs kept apart from the profile's main
     set, e.g. a longer budget); resuming a finished run exports it again. ``stop_after``: stop after
     that many epochs in this call (for tests and for splitting a long run). ``epoch_hook(model)``: extra metrics
     of the trained weights after every epoch (rank 0 computes them; the CLI passes the consistency tracker when
-    ``cfg.track_consistency`` is set)."""
+    ``cfg.track_consistency`` is set). ``threads``: torch CPU threads; None keeps the current number, or on a
+    resume adopts the checkpoint's (:func:`check_resume`).
+
+    The run folder is locked while this runs (:class:`RunLock`); a refused start changes nothing. Ctrl-C raises
+    :class:`RunInterrupted`, which says what the folder holds."""
     if cfg.track_consistency and epoch_hook is None:
         raise ValueError('track_consistency is set but no epoch_hook measures it (the stm-lab command passes one)')
+    if stop_after is not None and stop_after < 1:
+        raise ValueError(f'--stop-after must be at least 1, got {stop_after}')
+    if threads is not None:
+        _positive('--threads', threads)
     d = init_distributed()
+    check_setup(cfg, d)
     out = Path(out_dir) if out_dir else run_dir(cfg)
     ckpt = out / 'last.safetensors'
     source = None if resume == 'none' else (ckpt if resume == 'auto' else Path(resume))
     if source is not None and resume != 'auto' and not source.exists():
         raise FileNotFoundError(f'--resume {source}: no such checkpoint')
-    try:
-        loaded = read_checkpoint(source) if source is not None and source.exists() else None
-    except ValueError as e:  # the message names the file; say how to go on
-        raise ValueError(f'{e}. Delete it (or pass --resume none) to start over.') from None
-    run = Run(cfg, d, limit_train, limit_val)
-    if loaded is not None:
-        run.load_state(*loaded, source)
-        _log(d, f'[train] resumed {cfg.model} from {source} after epoch {run.epoch}/{cfg.epochs}')
-    if d.main:
-        out.mkdir(parents=True, exist_ok=True)
-        _write_metrics(out / 'metrics.jsonl', run.history)  # agrees with the checkpoint, even after a crash
-        n_params = sum(p.numel() for p in run.model.parameters())
-        _log(d, f'[train] {cfg.model} ({n_params / 1e6:.2f}M params) profile {cfg.profile}: {cfg.epochs} epochs x '
-                f'{run.steps_per_epoch} steps, batch {cfg.batch_size} over {d.world} process(es), peak lr {cfg.lr:.2e}, '
-                f'EMA {cfg.ema_decay}, device {d.device}; run folder {out}')
-    done_here = 0
-    if command and run.epoch < cfg.epochs:
-        run.commands.append(command)
-    while run.epoch < cfg.epochs and (stop_after is None or done_here < stop_after):
-        t0, c0 = time.perf_counter(), time.process_time()
-        metrics = dict(epoch=run.epoch + 1, **run.train_epoch(progress))
-        if evaluated_after(run.epoch + 1, cfg.epochs, cfg.eval_every):
-            metrics.update(run.evaluate())
-        if epoch_hook is not None and d.main:
-            metrics.update(epoch_hook(run.model))
-        run.epoch += 1
-        run.wall_time += time.perf_counter() - t0
-        metrics['wall_time_s'] = round(run.wall_time, 1)
-        # CPU seconds of this process (all its threads): the cost in core time, whatever else shared the machine
-        metrics['cpu_time_s'] = round(time.process_time() - c0, 1)
-        run.history.append(metrics)
-        done_here += 1
+    with RunLock(out, d, command):
+        if d.main:  # under the lock no other writer is active here: every temporary is a leftover
+            freed = sum(remove_stale_temporaries(out / name, every=True) for name in RUN_FILES)
+            if freed:
+                _log(d, f'[train] removed {freed / 1e6:.1f} MB of temporaries left by an interrupted write in {out}')
+        try:
+            loaded = read_checkpoint(source) if source is not None and source.exists() else None
+        except ValueError as e:  # the message names the file; say how to go on
+            raise ValueError(f'{e}. Delete it (or pass --resume none) to start over.') from None
+        if loaded is not None:
+            check_resume(loaded[1], cfg, d, source, threads)
+        if threads is not None:
+            torch.set_num_threads(threads)
+        run = Run(cfg, d, limit_train, limit_val)
+        if loaded is not None:
+            run.load_state(*loaded, source)
+            _log(d, f'[train] resumed {cfg.model} from {source} after epoch {run.epoch}/{cfg.epochs}')
         if d.main:
-            tensors, state = run.state()
-            write_checkpoint(ckpt, tensors, state)
-            atomic_write_bytes(out / 'last.json', (json.dumps(state, indent=1) + '\n').encode())
-            _write_metrics(out / 'metrics.jsonl', run.history)
-            eta = run.wall_time / run.epoch * (cfg.epochs - run.epoch)
-            _log(d, f'[train] {cfg.model} epoch {run.epoch}/{cfg.epochs}: ' +
-                 ', '.join(f'{k} {v}' for k, v in metrics.items() if k != 'epoch') + f'; ETA {eta / 60:.1f} min')
-        if d.world > 1:
-            dist.barrier()
-    final = run.history[-1] if run.history else {}
-    if run.epoch == cfg.epochs and export and d.main:
-        final = export_result(run, out, command, results_subdir)
-    if d.world > 1:
-        dist.barrier()  # the others wait for rank 0's export
+            if loaded is not None:  # agrees with the checkpoint, even after a crash; a fresh start keeps the
+                _write_metrics(out / 'metrics.jsonl', run.history)  # old file until its first checkpoint replaces it
+            n_params = sum(p.numel() for p in run.model.parameters())
+            _log(d, f'[train] {cfg.model} ({n_params / 1e6:.2f}M params) profile {cfg.profile}: {cfg.epochs} epochs x '
+                    f'{run.steps_per_epoch} steps, batch {cfg.batch_size} over {d.world} process(es), peak lr '
+                    f'{cfg.lr:.2e}, EMA {cfg.ema_decay}, device {d.device}, {torch.get_num_threads()} thread(s); '
+                    f'run folder {out}')
+        saved = run.epoch if loaded is not None and source == ckpt else None  # the epoch the folder's checkpoint holds
+        epoch_now = run.epoch + 1
+        try:
+            done_here = 0
+            if command and run.epoch < cfg.epochs:
+                run.commands.append(command)
+            while run.epoch < cfg.epochs and (stop_after is None or done_here < stop_after):
+                epoch_now = run.epoch + 1
+                _train_one_epoch(run, epoch_hook, progress)
+                done_here += 1
+                if d.main:
+                    tensors, state = run.state()
+                    write_checkpoint(ckpt, tensors, state)
+                    saved = run.epoch
+                    atomic_write_bytes(out / 'last.json', (json.dumps(state, indent=1) + '\n').encode())
+                    _write_metrics(out / 'metrics.jsonl', run.history)
+                    metrics = run.history[-1]
+                    eta = run.wall_time / run.epoch * (cfg.epochs - run.epoch)
+                    _log(d, f'[train] {cfg.model} epoch {run.epoch}/{cfg.epochs}: ' +
+                         ', '.join(f'{k} {v}' for k, v in metrics.items() if k != 'epoch') + f'; ETA {eta / 60:.1f} min')
+                if d.world > 1:
+                    dist.barrier()
+            final = run.history[-1] if run.history else {}
+            if run.epoch == cfg.epochs and export and d.main:
+                epoch_now = None
+                final = export_result(run, out, command, results_subdir)
+            if d.world > 1:
+                dist.barrier()  # the others wait for rank 0's export
+        except KeyboardInterrupt:
+            raise RunInterrupted(epoch_now, cfg.epochs, saved, ckpt, d.main) from None
     return final
+
+
+RUN_FILES = ('last.safetensors', 'last.json', 'metrics.jsonl')  # what the trainer writes in a run folder
+
+
+def _train_one_epoch(run: 'Run', epoch_hook, progress: bool) -> None:
+    """Train, evaluate when scheduled, and append the epoch's metrics to the run's history."""
+    cfg, d = run.cfg, run.d
+    t0, c0 = time.perf_counter(), time.process_time()
+    metrics = dict(epoch=run.epoch + 1, **run.train_epoch(progress))
+    if evaluated_after(run.epoch + 1, cfg.epochs, cfg.eval_every):
+        metrics.update(run.evaluate())
+    if epoch_hook is not None and d.main:
+        metrics.update(epoch_hook(run.model))
+    run.epoch += 1
+    run.wall_time += time.perf_counter() - t0
+    metrics['wall_time_s'] = round(run.wall_time, 1)
+    # CPU seconds of this process (all its threads): the cost in core time, whatever else shared the machine
+    metrics['cpu_time_s'] = round(time.process_time() - c0, 1)
+    run.history.append(metrics)
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`train`, saying where the run stopped; still a KeyboardInterrupt, so it ends a program."""
+
+    def __init__(self, epoch: Optional[int], epochs: int, saved: Optional[int], checkpoint: Path, main: bool = True):
+        self.epoch, self.saved, self.checkpoint, self.main = epoch, saved, checkpoint, main
+        where = f'during epoch {epoch} of {epochs}' if epoch else 'while exporting the finished run'
+        kept = (f'{checkpoint} holds the run after epoch {saved}' if saved else
+                'no epoch of this run had finished, so nothing was saved')
+        super().__init__(f'interrupted {where}; {kept}')
+
+
+LOCK_NAME = '.train.lock'  # not '.lock': stm-lab ablations holds that one around the trainer it starts
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``<run folder>/.train.lock`` while a run trains there: a second run on the folder
+    is refused. Rank 0 takes it and every rank learns the outcome. The kernel drops the lock when its process dies,
+    so a killed run never blocks the next one; the file says who holds it, and goes when the run ends."""
+
+    def __init__(self, folder: Path, d: Dist, command: Optional[str] = None):
+        self.folder, self.d, self.command = Path(folder), d, command
+        self.path = self.folder / LOCK_NAME
+        self.fd: Optional[int] = None
+        self.created = False
+
+    def __enter__(self) -> 'RunLock':
+        holder = None
+        if self.d.main:
+            self.created = not self.folder.exists()
+            self.folder.mkdir(parents=True, exist_ok=True)
+            who = f'pid {os.getpid()} on {socket.gethostname()} since {time.strftime("%Y-%m-%d %H:%M:%S")}'
+            self.fd, holder = take_lock(self.path, who + (f': {self.command}' if self.command else ''))
+        ok = self.fd is not None or not self.d.main
+        if self.d.world > 1:
+            flag = torch.tensor([int(ok)], device=self.d.device)
+            dist.broadcast(flag, 0)
+            ok = bool(flag.item())
+        if not ok:
+            self._drop_folder()
+            raise ValueError(f'run folder {self.folder} is in use by another training run'
+                             + (f' ({holder})' if holder else '') + '; wait for it to end or use another --out. '
+                             'Nothing was changed.')
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            self.path.unlink(missing_ok=True)  # before unlocking: whoever opened this file meanwhile will retry
+            os.close(self.fd)
+            self.fd = None
+        self._drop_folder()
+
+    def _drop_folder(self) -> None:
+        if self.created:  # a folder made for a start that wrote nothing (refused early) goes again
+            try:
+                self.folder.rmdir()
+            except OSError:
+                pass
+
+
+def take_lock(path: Path, who: str) -> Tuple[Optional[int], Optional[str]]:
+    """``(fd, None)``: an exclusive flock on ``path``, with ``who`` written in the file; ``(None, holder)`` if
+    another open file holds it (``holder``: what its owner wrote)."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 4096).decode(errors='replace').strip()
+            os.close(fd)
+            return None, holder
+        try:
+            current = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            os.ftruncate(fd, 0)
+            os.write(fd, (who + '\n').encode())
+            return fd, None
+        os.close(fd)  # the previous holder removed the file after we opened it: lock the new one
 
 
 def _log(d: Dist, msg: str) -> None:
@@ -890,7 +1050,13 @@ def cmd_train(args) -> int:
     try:
         final = train(cfg, Path(args.out) if args.out else None, resume=args.resume, progress=not args.no_progress,
                       stop_after=args.stop_after, command=command, results_subdir=args.results_subdir,
-                      epoch_hook=hook)
+                      epoch_hook=hook, threads=args.threads)
+    except RunInterrupted as e:  # where the run stopped, in one line instead of a traceback
+        if e.main:
+            again = ' without --resume ' + shlex.quote(args.resume) if args.resume != 'auto' else ''
+            print(f'stm-lab train: {e}' + (f'; run the same command again{again} to continue' if e.saved or not
+                                            e.epoch else ''), file=sys.stderr)
+        return 130
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -1051,13 +1217,16 @@ def main(argv=None) -> int:
     if argv and argv[0] not in SUBCOMMANDS and argv[0] not in ('-h', '--help'):
         argv = ['train', *argv]
     args = build_parser().parse_args(argv)
-    if getattr(args, 'threads', None):
-        torch.set_num_threads(args.threads)
     try:
+        if getattr(args, 'threads', None) is not None:
+            torch.set_num_threads(_positive('--threads', args.threads))
         return args.func(args)
     except (KeyError, ValueError, FileNotFoundError, FloatingPointError) as e:
         print(f'stm-lab {args.command}: error: {e.args[0] if e.args else e}', file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f'stm-lab {args.command}: interrupted', file=sys.stderr)
+        return 130
 
 
 def train_main(argv=None) -> int:

@@ -1,13 +1,18 @@
 """The training engine: Table IV profile, exact resume, checkpoint safety, evaluation, and DDP gradients."""
+import fcntl
 import json
+import os
+import shutil
 import socket
+import subprocess
+import sys
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save as st_save
 
 from stm_lab import results, train
 from stm_lab.data import build_mixup
@@ -18,6 +23,10 @@ SMOKE = dict(limit_val=40, progress=False)
 
 def _cfg(**kw):
     return train.profile_config('u_swin_test', 'smoke', **kw)  # attention + relative position tables + BN head
+
+
+def _files(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
 
 
 def _numbers(history):
@@ -183,6 +192,92 @@ def test_a_flipped_bit_in_the_checkpoint_state_or_its_digest_is_refused(smoke_ru
             train.train(_cfg(), run, **SMOKE)
         assert ckpt.read_bytes() == flipped and (run / 'metrics.jsonl').read_bytes() == metrics
         assert sorted(p.name for p in run.iterdir()) == ['last.safetensors', 'metrics.jsonl']
+
+
+def test_a_checkpoint_written_before_the_new_fields_still_resumes_exactly(smoke_run, tmp_path, monkeypatch):
+    root, final = smoke_run
+    monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path / 'results')
+    run = tmp_path / 'run'
+    train.train(_cfg(), run, resume='none', stop_after=1, command='first', **SMOKE)
+    tensors, state = train.read_checkpoint(run / 'last.safetensors')
+    # as the code before them wrote it (format 1): no execution settings, no digest of the state
+    old = {k: v for k, v in state.items() if k != 'execution'}
+    assert old['format'] == 'stm-lab-checkpoint/1' and 'tensors_sha256' in old
+    (run / 'last.safetensors').write_bytes(st_save(tensors, metadata={'stm_lab': json.dumps(old)}))
+    resumed = train.train(_cfg(), run, command='second', **SMOKE)
+    a, b = load_file(root / 'run' / 'last.safetensors'), load_file(run / 'last.safetensors')
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed['top1_fp16'] == final['top1_fp16'] and resumed['ema_top1'] == final['ema_top1']
+    assert train.read_checkpoint(run / 'last.safetensors')[1]['execution'] == dict(world_size=1, threads=1, workers=0,
+                                                                                    device='cpu')
+
+
+def test_resume_refuses_other_workers_or_threads_and_keeps_the_recorded_threads(smoke_run, tmp_path, monkeypatch):
+    root, final = smoke_run
+    monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path / 'results')
+    run = tmp_path / 'run'
+    shutil.copytree(root / 'run', run)
+    before = _files(run)
+    with pytest.raises(ValueError, match=r'change the result \(--workers 0 there, 2 here\).*left in place'):
+        train.train(_cfg(data=dict(num_workers=2)), run, **SMOKE)
+    with pytest.raises(ValueError, match=r'change the result \(--threads 1 there, 2 here\)'):
+        train.train(_cfg(), run, threads=2, **SMOKE)
+    assert _files(run) == before and torch.get_num_threads() == 1
+    torch.set_num_threads(2)  # no --threads: the checkpoint's count is taken
+    again = train.train(_cfg(), run, **SMOKE)  # finished: exports again
+    assert torch.get_num_threads() == 1 and again['top1_fp16'] == final['top1_fp16']
+
+
+def test_a_second_run_on_a_locked_folder_is_refused_and_a_killed_holder_blocks_nothing(smoke_run, tmp_path,
+                                                                                      monkeypatch, capsys):
+    root, final = smoke_run
+    monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path / 'results')
+    run = tmp_path / 'run'
+    shutil.copytree(root / 'run', run)
+    before = _files(run)
+    lock = run / train.LOCK_NAME
+    holder = subprocess.Popen([sys.executable, '-c', 'import fcntl, sys, time\n'
+                               'f = open(sys.argv[1], "w"); fcntl.flock(f, fcntl.LOCK_EX)\n'
+                               'f.write("pid of the first run"); f.flush(); print("locked", flush=True); time.sleep(60)',
+                               str(lock)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == 'locked\n'
+        with pytest.raises(ValueError, match=r'in use by another training run \(pid of the first run\)'):
+            train.train(_cfg(), run, resume='none', **SMOKE)
+        assert train.main(['train', '--model', 'u_swin_test', '--profile', 'smoke', '--out', str(run),
+                           '--no-progress']) == 2
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1
+        assert _files(run) == before | {train.LOCK_NAME: b'pid of the first run'}
+    finally:
+        holder.kill()  # as a killed run: its lock goes with it
+        holder.wait()
+    with open(run / '.lock', 'w') as runner_lock:  # stm-lab ablations holds this one around the trainer it starts
+        fcntl.flock(runner_lock, fcntl.LOCK_EX)
+        again = train.train(_cfg(), run, **SMOKE)
+    assert again['top1_fp16'] == final['top1_fp16'] and not lock.exists()
+
+
+def test_temporaries_left_in_a_run_folder_by_killed_writes_are_removed(smoke_run, tmp_path, monkeypatch, capsys):
+    root, _ = smoke_run
+    monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path / 'results')
+    run = tmp_path / 'run'
+    shutil.copytree(root / 'run', run)
+    (run / '.last.safetensors.k2x9_q1a.tmp').write_bytes(bytes(4_000_000))  # fresh, of a writer without a pid
+    (run / f'.metrics.jsonl.{os.getpid()}.0badf00d.tmp').write_bytes(bytes(1000))  # a live pid, yet no writer
+    train.train(_cfg(), run, **SMOKE)
+    assert not list(run.glob('.*.tmp')) and 'removed 4.0 MB of temporaries' in capsys.readouterr().err
+
+
+def test_ctrl_c_says_where_the_run_stopped_and_how_to_continue(tmp_path, monkeypatch, capsys, crash_in_second_epoch):
+    monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path / 'results')
+    run = tmp_path / 'run'
+    argv = ['train', '--model', 'u_swin_test', '--profile', 'smoke', '--out', str(run), '--no-progress']
+    assert train.main(argv + ['--resume', 'none']) == 130
+    err = capsys.readouterr().err
+    assert 'Traceback' not in err and err.strip().splitlines()[-1] == (
+        f'stm-lab train: interrupted during epoch 2 of 2; {run / "last.safetensors"} holds the run after epoch 1; '
+        'run the same command again without --resume none to continue')
+    assert json.loads((run / 'last.json').read_text())['epoch'] == 1 and not list(run.glob('.*'))
 
 
 def test_exported_half_precision_weights_evaluate_from_what_they_record(smoke_run, capsys):
