@@ -63,7 +63,8 @@ def provenance(profile: str, seed: Optional[int] = None, **extra: Any) -> dict:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, fsync, then rename: a reader never sees half a file.
-    A rewrite keeps the file's permissions (a new file gets the umask's, as ``open`` would give it), and
+    A rewrite keeps the file's permissions (a new file, or one left at 0600 by earlier versions, gets the
+    umask's, as ``open`` would give it), and
     temporaries of this file left by killed writers are removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -72,8 +73,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.parent / f'.{path.name}.{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}'
     try:
         with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), 'wb') as f:
-            if path.exists():
-                os.fchmod(f.fileno(), stat.S_IMODE(path.stat().st_mode))
+            mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else MKSTEMP_MODE
+            if mode != MKSTEMP_MODE:  # 0600 is what every file got from the earlier mkstemp writes: widen it
+                os.fchmod(f.fileno(), mode)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -99,6 +101,7 @@ def _fsync_dir(folder: Path) -> None:
 
 
 TMP_SUFFIX = '.tmp'
+MKSTEMP_MODE = 0o600
 LEGACY_TMP_AGE_S = 3600  # a temporary without a pid (older writers) is abandoned once this old: writes take seconds
 
 

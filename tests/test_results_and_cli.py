@@ -42,6 +42,9 @@ def test_atomic_rewrites_keep_permissions_and_new_files_follow_the_umask(tmp_pat
     target.chmod(0o640)
     results.atomic_write_bytes(target, b'2')
     assert stat.S_IMODE(target.stat().st_mode) == 0o640 and target.read_bytes() == b'2'
+    target.chmod(0o600)  # as the earlier writes left every file
+    results.atomic_write_bytes(target, b'3')
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask
 
 
 def test_temporaries_of_killed_writers_are_removed_and_live_ones_kept(tmp_path):
