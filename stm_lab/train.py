@@ -257,16 +257,17 @@ def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def read_checkpoint(path) -> Tuple[Dict[str, torch.Tensor], dict]:
+def read_checkpoint(path, tensors: bool = True) -> Tuple[Optional[Dict[str, torch.Tensor]], dict]:
     """Tensors and state of a checkpoint; a damaged or foreign file raises ValueError (and is left untouched).
-    Checkpoints written before the state digest existed are accepted with their tensors checked."""
+    Checkpoints written before the state digest existed are accepted with their tensors checked.
+    ``tensors=False``: the state alone (None for the tensors, which are then neither read nor checked)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f'checkpoint not found: {path}')
     try:
         with safe_open(str(path), framework='pt') as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            data = {k: f.get_tensor(k) for k in f.keys()} if tensors else None
         text = meta['stm_lab']
         state = json.loads(text)
         if not isinstance(state, dict):
@@ -283,10 +284,10 @@ def read_checkpoint(path) -> Tuple[Dict[str, torch.Tensor], dict]:
                          f'it was left in place')
     if state.get('format') != FORMAT:
         raise ValueError(f'checkpoint {path} has format {state.get("format")!r}, expected {FORMAT!r}; it was left in place')
-    if _tensor_digest(tensors) != state.get('tensors_sha256'):
+    if data is not None and _tensor_digest(data) != state.get('tensors_sha256'):
         raise ValueError(f'checkpoint {path} is corrupted (its tensors do not match the recorded sha256); '
                          f'it was left in place')
-    return tensors, state
+    return data, state
 
 
 def _prefixed(prefix: str, tensors: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -793,16 +794,19 @@ def export_result(run: Run, out: Path, command: Optional[str] = None, results_su
     cfg, final = run.cfg, dict(run.history[-1])
     use_ema = run.ema is not None and final.get('ema_top1', -1) > final.get('top1', -1)
     model = run.ema.module if use_ema else run.model
-    half = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    half = {k: (v.half() if v.is_floating_point() else v).detach().cpu().contiguous()
+            for k, v in model.state_dict().items()}
     where = f'{cfg.profile}/{results_subdir}' if results_subdir else cfg.profile
     dest = results.RESULTS_DIR / where / f'{cfg.model}.safetensors'
     state = weights_state(cfg, model.config.to_dict(), run.classes, 'ema' if use_ema else 'model', final)
-    write_checkpoint(dest, half, state)
-    check = load_model(dest)[0].to(run.d.device)
+    check = model_from_tensors(state['model_config'], half, dest).to(run.d.device)  # as load_model rebuilds it
     loader = torch.utils.data.DataLoader(run.val_set, 256, sampler=run.val_indices)  # all of it, on this process
     fp16 = evaluate_models({'': check}, loader, run.finish_val, Dist(device=run.d.device), run.autocast)
     final.update(weights=state['weights'], top1_fp16=fp16['top1'], top5_fp16=fp16['top5'],
-                 checkpoint=str(dest.relative_to(ROOT) if dest.is_relative_to(ROOT) else dest))
+                 checkpoint=str(dest.relative_to(ROOT) if dest.is_relative_to(ROOT) else dest),
+                 weights_sha256=_tensor_digest(half))
+    # two files, two renames: the result JSON's last record repeats the weights' metrics (and digest), so a kill
+    # between the writes leaves a pair that check_export refuses; exporting the finished run again repairs it
     write_checkpoint(dest, half, dict(state, metrics=final))
     records = run.history[:-1] + [final]
     train_speed = [h['train_img_per_s'] for h in run.history]
@@ -836,7 +840,8 @@ def weights_state(cfg: TrainConfig, model_config: dict, classes: List[str], weig
 
 def load_model(path, weights: str = 'auto') -> Tuple[UnifiedNet, dict]:
     """Rebuild a model from a checkpoint (exported weights or a run's ``last.safetensors``), in float32 eval mode.
-    ``weights``: for run checkpoints, 'model', 'ema', or 'auto' (the one with the higher last top-1)."""
+    ``weights``: for run checkpoints, 'model', 'ema', or 'auto' (the one with the higher last top-1). Exported
+    weights that do not pair with the result JSON beside them are refused (:func:`check_export`)."""
     tensors, state = read_checkpoint(path)
     if state['kind'] == 'train_state':
         cfg = TrainConfig.from_dict(state['config'])
@@ -847,12 +852,40 @@ def load_model(path, weights: str = 'auto') -> Tuple[UnifiedNet, dict]:
         if not tensors:
             raise ValueError(f'checkpoint {path} holds no {weights!r} weights')
         state = weights_state(cfg, state['model_config'], state['classes'], weights, last)
-    model = UnifiedNet(**state['model_config'])
+    else:
+        check_export(path, state)
+    return model_from_tensors(state['model_config'], tensors, path), state
+
+
+def model_from_tensors(model_config: dict, tensors: Dict[str, torch.Tensor], path) -> UnifiedNet:
+    """The model a checkpoint records, with these (possibly half-precision) weights, in float32 eval mode."""
+    model = UnifiedNet(**model_config)
     try:
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
     except RuntimeError as e:
         raise ValueError(f'checkpoint {path}: weights do not fit the recorded model config ({e})') from None
-    return model.eval(), state
+    return model.eval()
+
+
+def check_export(weights, state: Optional[dict] = None) -> None:
+    """Refuse exported weights whose ``train_<model>.json`` beside them comes from another export (a kill between
+    the export's two writes): the JSON's last record must be the metrics the weights file records, and name its
+    digest where it has one (exports before the digest are paired by their metrics alone). No JSON: nothing to
+    pair."""
+    weights = Path(weights)
+    if state is None:
+        state = read_checkpoint(weights, tensors=False)[1]
+    doc_path = weights.parent / f'train_{state.get("model")}.json'
+    if not doc_path.exists():
+        return
+    try:
+        last = json.loads(doc_path.read_text())['records'][-1]
+    except (ValueError, KeyError, IndexError, TypeError) as e:
+        raise ValueError(f'result {doc_path} is damaged ({type(e).__name__}: {e}); export the run again') from None
+    if last != state.get('metrics') or last.get('weights_sha256', state['tensors_sha256']) != state['tensors_sha256']:
+        raise ValueError(f'{weights} and {doc_path.name} beside it come from different exports (one was interrupted '
+                         f'between its two writes); run the training command of {state.get("model")} again: its '
+                         f'finished run exports again')
 
 
 def evaluate_checkpoint(path, dataset: Optional[str] = None, split: str = 'val', limit: Optional[int] = None,
@@ -915,6 +948,9 @@ def summary(profile: str = 'cpu', models=MICRO_MODELS) -> List[dict]:
             doc = results.load_result(profile, f'train_{name}')
         except FileNotFoundError:
             continue
+        weights = results.RESULTS_DIR / profile / f'{name}.safetensors'
+        if weights.exists():
+            check_export(weights)
         f = doc['records'][-1]
         rows.append(dict(model=name, top1=f['top1_fp16'], top5=f['top5_fp16'], weights=f['weights'],
                          top1_last=f['top1'], ema_top1_last=f.get('ema_top1'), epochs=f['epoch'],

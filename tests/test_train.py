@@ -297,6 +297,41 @@ def test_exported_half_precision_weights_evaluate_from_what_they_record(smoke_ru
     assert train.main(['eval', '--checkpoint', str(root / 'nothing.safetensors')]) == 2
 
 
+def test_a_kill_between_the_two_export_writes_is_detected_and_exporting_again_repairs_it(smoke_run, tmp_path,
+                                                                                          monkeypatch):
+    root, final = smoke_run
+    monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path / 'results')
+    shutil.copytree(root / 'results', tmp_path / 'results')  # an earlier export of the same model
+    weights = tmp_path / 'results' / 'smoke' / 'u_swin_test.safetensors'
+    assert train.summary('smoke', models=('u_swin_test',))[0]['top1'] == final['top1_fp16']
+    save_result = results.save_result
+
+    def killed(*args, **kw):  # the kill lands after the weights are written, before the result JSON
+        raise KeyboardInterrupt
+    monkeypatch.setattr(results, 'save_result', killed)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(_cfg(epochs=1), tmp_path / 'run', resume='none', **SMOKE)  # other weights, same file names
+    monkeypatch.setattr(results, 'save_result', save_result)
+    for read in (lambda: train.summary('smoke', models=('u_swin_test',)), lambda: train.load_model(weights),
+                 lambda: train.evaluate_checkpoint(weights, limit=8)):
+        with pytest.raises(ValueError, match='come from different exports'):
+            read()
+    again = train.train(_cfg(epochs=1), tmp_path / 'run', **SMOKE)  # the finished run exports again
+    assert again['weights_sha256'] != final['weights_sha256']  # the interrupted export had other weights
+    assert train.summary('smoke', models=('u_swin_test',))[0]['top1'] == again['top1_fp16']
+    assert train.load_model(weights)[1]['metrics'] == again
+
+
+def test_exports_written_before_the_weights_digest_pair_by_their_metrics():
+    committed = sorted((results.ROOT / 'results' / 'cpu').glob('u_*_micro.safetensors'))
+    if not committed:
+        pytest.skip('no committed cpu weights')
+    for path in committed:
+        state = train.read_checkpoint(path, tensors=False)[1]
+        assert 'weights_sha256' not in state['metrics']
+        train.check_export(path, state)
+
+
 def test_summary_puts_top1_beside_the_paper(smoke_run, monkeypatch):
     root, final = smoke_run
     monkeypatch.setattr(results, 'RESULTS_DIR', root / 'results')
