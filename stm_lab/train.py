@@ -31,6 +31,7 @@ import shlex
 import socket
 import sys
 import time
+import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
@@ -106,6 +107,20 @@ class TrainConfig:
             raise ValueError(f'unknown recipe {self.recipe!r}; valid: {", ".join(PAPER_RECIPES)}')
         if self.amp not in ('none', 'bf16', 'fp16'):
             raise ValueError(f"amp must be 'none', 'bf16' or 'fp16', got {self.amp!r}")
+        # bad values fail here, in one line, before anything is written (not as a traceback epochs later)
+        check = _checker('')
+        for name in ('epochs', 'batch_size', 'eval_every', 'nproc'):
+            check(name, getattr(self, name), 'an integer of at least 1', lambda v: _is_int(v) and v >= 1)
+        check('seed', self.seed, 'an integer of at least 0', lambda v: _is_int(v) and v >= 0)
+        check('track_consistency', self.track_consistency, 'an integer of at least 0', lambda v: _is_int(v) and v >= 0)
+        for name in ('warmup_epochs', 'lr_per_1024', 'warmup_lr', 'min_lr', 'weight_decay', 'clip_grad'):
+            check(name, getattr(self, name), 'a number of at least 0', lambda v: v >= 0 and math.isfinite(v))
+        check('opt_eps', self.opt_eps, 'a number above 0', lambda v: 0 < v < math.inf)
+        check('betas', self.betas, 'two numbers in [0, 1), e.g. 0.9,0.999', lambda v: len(v) == 2 and all(0 <= b < 1 for b in v))
+        check('ema_decay', self.ema_decay, 'a number in [0, 1) (0 turns the EMA off)', lambda v: 0 <= v < 1)
+        check('drop_path_rate', self.drop_path_rate, "a number in [0, 1), or none for the model's own",
+              lambda v: v is None or 0 <= v < 1)
+        check('layer_scale_init', self.layer_scale_init, 'a finite number', math.isfinite)
 
     @property
     def lr(self) -> float:
@@ -118,6 +133,23 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> 'TrainConfig':
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _checker(prefix: str) -> Callable:
+    """``check(name, value, what, ok)``: raise ``ValueError('<prefix><name> must be <what>, got <value>')`` unless
+    ``ok(value)`` (a value of the wrong type fails too)."""
+    def check(name, value, what, ok):
+        try:
+            good = ok(value)
+        except (TypeError, ValueError):
+            good = False
+        if not good:
+            raise ValueError(f'{prefix}{name} must be {what}, got {value!r}')
+    return check
 
 
 def model_recipe(model: str) -> str:
@@ -890,7 +922,11 @@ def check_export(weights, state: Optional[dict] = None) -> None:
 
 def evaluate_checkpoint(path, dataset: Optional[str] = None, split: str = 'val', limit: Optional[int] = None,
                         batch_size: int = 256, weights: str = 'auto', data_dir: Optional[str] = None) -> dict:
-    """Top-1/top-5 of a checkpoint on a split, with the input pipeline it records (size, crop, normalization)."""
+    """Top-1/top-5 of a checkpoint on a split, with the input pipeline it records (size, crop, normalization).
+    ``limit``: a fixed seeded subset of that many images (None: all of them)."""
+    if limit is not None:
+        _positive('--limit', limit)
+    _positive('--batch-size', batch_size)
     model, state = load_model(path, weights)
     rec = state['data']
     dcfg = DataConfig(dataset=dataset or rec['dataset'], img_size=rec['img_size'], crop_pct=rec['crop_pct'],
@@ -1032,20 +1068,26 @@ def torchrun_command(cfg: TrainConfig, data_dir: Optional[str]) -> str:
     return ' '.join(a if a == '$IMAGENET' else shlex.quote(a) for a in args)
 
 
-def _coerce(text: str, current, key: str):
-    """``text`` as the type of a config field's current value (None for 'none' or '' where the field allows it)."""
-    if text.lower() in ('none', '') and (current is None or isinstance(current, str)):
-        return None
-    if isinstance(current, bool):
+def _coerce(text: str, hint, key: str):
+    """``text`` as a value of a config field's declared type ``hint``: 'none' (or nothing) for an Optional field is
+    None, a tuple is comma-separated with as many values as the type has."""
+    if typing.get_origin(hint) is typing.Union:  # Optional[X]
+        if text.strip().lower() in ('none', ''):
+            return None
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    if typing.get_origin(hint) is tuple:
+        args, parts = typing.get_args(hint), text.split(',')
+        if len(parts) != len(args):
+            raise ValueError(f'--set {key}: expected {len(args)} comma-separated values, got {text!r}')
+        return tuple(_coerce(part.strip(), a, key) for part, a in zip(parts, args))
+    if hint is bool:
         if text.lower() not in ('true', 'false', '1', '0'):
             raise ValueError(f'--set {key}: expected true or false, got {text!r}')
         return text.lower() in ('true', '1')
-    if isinstance(current, (tuple, list)):
-        return tuple(type(current[0])(v) for v in text.split(','))
     try:
-        return type(current)(text) if current is not None else text
+        return hint(text)
     except ValueError:
-        raise ValueError(f'--set {key}: {text!r} is not of type {type(current).__name__}') from None
+        raise ValueError(f'--set {key}: {text!r} is not of type {hint.__name__}') from None
 
 
 def apply_settings(cfg: TrainConfig, settings: List[str]) -> TrainConfig:
@@ -1062,7 +1104,7 @@ def apply_settings(cfg: TrainConfig, settings: List[str]) -> TrainConfig:
         if name not in valid or name in ('data', 'model', 'profile'):
             raise ValueError(f'--set: unknown key {key!r}; valid: {", ".join(v for v in valid if v != "data")}'
                              + ('' if obj is cfg.data else ', data.<field>'))
-        target[name] = _coerce(value, getattr(obj, name), key)
+        target[name] = _coerce(value, typing.get_type_hints(type(obj))[name], key)
     return replace(cfg, data=replace(cfg.data, **data), **top)
 
 
@@ -1190,9 +1232,16 @@ def _command_at(doc: dict) -> str:
     return f'Command: `{prov["command"]}` (at commit {str(prov.get("git_sha"))[:7]}{dirty})'
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors in one line (the usage of ``train`` alone is a dozen lines); ``--help`` shows the rest."""
+
+    def error(self, message):
+        self.exit(2, f'{self.prog}: error: {message} (see --help)\n')
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog='python -m stm_lab.train', description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog='python -m stm_lab.train', description=__doc__,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest='command', required=True)
     s = sub.add_parser('train', help='train a model at a profile (resumes from the run folder by default)')
     s.add_argument('--model', required=True)

@@ -280,6 +280,39 @@ def test_ctrl_c_says_where_the_run_stopped_and_how_to_continue(tmp_path, monkeyp
     assert json.loads((run / 'last.json').read_text())['epoch'] == 1 and not list(run.glob('.*'))
 
 
+def test_bad_arguments_are_one_line_messages_and_change_nothing(smoke_run, tmp_path, monkeypatch, capsys):
+    root, _ = smoke_run
+    monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path / 'results')
+    run, new = tmp_path / 'run', tmp_path / 'new'
+    shutil.copytree(root / 'run', run)  # a finished run: --resume none must not touch it before its first epoch
+    before = _files(run)
+    base = ['train', '--model', 'u_swin_test', '--profile', 'smoke', '--no-progress', '--resume', 'none']
+    for args, message in ((['--epochs', '0'], 'epochs must be an integer of at least 1, got 0'),
+                          (['--epochs', '-3'], 'epochs must be an integer of at least 1, got -3'),
+                          (['--batch-size', '0'], 'batch_size must be an integer of at least 1, got 0'),
+                          (['--batch-size', '1000'], '300 training images make no batch of 1000'),
+                          (['--set', 'data.scale=1'], "--set data.scale: expected 2 comma-separated values, got '1'"),
+                          (['--set', 'betas=0.9'], "--set betas: expected 2 comma-separated values, got '0.9'"),
+                          (['--threads', '-2'], '--threads must be at least 1, got -2'),
+                          (['--threads', '0'], '--threads must be at least 1, got 0'),
+                          (['--seed', '-1'], 'seed must be an integer of at least 0, got -1'),
+                          (['--stop-after', '0'], '--stop-after must be at least 1, got 0'),
+                          (['--workers', '-1'], 'data.num_workers must be an integer of at least 0, got -1')):
+        for out in (run, new):
+            assert train.main(base + ['--out', str(out), *args]) == 2, args
+            assert capsys.readouterr().err == f'stm-lab train: error: {message}\n'
+    assert _files(run) == before and not new.exists() and not (tmp_path / 'results').exists()
+    assert torch.get_num_threads() == 1
+    ckpt = str(root / 'run' / 'last.safetensors')
+    for limit in ('-5', '0'):  # were 95 images and the whole split
+        assert train.main(['eval', '--checkpoint', ckpt, '--limit', limit]) == 2
+        assert capsys.readouterr().err == f'stm-lab eval: error: --limit must be at least 1, got {limit}\n'
+    with pytest.raises(SystemExit) as e:  # a usage error: one line too, not the dozen lines of usage
+        train.main(base + ['--epochs', 'x'])
+    assert e.value.code == 2 and capsys.readouterr().err == (
+        "python -m stm_lab.train train: error: argument --epochs: invalid int value: 'x' (see --help)\n")
+
+
 def test_exported_half_precision_weights_evaluate_from_what_they_record(smoke_run, capsys):
     root, final = smoke_run
     path = root / 'results' / 'smoke' / 'u_swin_test.safetensors'
@@ -415,6 +448,20 @@ def test_settings_override_config_fields_with_their_types():
         train.apply_settings(cfg, ['seed'])
     with pytest.raises(ValueError, match="unknown key 'model'"):
         train.apply_settings(cfg, ['model=u_swin_micro'])
+    # fields whose default is None take their declared type; 'none' stays a word where the field is a string
+    cfg = train.apply_settings(cfg, ['drop_path_rate=0.1', 'amp=none', 'betas=0.8, 0.99'])
+    assert (cfg.drop_path_rate, cfg.amp, cfg.betas) == (0.1, 'none', (0.8, 0.99))
+    assert train.apply_settings(cfg, ['drop_path_rate=none']).drop_path_rate is None
+    for setting, message in (('betas=0.9', "--set betas: expected 2 comma-separated values, got '0.9'"),
+                             ('data.scale=1', "--set data.scale: expected 2 comma-separated values, got '1'"),
+                             ('drop_path_rate=x', "--set drop_path_rate: 'x' is not of type float"),
+                             ('drop_path_rate=1.5', "drop_path_rate must be a number in [0, 1), or none for the "
+                                                    "model's own, got 1.5"),
+                             ('data.scale=0.5,0.2', 'data.scale must be two numbers lo,hi with 0 < lo <= hi <= 1, '
+                                                    'got (0.5, 0.2)')):
+        with pytest.raises(ValueError) as e:
+            train.apply_settings(cfg, [setting])
+        assert str(e.value) == message
 
 
 def test_light_recipe_trains_with_plain_label_smoothing(tmp_path, monkeypatch):
