@@ -313,6 +313,25 @@ def test_bad_arguments_are_one_line_messages_and_change_nothing(smoke_run, tmp_p
         "python -m stm_lab.train train: error: argument --epochs: invalid int value: 'x' (see --help)\n")
 
 
+def test_starting_over_leaves_the_old_run_whole_until_the_first_new_epoch(smoke_run, tmp_path, monkeypatch):
+    root, _ = smoke_run
+    monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path / 'results')
+    run = tmp_path / 'run'
+    shutil.copytree(root / 'run', run)
+    before = _files(run)
+    step = train.Run.step
+
+    def interrupted(self, x, y, global_step):
+        if global_step == 3:
+            raise KeyboardInterrupt
+        return step(self, x, y, global_step)
+    monkeypatch.setattr(train.Run, 'step', interrupted)
+    with pytest.raises(train.RunInterrupted, match='during epoch 1 of 2; no epoch of this run had finished, so '
+                                                   'nothing was saved'):
+        train.train(_cfg(), run, resume='none', **SMOKE)
+    assert _files(run) == before  # metrics.jsonl still agrees with last.safetensors
+
+
 def test_exported_half_precision_weights_evaluate_from_what_they_record(smoke_run, capsys):
     root, final = smoke_run
     path = root / 'results' / 'smoke' / 'u_swin_test.safetensors'
