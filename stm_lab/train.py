@@ -484,10 +484,24 @@ class Run:
         """Top-1/top-5 of the weights and of the EMA, in one pass over the validation split."""
         models = {'': self.model, 'ema_': self.ema.module if self.ema is not None else None}
         models = {k: m for k, m in models.items() if m is not None}
+        self.sync_from_main()
         t0 = time.perf_counter()
         out = evaluate_models(models, self.val_loader, self.finish_val, self.d, self.autocast)
         out['eval_time_s'] = round(time.perf_counter() - t0, 2)
         return out
+
+    def sync_from_main(self) -> None:
+        """Give every process rank 0's BatchNorm statistics and EMA, so that the sharded evaluation scores the one
+        model that is checkpointed and exported. DDP keeps only the parameters equal: each process's last step
+        updates the running statistics with its own batch (no SyncBatchNorm on CPUs), and the EMA averages them.
+        Rank 0's training is untouched (DDP broadcasts its buffers before every step anyway)."""
+        if self.d.world == 1:
+            return
+        tensors = list(self.model.buffers())
+        if self.ema is not None:
+            tensors += list(self.ema.module.state_dict().values())
+        for t in tensors:
+            dist.broadcast(t, 0)
 
     # -- checkpoints
     def state(self) -> Tuple[Dict[str, torch.Tensor], dict]:

@@ -440,6 +440,70 @@ def test_two_gloo_processes_average_the_same_gradients_as_one_process(tmp_path):
         torch.testing.assert_close(ddp_grads[n], p.grad, rtol=1e-5, atol=1e-7, msg=n)
 
 
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def _two_process_run_worker(rank, world, port, root):
+    """A tiny two-process training run (rank 0's digests of the model and EMA at each evaluation, and every rank's),
+    then a one-process checkpoint resumed by both processes."""
+    import os
+    from pathlib import Path
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    root = Path(root)
+    results.RESULTS_DIR = root / 'results'
+    seen = []
+    evaluate = train.Run.evaluate
+
+    def spy(self):  # what each process evaluates: every tensor of the weights and of the EMA
+        out = evaluate(self)
+        seen.append([train._tensor_digest(self.model.state_dict()), train._tensor_digest(self.ema.module.state_dict())])
+        return out
+    train.Run.evaluate = spy
+    train.train(_cfg(epochs=1), root / 'two', resume='none', limit_train=128, limit_val=40, progress=False)
+    try:
+        train.train(_cfg(), root / 'one', limit_val=40, progress=False)
+        refused = None
+    except ValueError as e:
+        refused = str(e)
+    (root / f'rank{rank}.json').write_text(json.dumps(dict(seen=seen, refused=refused)))
+    dist.destroy_process_group()
+
+
+@pytest.fixture(scope='module')
+def two_process_run(smoke_run, tmp_path_factory):
+    root = tmp_path_factory.mktemp('two')
+    shutil.copytree(smoke_run[0] / 'run', root / 'one')  # written by one process
+    mp.spawn(_two_process_run_worker, args=(2, _free_port(), str(root)), nprocs=2, join=True)
+    return root, [json.loads((root / f'rank{r}.json').read_text()) for r in range(2)]
+
+
+def test_two_processes_evaluate_the_one_model_they_checkpoint(two_process_run):
+    root, ranks = two_process_run
+    assert len(ranks[0]['seen']) == 1 and ranks[0]['seen'] == ranks[1]['seen']  # weights, BN statistics, EMA
+    state = train.read_checkpoint(root / 'two' / 'last.safetensors')[1]
+    assert state['execution']['world_size'] == 2
+    last = state['history'][-1]
+    run = train.Run(_cfg(epochs=1), train.Dist(), limit_val=40)  # the same 40 images, scored by one process
+    for weights, prefix in (('model', ''), ('ema', 'ema_')):
+        scored = train.evaluate_models({'': train.load_model(root / 'two' / 'last.safetensors', weights)[0]},
+                                       run.val_loader, run.finish_val, run.d, run.autocast)
+        assert (scored['top1'], scored['top5']) == (last[f'{prefix}top1'], last[f'{prefix}top5'])
+
+
+def test_a_checkpoint_resumed_under_another_number_of_processes_is_refused(two_process_run, tmp_path, monkeypatch):
+    root, ranks = two_process_run
+    for r in ranks:  # both processes refuse (neither waits for the other) and the checkpoint is as it was
+        assert 'would change the result (1 process(es) there, 2 here)' in r['refused']
+    monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path)
+    with pytest.raises(ValueError, match=r'change the result \(2 process\(es\) there, 1 here\)'):
+        train.train(_cfg(epochs=1), root / 'two', **SMOKE)
+
+
 def test_a_finished_run_exports_again_into_a_results_subdir(smoke_run, tmp_path, monkeypatch):
     root, final = smoke_run
     monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path)
