@@ -989,11 +989,19 @@ def bench(models, profile: str = 'cpu', steps: int = 12, warmup: int = 3, worker
 
 # -------------------------------------------------------------------------------------------- summary
 
-def summary(profile: str = 'cpu', models=MICRO_MODELS) -> List[dict]:
-    """Top-1 of the trained models beside the paper's Table III (ImageNet-1k at 224)."""
+def profile_models(profile: str) -> Tuple[str, ...]:
+    """The models a profile trains for Table III (``profile`` may name a sub-folder, 'cpu/epochs24'): the
+    ``*_test`` models at smoke, the micro models at cpu, Table III's twenty at paper."""
+    from .paper import TABLE3
+    return {'smoke': SMOKE_MODELS, 'paper': tuple(TABLE3)}.get(profile.split('/')[0], MICRO_MODELS)
+
+
+def summary(profile: str = 'cpu', models=None) -> List[dict]:
+    """Top-1 of the trained models (default: :func:`profile_models`) beside the paper's Table III (ImageNet-1k at
+    224). An exported weights file that does not pair with its result JSON is refused (:func:`check_export`)."""
     from .paper import TABLE3
     rows = []
-    for name in models:
+    for name in models or profile_models(profile):
         try:
             doc = results.load_result(profile, f'train_{name}')
         except FileNotFoundError:
@@ -1191,8 +1199,9 @@ def cmd_bench(args) -> int:
 def cmd_summary(args) -> int:
     rows = summary(args.profile)
     if not rows:
+        example = next(m for m in profile_models(args.profile) if 'dwconv' in m)
         raise FileNotFoundError(f'no trained models under {results.RESULTS_DIR / args.profile}; train them first '
-                                f'(python -m stm_lab.train train --model u_dwconv_micro --profile {args.profile})')
+                                f'(python -m stm_lab.train train --model {example} --profile {args.profile})')
     table = format_summary(rows, args.profile)
     print(table)
     if args.save:

@@ -10,6 +10,7 @@ import nbformat
 import pytest
 
 from stm_lab import cli, results
+from stm_lab.notebook_params import check_parameters
 
 
 def test_save_and_load_round_trip_with_provenance(tmp_path, monkeypatch):
@@ -110,3 +111,37 @@ def test_a_failing_notebook_is_reported_and_the_others_still_run(tmp_path, capsy
     assert '1 of 2 ran' in captured.out
     executed = nbformat.read(out / 'b_works.ipynb', as_version=4)
     assert 'fine smoke' in executed.cells[-1].outputs[0]['text']
+
+
+def test_notebook_parameters_are_checked_with_a_clear_message():
+    check_parameters('training', 'cpu')
+    check_parameters('table3_complexity', 'smoke', recompute=True)
+    for args, kw, message in ((('training', 'nope'), {}, "training: parameter profile must be one of smoke, cpu, got 'nope'"),
+                              (('training', 'paper'), {}, "training: parameter profile must be one of smoke, cpu, got 'paper'"),
+                              (('table3_complexity', 'cpu'), dict(recompute='yes'),
+                               "table3_complexity: parameter recompute must be True or False, got 'yes'")):
+        with pytest.raises(ValueError) as e:
+            check_parameters(*args, **kw)
+        assert str(e.value) == message
+    with pytest.raises(SystemExit):  # the command offers only the profiles every notebook runs at
+        cli.main(['notebooks', '--profile', 'paper'])
+
+
+def test_every_notebook_checks_all_its_parameters_first():
+    for path in sorted((results.ROOT / 'notebooks').glob('*.ipynb')):
+        cells = json.loads(path.read_text())['cells']
+        i = next(i for i, c in enumerate(cells) if 'parameters' in c['metadata'].get('tags', []))
+        names = [line.split('=')[0].strip() for line in ''.join(cells[i]['source']).splitlines() if '=' in line]
+        first = next(c for c in cells[i + 1:] if c['cell_type'] == 'code')
+        call = f"check_parameters('{path.stem}', profile" + ''.join(f', {n}={n}' for n in names if n != 'profile') + ')'
+        assert names[0] == 'profile' and call in ''.join(first['source']).splitlines()[:3], path.name
+
+
+def test_a_bad_papermill_parameter_stops_the_notebook_with_the_message(tmp_path):
+    import papermill as pm
+    with pytest.raises(pm.PapermillExecutionError) as e:
+        pm.execute_notebook(str(results.ROOT / 'notebooks' / 'training.ipynb'), str(tmp_path / 'out.ipynb'),
+                            parameters=dict(profile='nope'), cwd=str(results.ROOT), kernel_name='python3',
+                            progress_bar=False)
+    assert e.value.ename == 'ValueError'
+    assert e.value.evalue == "training: parameter profile must be one of smoke, cpu, got 'nope'"

@@ -394,6 +394,16 @@ def test_summary_puts_top1_beside_the_paper(smoke_run, monkeypatch):
     assert train.summary('smoke', models=('u_swin_micro',)) == [] and train.format_summary([], 'cpu').count('\n') == 1
 
 
+def test_summary_command_reads_the_profiles_own_models(smoke_run, monkeypatch, capsys):
+    root, final = smoke_run
+    monkeypatch.setattr(results, 'RESULTS_DIR', root / 'results')
+    assert train.main(['summary', '--profile', 'smoke']) == 0  # looked only for micro models before
+    assert '| u_swin_test | ' in capsys.readouterr().out and train.profile_models('smoke/again') == train.SMOKE_MODELS
+    monkeypatch.setattr(results, 'RESULTS_DIR', root / 'nothing')
+    assert train.main(['summary', '--profile', 'smoke']) == 2
+    assert '--model u_dwconv_test --profile smoke' in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------ DDP gradient equivalence
 
 def _tiny_model():
