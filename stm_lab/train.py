@@ -15,7 +15,7 @@ Recipe pieces (timm): ``create_transform`` (RandomResizedCrop, flip, RandAugment
 
 A run lives in ``runs/<profile>/<model>/``: ``last.safetensors`` (weights, EMA, optimizer state; the JSON state is
 embedded in its metadata, so one atomic rename updates everything), ``last.json`` (the same state, readable) and
-``metrics.jsonl``. At the end, the weights (EMA or not, whichever scores higher) go to
+``metrics.jsonl``; ``.train.lock`` while a process trains it (a second one is refused). At the end, the weights (EMA or not, whichever scores higher) go to
 ``results/<profile>/<model>.safetensors`` in half precision, with ``results/<profile>/train_<model>.json``.
 """
 from __future__ import annotations
