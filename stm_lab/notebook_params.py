@@ -15,7 +15,8 @@ def check_parameters(notebook: str, profile, **flags) -> None:
     """Raise one clear ValueError for a bad ``profile`` or a flag that is not True/False (instead of a bare
     ``StopIteration`` cells later)."""
     if profile not in NOTEBOOK_PROFILES:
-        raise ValueError(f'{notebook}: parameter profile must be one of {", ".join(NOTEBOOK_PROFILES)}, got {profile!r}')
+        raise ValueError(f'{notebook}: parameter profile must be one of {", ".join(NOTEBOOK_PROFILES)}, '
+                         f'got {profile!r}')
     for name, value in flags.items():
         if not isinstance(value, bool):
             raise ValueError(f'{notebook}: parameter {name} must be True or False, got {value!r}')

@@ -15,7 +15,8 @@ Recipe pieces (timm): ``create_transform`` (RandomResizedCrop, flip, RandAugment
 
 A run lives in ``runs/<profile>/<model>/``: ``last.safetensors`` (weights, EMA, optimizer state; the JSON state is
 embedded in its metadata, so one atomic rename updates everything), ``last.json`` (the same state, readable) and
-``metrics.jsonl``; ``.train.lock`` while a process trains it (a second one is refused). At the end, the weights (EMA or not, whichever scores higher) go to
+``metrics.jsonl``; ``.train.lock`` while a process trains it (a second one is refused). At the end, the weights
+(EMA or not, whichever scores higher) go to
 ``results/<profile>/<model>.safetensors`` in half precision, with ``results/<profile>/train_<model>.json``.
 """
 from __future__ import annotations
@@ -116,7 +117,8 @@ class TrainConfig:
         for name in ('warmup_epochs', 'lr_per_1024', 'warmup_lr', 'min_lr', 'weight_decay', 'clip_grad'):
             check(name, getattr(self, name), 'a number of at least 0', lambda v: v >= 0 and math.isfinite(v))
         check('opt_eps', self.opt_eps, 'a number above 0', lambda v: 0 < v < math.inf)
-        check('betas', self.betas, 'two numbers in [0, 1), e.g. 0.9,0.999', lambda v: len(v) == 2 and all(0 <= b < 1 for b in v))
+        check('betas', self.betas, 'two numbers in [0, 1), e.g. 0.9,0.999',
+              lambda v: len(v) == 2 and all(0 <= b < 1 for b in v))
         check('ema_decay', self.ema_decay, 'a number in [0, 1) (0 turns the EMA off)', lambda v: 0 <= v < 1)
         check('drop_path_rate', self.drop_path_rate, "a number in [0, 1), or none for the model's own",
               lambda v: v is None or 0 <= v < 1)
@@ -707,8 +709,8 @@ def train(cfg: TrainConfig, out_dir: Optional[Path] = None, resume: str = 'auto'
                     _write_metrics(out / 'metrics.jsonl', run.history)
                     metrics = run.history[-1]
                     eta = run.wall_time / run.epoch * (cfg.epochs - run.epoch)
-                    _log(d, f'[train] {cfg.model} epoch {run.epoch}/{cfg.epochs}: ' +
-                         ', '.join(f'{k} {v}' for k, v in metrics.items() if k != 'epoch') + f'; ETA {eta / 60:.1f} min')
+                    _log(d, f'[train] {cfg.model} epoch {run.epoch}/{cfg.epochs}: ' + ', '.join(
+                        f'{k} {v}' for k, v in metrics.items() if k != 'epoch') + f'; ETA {eta / 60:.1f} min')
                 if d.world > 1:
                     dist.barrier()
             final = run.history[-1] if run.history else {}

@@ -116,8 +116,9 @@ def test_a_failing_notebook_is_reported_and_the_others_still_run(tmp_path, capsy
 def test_notebook_parameters_are_checked_with_a_clear_message():
     check_parameters('training', 'cpu')
     check_parameters('table3_complexity', 'smoke', recompute=True)
-    for args, kw, message in ((('training', 'nope'), {}, "training: parameter profile must be one of smoke, cpu, got 'nope'"),
-                              (('training', 'paper'), {}, "training: parameter profile must be one of smoke, cpu, got 'paper'"),
+    wrong = "training: parameter profile must be one of smoke, cpu, got "
+    for args, kw, message in ((('training', 'nope'), {}, wrong + "'nope'"),
+                              (('training', 'paper'), {}, wrong + "'paper'"),
                               (('table3_complexity', 'cpu'), dict(recompute='yes'),
                                "table3_complexity: parameter recompute must be True or False, got 'yes'")):
         with pytest.raises(ValueError) as e:

@@ -238,8 +238,9 @@ def test_a_second_run_on_a_locked_folder_is_refused_and_a_killed_holder_blocks_n
     lock = run / train.LOCK_NAME
     holder = subprocess.Popen([sys.executable, '-c', 'import fcntl, sys, time\n'
                                'f = open(sys.argv[1], "w"); fcntl.flock(f, fcntl.LOCK_EX)\n'
-                               'f.write("pid of the first run"); f.flush(); print("locked", flush=True); time.sleep(60)',
-                               str(lock)], stdout=subprocess.PIPE, text=True)
+                               'f.write("pid of the first run"); f.flush()\n'
+                               'print("locked", flush=True); time.sleep(60)', str(lock)],
+                              stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline() == 'locked\n'
         with pytest.raises(ValueError, match=r'in use by another training run \(pid of the first run\)'):
@@ -438,10 +439,7 @@ def _ddp_worker(rank, world, port, out):
 
 
 def test_two_gloo_processes_average_the_same_gradients_as_one_process(tmp_path):
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
-    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path / 'g.pt')), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path / 'g.pt')), nprocs=2, join=True)
     ddp_grads = torch.load(tmp_path / 'g.pt', weights_only=True)
     model = _tiny_model().eval()
     _loss(model, *_batch()).backward()
