@@ -273,7 +273,13 @@ class UnifiedNet(nn.Module):
         self.num_classes = self.config.num_classes = num_classes
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
+    def _check_input(self, x):
+        if x.ndim != 4:  # else an internal error from deep inside a mixer
+            raise ValueError(f'expected a batch of images (N, {self.config.in_chans}, H, W), got shape {tuple(x.shape)}'
+                             + ('; add the batch dimension with x[None]' if x.ndim == 3 else ''))
+
     def forward_features(self, x):  # (B, 3, H, W) -> (B, C4, H/32, W/32)
+        self._check_input(x)
         x = self.stem(x)
         for stage in self.stages:
             x = stage(x).permute(0, 3, 1, 2)
@@ -313,6 +319,7 @@ class UnifiedNet(nn.Module):
         else:
             take = [i % n for i in indices]
         feats = []
+        self._check_input(x)
         x = self.stem(x)
         last = max(take)
         for i, stage in enumerate(self.stages):
