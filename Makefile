@@ -27,7 +27,7 @@ notebooks: setup
 # a failing notebook is reported, the book is still built from the others, and make then fails
 book: setup
 	$(PY) -m stm_lab.cli notebooks --profile $(PROFILE); status=$$?; \
-	$(VENV)/bin/jupyter-book build . --keep-going -W || exit 1; \
+	$(VENV)/bin/jupyter-book build . --all --keep-going -W || exit 1; \
 	echo "Book: file://$(CURDIR)/_build/html/index.html"; exit $$status
 
 test: setup

@@ -4,6 +4,7 @@ every host but the local server blocked, and report what a reader would trip ove
 - console errors and uncaught exceptions;
 - requests to other hosts (the book must work offline);
 - elements wider than the viewport (that widen the page: content inside a scrolling container does not count);
+- at the desktop width, tables wider than their column (a reader would have to scroll them sideways);
 - plotly figures that did not draw.
 
     python -m stm_lab.book_check [_build/html] [--shots DIR]
@@ -37,6 +38,10 @@ _OVERFLOW_JS = """() => {
   }
   return out.slice(0, 5);
 }"""
+# tables wider than the column they sit in (they would need sideways scrolling)
+_TABLES_JS = """() => Array.from(document.querySelectorAll('article table')).filter(
+  t => t.getBoundingClientRect().width > t.parentElement.clientWidth + 1).map(
+  t => (t.querySelector('th') || t).textContent.trim().slice(0, 40))"""
 _PLOTS_JS = """() => Array.from(document.querySelectorAll('.plotly-graph-div')).map(d => !!d.querySelector('.main-svg'))"""
 
 
@@ -79,6 +84,8 @@ def check_book(html_dir, shots: Optional[Path] = None) -> Dict[str, List[str]]:
                     problems = list(errors)
                     problems += [f'request off the machine: {u}' for u in dict.fromkeys(outside)]
                     problems += [f'wider than the {width}px viewport: {e}' for e in page.evaluate(_OVERFLOW_JS)]
+                    if label == 'desktop':
+                        problems += [f'table wider than its column: "{t}"' for t in page.evaluate(_TABLES_JS)]
                     drawn = page.evaluate(_PLOTS_JS)
                     problems += [f'{drawn.count(False)} of {len(drawn)} plotly figures not drawn'] if False in drawn else []
                     report[f'{name}@{label}'] = problems

@@ -57,22 +57,26 @@ def scale_of(model_name: str) -> str:
 
 
 def pct(ours: float, paper: float) -> str:
-    return f'{100 * (ours / paper - 1):+.1f}%' if paper else '-'
+    """Relative difference as a signed percentage ('-' without a paper value; never '-0.0%')."""
+    if not paper:
+        return '-'
+    value = round(100 * (ours / paper - 1), 1) or 0.0
+    return f'{value:+.1f}%'
 
 
 def table3_markdown(records: Iterable[dict]) -> str:
     """Table III, paper beside reproduction, as a markdown table. Parameters are compared without position
-    tables and U-HaloNet's MACs also without attention matmuls, as the Table III page explains."""
-    rows = ['| Scale | Model | Params paper | ours | excl. pos. | diff '
-            '| GFLOPs paper | GMACs ours | diff | excl. attn. | diff |',
-            '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
+    tables (all parameters in brackets) and MACs in total (without attention matmuls in brackets, which is what
+    the paper's U-HaloNet numbers count), as the Table III page explains."""
+    rows = ['| model | params paper (M) | ours excl. pos. (all) | diff | GFLOPs paper | GMACs ours (excl. attn.) '
+            '| diff (excl. attn.) |', '|---|---:|---:|---:|---:|---:|---:|']
     for r in records:
         pp, pf = r['paper_params_m'], r['paper_gflops']
         rows.append(
-            f'| {scale_of(r["model"])} | {DISPLAY.get(family_of(r["model"]), r["model"])} | {pp} '
-            f'| {r["params_m"]:.2f} | {r["params_no_pos_m"]:.2f} | {pct(r["params_no_pos_m"], pp)} '
-            f'| {pf} | {r["gmacs"]:.2f} | {pct(r["gmacs"], pf)} '
-            f'| {r["gmacs_no_attention"]:.2f} | {pct(r["gmacs_no_attention"], pf)} |')
+            f'| {DISPLAY.get(family_of(r["model"]), r["model"]).replace(" Transformer", "")} {scale_of(r["model"])} '
+            f'| {pp} | {r["params_no_pos_m"]:.2f} ({r["params_m"]:.2f}) | {pct(r["params_no_pos_m"], pp)} '
+            f'| {pf} | {r["gmacs"]:.2f} ({r["gmacs_no_attention"]:.2f}) '
+            f'| {pct(r["gmacs"], pf)} ({pct(r["gmacs_no_attention"], pf)}) |')
     return '\n'.join(rows)
 
 
