@@ -131,7 +131,7 @@ COVERAGE = (
     ('Table III', 'accuracy', ('cpu/table3_accuracy.json',), 'micro models only, Imagenette 64 px, 22 epochs'),
     ('Table IV', 'training recipe', ('cpu/table3_accuracy.json',), 'a light form at the cpu profile (no RandAugment, '
      'mixup/cutmix, random erasing); the full recipe at the paper profile'),
-    ('Table V', 'detection (Mask R-CNN)', ('cpu/detection.json',), ''),
+    ('Table V', 'detection with Mask R-CNN', ('cpu/detection.json',), ''),
     ('Table VI', 'unified architecture A to ConvNeXt E', tuple(f'cpu/ablations/train_u_{f}_micro_{x}.json'
                                                                for f in ablations.MAIN_FAMILIES for x in 'bcde'),
      'micro models, Imagenette 64 px, 12 epochs (paper: small, ImageNet 224, 300 epochs)'),
