@@ -13,13 +13,29 @@ from typing import Dict, Iterable, Tuple
 import plotly.graph_objects as go
 import plotly.io as pio
 
-from .paper import DISPLAY, DISPLAY_STM
+from .mixers import mixer_trait
+from .paper import DISPLAY
 from .results import ROOT
 
 STATIC_DIR = ROOT / 'book' / '_static'
-# one colour per mixer family, used by every figure of the book
-COLORS = {'halonet': '#1f77b4', 'pvt': '#ff7f0e', 'swin': '#2ca02c', 'dwconv': '#d62728', 'internimage': '#9467bd',
-          'identity': '#7f7f7f', 'pooling': '#8c564b'}
+FALLBACK_COLOR = '#7f7f7f'
+
+
+def family_color(family: str) -> str:
+    """The colour of a model family in every figure: its mixer's ``color`` trait."""
+    from .models import FAMILIES
+    fam = FAMILIES.get(family)
+    return (mixer_trait(fam.mixer, 'color') if fam else None) or FALLBACK_COLOR
+
+
+def color_of(model: str) -> str:
+    return family_color(family_of(model))
+
+
+def stm_name(family: str) -> str:
+    """The paper's name of a family's mixer (Tables II, VI): its ``display_name`` trait."""
+    from .models import FAMILIES
+    return mixer_trait(FAMILIES[family].mixer, 'display_name') if family in FAMILIES else family
 
 
 def install_book_assets() -> Path:
@@ -88,12 +104,12 @@ def complexity_scatter(records: Iterable[dict]) -> go.Figure:
         rs = [r for r in records if family_of(r['model']) == fam]
         name = DISPLAY.get(fam, fam)
         fig.add_scatter(x=[r['params_m'] for r in rs], y=[r['gmacs'] for r in rs], mode='markers+lines',
-                        name=f'{name} (ours)', marker=dict(color=COLORS.get(fam), size=9),
-                        line=dict(color=COLORS.get(fam), width=1),
+                        name=f'{name} (ours)', marker=dict(color=family_color(fam), size=9),
+                        line=dict(color=family_color(fam), width=1),
                         text=[scale_of(r['model']) for r in rs],
                         hovertemplate='%{text}: %{x:.2f}M params, %{y:.2f} GMACs<extra>' + name + '</extra>')
         fig.add_scatter(x=[r['paper_params_m'] for r in rs], y=[r['paper_gflops'] for r in rs], mode='markers',
-                        name=f'{name} (paper)', marker=dict(color=COLORS.get(fam), size=11, symbol='circle-open'),
+                        name=f'{name} (paper)', marker=dict(color=family_color(fam), size=11, symbol='circle-open'),
                         text=[scale_of(r['model']) for r in rs],
                         hovertemplate='paper, %{text}: %{x}M params, %{y} GFLOPs<extra>' + name + '</extra>')
     fig.update_layout(xaxis=dict(title='parameters (M)', type='log'), yaxis=dict(title='GMACs at 224x224', type='log'),
@@ -168,7 +184,7 @@ def erf_bars(rows: Iterable[dict], t: float = 0.5) -> go.Figure:
         rs = sorted((r for r in rows if r['model'] == m), key=lambda r: r['stage'])
         theo = ['-' if r['theoretical_side_ratio'] is None else f'{r["theoretical_side_ratio"]:.2f}' for r in rs]
         fig.add_bar(x=[f'stage {r["stage"]}' for r in rs], y=[r['side_ratio'] for r in rs], name=_display(m),
-                    marker_color=COLORS.get(family_of(m)), customdata=theo,
+                    marker_color=color_of(m), customdata=theo,
                     hovertemplate='%{x}: ERF@' + str(round(100 * t)) + ' %{y:.3f} (theoretical RF %{customdata})'
                                   '<extra>' + _display(m) + '</extra>')
     fig.update_layout(barmode='group', template='plotly_white', height=420, margin=dict(l=60, r=20, t=30, b=40),
@@ -205,7 +221,7 @@ def invariance_curves(records: Iterable[dict]) -> go.Figure:
             for i, key in enumerate(('consistency', 'top1'), 1):
                 fig.add_scatter(x=[r['magnitude'] for r in rs], y=[r[key] for r in rs], mode='lines+markers',
                                 name=_display(m), legendgroup=m, showlegend=(i == 1 and j == 1),
-                                line=dict(color=COLORS.get(family_of(m))), marker=dict(size=5),
+                                line=dict(color=color_of(m)), marker=dict(size=5),
                                 hovertemplate=f'{tr} %{{x}}: {key} %{{y:.3f}}<extra>{_display(m)}</extra>',
                                 row=i, col=j)
             fig.update_xaxes(title_text=INVARIANCE_AXES[tr], row=2, col=j)
@@ -223,7 +239,7 @@ def fgsm_curves(records: Iterable[dict]) -> go.Figure:
     for m in _models_in_order(records):
         rs = sorted((r for r in records if r['model'] == m), key=lambda r: r['epsilon'])
         fig.add_scatter(x=[r['epsilon_255'] for r in rs], y=[r['top1'] for r in rs], mode='lines+markers',
-                        name=_display(m), line=dict(color=COLORS.get(family_of(m))),
+                        name=_display(m), line=dict(color=color_of(m)),
                         hovertemplate='epsilon %{x}/255: top-1 %{y:.3f}<extra>' + _display(m) + '</extra>')
     fig.update_layout(template='plotly_white', height=440, margin=dict(l=60, r=20, t=30, b=50),
                       xaxis=dict(title='epsilon (x 1/255)'), yaxis=dict(title='top-1 on FGSM images', rangemode='tozero'),
@@ -303,7 +319,7 @@ def training_curves(docs: dict, title_suffix: str = '') -> go.Figure:
     ``docs``: model -> ``results/<profile>/train_<model>.json`` document."""
     fig = _two_panels([f'validation top-1{title_suffix}', f'training loss{title_suffix}'])
     for m, doc in docs.items():
-        recs, color, name = doc['records'], COLORS.get(family_of(m)), _display(m)
+        recs, color, name = doc['records'], color_of(m), _display(m)
         evals = [r for r in recs if r.get('top1') is not None]
         fig.add_scatter(x=[r['epoch'] for r in evals], y=[r['top1'] for r in evals], mode='lines+markers',
                         name=name, legendgroup=m, line=dict(color=color),
@@ -357,7 +373,7 @@ def _speed_name(model: str) -> str:
 
 
 def _speed_color(model: str) -> str:
-    return '#bcbd22' if model.startswith('timm_') else COLORS.get(family_of(model), '#7f7f7f')
+    return '#bcbd22' if model.startswith('timm_') else color_of(model)
 
 
 def speed_bars(records: Iterable[dict]) -> go.Figure:
@@ -484,7 +500,7 @@ def comparison_curves(main: dict, other: dict, folder: str) -> go.Figure:
     fig = _two_panels(['validation top-1', 'training loss'])
     for runs, which, dash in ((main, 'main run', 'solid'), (other, folder, 'dash')):
         for m, doc in runs.items():
-            recs, color, label = doc['records'], COLORS.get(family_of(m)), f'{_display(m)}, {which}'
+            recs, color, label = doc['records'], color_of(m), f'{_display(m)}, {which}'
             evals = [r for r in recs if r.get('top1') is not None]
             fig.add_scatter(x=[r['epoch'] for r in evals], y=[max(r['top1'], r.get('ema_top1') or 0) for r in evals],
                             mode='lines+markers', name=label, legendgroup=label, line=dict(color=color, dash=dash),
@@ -517,7 +533,7 @@ def ablation_markdown(rows: Iterable[dict], table: str) -> str:
         ours = (f'{r["ours"]:.2f} ({_signed(r["diff"])} ± {2 * r["noise"]:.2f})' if r['ours'] is not None
                 else 'not yet run')
         beyond = '-' if r['beyond_noise'] is None else ('yes' if r['beyond_noise'] else 'no')
-        out.append(f'| {DISPLAY_STM[r["family"]]} | {VARIANT_NAMES[r["variant"]]} '
+        out.append(f'| {stm_name(r["family"])} | {VARIANT_NAMES[r["variant"]]} '
                    f'| {r["paper"]} ({_signed(r["paper_diff"], 1)}) | {ours} | {beyond} |')
     return '\n'.join(out)
 
@@ -534,8 +550,8 @@ def claims_markdown(claims: Iterable[dict]) -> str:
 def ablation_bars(rows: Iterable[dict]) -> go.Figure:
     """Difference to A per variant: the paper's (open markers) and ours with +-2 noise (bars), one row per table."""
     rows = [r for r in rows]
-    labels = [f'{DISPLAY_STM[r["family"]]} {r["variant"]}' for r in rows]
-    colors = [COLORS.get(r['family']) for r in rows]
+    labels = [f'{stm_name(r["family"])} {r["variant"]}' for r in rows]
+    colors = [family_color(r['family']) for r in rows]
     fig = go.Figure()
     fig.add_bar(x=labels, y=[r['diff'] for r in rows], marker_color=colors, name='ours (micro, Imagenette 64 px)',
                 error_y=dict(type='data', array=[2 * r['noise'] if r['noise'] else 0 for r in rows], visible=True),
@@ -554,7 +570,7 @@ def original_vs_unified(ours: Dict[str, float], ours_label: str) -> go.Figure:
     (Table III, tiny) and our micro models (``ours``: family -> top-1, on another task; ``ours_label`` says which)."""
     from .paper import ORIGINAL_TINY, TABLE3
     fams = list(ORIGINAL_TINY)
-    names = [DISPLAY_STM[f] for f in fams]
+    names = [stm_name(f) for f in fams]
     fig = go.Figure()
     fig.add_scatter(x=names, y=[ORIGINAL_TINY[f][1] for f in fams], mode='markers+lines', name='original (own paper)',
                     text=[ORIGINAL_TINY[f][0] for f in fams], line=dict(color='#888', dash='dot'),
@@ -563,9 +579,9 @@ def original_vs_unified(ours: Dict[str, float], ours_label: str) -> go.Figure:
     fig.add_scatter(x=names, y=[TABLE3[f'u_{f}_tiny'][2] for f in fams], mode='markers+lines',
                     name='unified, tiny (Table III)', line=dict(color='black'), marker=dict(size=10),
                     hovertemplate='%{x}: %{y:.1f}%<extra>unified (paper)</extra>')
-    fig.add_scatter(x=[DISPLAY_STM[f] for f in fams if f in ours], y=[ours[f] for f in fams if f in ours],
+    fig.add_scatter(x=[stm_name(f) for f in fams if f in ours], y=[ours[f] for f in fams if f in ours],
                     mode='markers+lines', name=ours_label, yaxis='y2',
-                    marker=dict(size=10, color=[COLORS[f] for f in fams if f in ours], symbol='diamond'),
+                    marker=dict(size=10, color=[family_color(f) for f in fams if f in ours], symbol='diamond'),
                     line=dict(color='#bbb'), hovertemplate='%{x}: %{y:.2f}%<extra>ours</extra>')
     fig.update_layout(template='plotly_white', height=420, margin=dict(l=60, r=60, t=20, b=40),
                       yaxis=dict(title='ImageNet-1k top-1 (%)'),
@@ -583,7 +599,7 @@ def consistency_over_training(docs: dict) -> go.Figure:
         for row, key in ((1, 'consistency_shift'), (2, 'consistency_rotation')):
             fig.add_scatter(x=[r['epoch'] for r in recs], y=[100 * r[key] for r in recs], mode='lines+markers',
                             name=_display(m), legendgroup=m, showlegend=row == 1,
-                            line=dict(color=COLORS.get(family_of(m))),
+                            line=dict(color=color_of(m)),
                             hovertemplate='epoch %{x}: %{y:.1f}%<extra>' + _display(m) + '</extra>', row=row, col=1)
     fig.update_xaxes(title_text='epoch', row=2, col=1)
     fig.update_yaxes(title_text='mean consistency (%)')

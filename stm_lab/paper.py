@@ -63,5 +63,3 @@ TABLE8 = {
 # display names used by the paper
 DISPLAY = {'halonet': 'U-HaloNet', 'pvt': 'U-PVT', 'swin': 'U-Swin Transformer', 'dwconv': 'U-DWConv',
            'internimage': 'U-InternImage', 'identity': 'U-Identity', 'pooling': 'U-Pooling'}
-# the paper's names of the spatial token mixers (Tables II, VI)
-DISPLAY_STM = {'halonet': 'Halo-Attn', 'pvt': 'SR-Attn', 'swin': 'SW-Attn', 'dwconv': 'DW-Conv', 'internimage': 'DCNv3'}

@@ -51,6 +51,7 @@ from timm.utils import ModelEmaV3
 from . import results
 from .backbone import UnifiedNet
 from .data import BatchFinish, DataConfig, build_mixup, image_transform, load_dataset
+from .mixers import mixer_trait
 from .models import FAMILIES, create_model
 from .results import ROOT, atomic_write_bytes, remove_stale_temporaries
 
@@ -67,7 +68,6 @@ PAPER_RECIPES = {
     'transformer': dict(batch_size=1024, warmup_lr=1e-6, min_lr=1e-5),  # Halo, PVT, Swin
     'cnn': dict(batch_size=4096, warmup_lr=0.0, min_lr=1e-6),  # DWConv (ConvNeXt), DCNv3 (InternImage)
 }
-CNN_MIXERS = {'dw_conv', 'dcnv3', 'identity', 'pooling'}  # trained with the convolution recipe
 # cpu profile: epochs for every model (same for all five, so they are compared on one recipe); see data/README.md
 CPU_EPOCHS = 22
 
@@ -160,7 +160,7 @@ def model_recipe(model: str) -> str:
     family = max((f for f in FAMILIES if rest == f or rest.startswith(f + '_')), key=len, default=None)
     if family is None:
         create_model(model)  # raises with the list of valid names
-    return 'cnn' if FAMILIES[family].mixer in CNN_MIXERS else 'transformer'
+    return mixer_trait(FAMILIES[family].mixer, 'recipe')
 
 
 def scaled_ema_decay(paper_decay: float, paper_steps: int, steps: int) -> float:
