@@ -26,6 +26,11 @@ the analyses and the book, so that nothing outside ``mixers/`` keeps lists of mi
 - ``display_name`` and ``color``: its name in the paper's tables and its colour in every figure;
 - ``size_options(sides)`` (a classmethod): the options that follow the input size (window, halo block, reduction
   ratio), from the side of each stage's feature map (:func:`stage_sides`); default none.
+
+A module whose parameter shapes follow those options (a position table, a reduction kernel) may also define
+``resize_loaded(name, tensor) -> tensor``: a tensor saved at another input size (parameter ``name`` of this module,
+relative to it), refitted to this module's shape. Loaders that move weights between input sizes (a classification
+checkpoint into a detector, ``stm_lab.detection.model``) call it for tensors whose shape differs, and report them.
 """
 from __future__ import annotations
 

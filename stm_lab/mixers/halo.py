@@ -243,6 +243,14 @@ class HaloAttention(TokenMixer):
         probs = (logits + lh[..., :, None] + lw[..., None, :]).flatten(-2).flatten(1, 2).softmax(-1)
         return probs.view(x.shape[0], ay.n_blocks * ax.n_blocks, self.num_heads, *probs.shape[1:])
 
+    def resize_loaded(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """A height or width table saved for another window, resized linearly over its 2 win - 1 offsets (as the
+        paper's detection code does)."""
+        if name not in ('height_rel', 'width_rel'):
+            raise ValueError(f'{type(self).__name__}: cannot refit {name!r} to another input size')
+        rows = F.interpolate(tensor.t()[None].float(), size=2 * self.win - 1, mode='linear', align_corners=True)
+        return rows[0].t().to(tensor.dtype).contiguous()
+
     def extra_repr(self):
         return (f'dim={self.dim}, num_heads={self.num_heads}, block={self.block}, halo={self.halo}, '
                 f'centric={self.centric}, switch={self.switch}')

@@ -46,6 +46,14 @@ class AbsolutePositionEmbedding(nn.Module):
     def forward(self, x):
         return x + self.resized(x.shape[1], x.shape[2]).to(x.dtype)
 
+    def resize_loaded(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """An embedding saved for another feature size, resized as at run time (bilinear, corners aligned)."""
+        if name != 'pos_embed':
+            raise ValueError(f'{type(self).__name__}: cannot refit {name!r} to another input size')
+        pos = F.interpolate(tensor.permute(0, 3, 1, 2).float(), size=tuple(self.pos_embed.shape[1:3]),
+                            mode='bilinear', align_corners=True)
+        return pos.permute(0, 2, 3, 1).to(tensor.dtype).contiguous()
+
 
 @register_mixer('sr_attn')
 class SpatialReductionAttention(TokenMixer):
@@ -109,6 +117,28 @@ class SpatialReductionAttention(TokenMixer):
         k, v = kv.view(B, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, heads, M, dh)
         out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(B, H, W, C))
+
+    def resize_loaded(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """A reduction kernel saved for another ratio r, refitted to this ratio r': each output still averages the
+        same image area at the old kernel's resolution. r' = k r: every old tap spread over k x k taps with weight
+        1 / k^2 (the same as average-pooling k x k, then the old kernel); r = k r': each new tap the sum of k x k old
+        taps (the old kernel on the map upsampled k times by repetition). The bias is unchanged. None when this
+        mixer has no reduction (r' = 1): the saved reduction and its norm are not used."""
+        if self.sr is None and name in ('sr.weight', 'sr.bias', 'norm.weight', 'norm.bias'):
+            return None  # this ratio is 1: no reduction, nothing to refit
+        if name == 'sr.bias':
+            return tensor
+        if name != 'sr.weight':
+            raise ValueError(f'{type(self).__name__}: cannot refit {name!r} to another input size')
+        old, new = tensor.shape[-1], self.sr_ratio
+        if new % old == 0:
+            k = new // old
+            return tensor.repeat_interleave(k, -2).repeat_interleave(k, -1) / (k * k)
+        if old % new == 0:
+            k = old // new
+            c_out, c_in = tensor.shape[:2]
+            return tensor.reshape(c_out, c_in, new, k, new, k).sum((3, 5))
+        raise ValueError(f'{type(self).__name__}: a {old}x{old} reduction kernel cannot be refitted to {new}x{new}')
 
     def extra_repr(self):
         return f'dim={self.dim}, num_heads={self.num_heads}, sr_ratio={self.sr_ratio}'

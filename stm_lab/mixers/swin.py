@@ -239,5 +239,16 @@ class ShiftedWindowAttention(TokenMixer):
             out = out[:, :H, :W]
         return self.proj(out)
 
+    def resize_loaded(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """A relative position bias table saved for another window, resized bicubically over its (2w-1)^2 offsets
+        (as the paper's detection code loads its classification checkpoints)."""
+        if name != 'relative_position_bias_table':
+            raise ValueError(f'{type(self).__name__}: cannot refit {name!r} to another input size')
+        side, heads = 2 * self.window - 1, tensor.shape[-1]
+        old = round(tensor.shape[0] ** 0.5)
+        grid = tensor.t().reshape(1, heads, old, old).float()
+        grid = F.interpolate(grid, size=(side, side), mode='bicubic', align_corners=True)
+        return grid.reshape(heads, side * side).t().to(tensor.dtype).contiguous()
+
     def extra_repr(self):
         return f'dim={self.dim}, num_heads={self.num_heads}, window={self.window}, shift={self.shift}'
