@@ -104,19 +104,34 @@ def speed_findings() -> List[dict]:
     return rows
 
 
-def detection_findings() -> List[dict]:
-    """Table V, Fig. 5 and the detection row of Fig. 7: not reproduced yet unless results/cpu/detection.json exists."""
-    measured = (results.RESULTS_DIR / 'cpu' / 'detection.json').exists()
-    claims = [('DCNv3 and halo attention give the best box AP (Table V)', 'Table V'),
-              ('A larger ERF does not mean better detection (Fig. 5)', 'Fig. 5'),
-              ('DCNv3 is the most scale-invariant detector (Fig. 7, detection row)', 'Fig. 7')]
-    return [_row('Detection', c, p, '-', '-', 'cannot tell at this scale' if measured else NOT_YET) for c, p in claims]
+def detection_findings(profile: str = 'cpu') -> List[dict]:
+    """Table V, Fig. 5 and the detection row of Fig. 7, from ``results/<profile>/detection.json``
+    (stm_lab.detection.run): box AP rankings with paired-bootstrap noise, ERF@50 against AP_S/M/L, and box
+    consistency when upscaling."""
+    from .detection.run import claims
+    from .paper import TABLE5_MICRO
+    c = claims(profile)
+    order = sorted(TABLE5_MICRO, key=lambda m: -TABLE5_MICRO[m][0])
+    table5 = 'Table V, micro (COCO box AP): ' + ', '.join(f'{DISPLAY[m.split("_")[1]]} {TABLE5_MICRO[m][0]}'
+                                                          for m in order)
+    page = 'Detection'
+    rows = [_from_rank(page, c['best'], 'DCNv3 and halo attention give the best box AP (Table V)', table5),
+            _from_rank(page, c['pvt_worst'], 'SR attention (U-PVT) gives the lowest box AP (Table V, micro)', table5)]
+    text, paper = ('A larger ERF does not mean better detection (Fig. 5)',
+                   'Fig. 5: U-HaloNet detects as well as U-InternImage with a smaller ERF@50')
+    e = c['erf']
+    rows.append(_row(page, text, paper, '-', '-', NOT_YET) if e is None else
+                _row(page, text, paper, e['ranking'], e['noise'], e['verdict']))
+    rows.append(_from_rank(page, c['scale_dcn_best'], 'DCNv3 is the most scale-invariant detector when upscaling '
+                                                      '(Fig. 7, detection row)',
+                           'Fig. 7, row 3: DCNv3 keeps the highest box consistency for scales above 1'))
+    return rows
 
 
 def findings(profile: str) -> List[dict]:
     """Every tested claim, page by page."""
     return (accuracy_findings(profile) + ablation_findings(profile) + speed_findings() + robustness_findings(profile)
-            + detection_findings())
+            + detection_findings(profile))
 
 
 # (paper item, what it is, results it needs (relative to results/), where the setting differs)

@@ -47,6 +47,16 @@ ORIGINAL_TINY = {
     'internimage': ('InternImage-T', 83.5, 'wang2023internimage'),
 }
 
+# Table V: Mask R-CNN 1x on COCO val2017, micro models: (box AP, AP_S, AP_M, AP_L, mask AP, AP_S, AP_M, AP_L)
+TABLE5_MICRO = {
+    'u_halonet_micro': (40.3, 24.5, 43.0, 53.7, 37.3, 18.7, 39.7, 55.2),
+    'u_pvt_micro': (35.9, 21.2, 38.4, 47.2, 34.2, 16.8, 36.1, 50.2),
+    'u_swin_micro': (36.6, 22.3, 39.1, 48.0, 34.6, 17.2, 36.7, 50.1),
+    'u_dwconv_micro': (39.2, 23.0, 42.6, 51.0, 36.4, 17.8, 39.2, 52.7),
+    'u_internimage_micro': (39.5, 22.8, 42.9, 52.7, 36.6, 17.4, 39.4, 53.6),
+}
+TABLE5_COLUMNS = ('box_AP', 'box_APs', 'box_APm', 'box_APl', 'mask_AP', 'mask_APs', 'mask_APm', 'mask_APl')
+
 # Table VIII: inference images/s on an RTX 3090 at 256x256 / 512x512 / 1024x1024 (batch 128 / 32 / 12)
 TABLE8_SIZES = (256, 512, 1024)
 TABLE8 = {

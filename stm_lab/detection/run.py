@@ -1,0 +1,479 @@
+"""Evaluate the trained detectors of a profile into ``results/<profile>/detection.json``, check the paper's claims,
+measure speed, and the ``stm-lab detect`` command (usage in :mod:`stm_lab.detection.train`).
+
+``detection.json`` records, by ``kind``:
+
+- ``ap``: per model, box and mask AP, AP50, AP75, AP_S/M/L on the whole validation split, their bootstrap spread
+  over images (``se_<metric>``, the same draws for every model, ``boot_<metric>`` the draws themselves, so that
+  differences are paired), the training cost and the paper's Table V micro row (COCO, 800 px: another task scale);
+- ``scale``: per model and input scale (0.25-3.0), box consistency mAP against the unscaled predictions and box AP
+  against the ground truth, on ``sweep_images`` validation images;
+- ``demo``: per model, demo image and scale, the boxes (mapped back to the image) with a score of at least 0.5;
+  ``demo_image``: the demo images themselves (JPEG data URIs), for the book's figure.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import shlex
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .. import results
+from ..paper import DISPLAY, TABLE5_COLUMNS, TABLE5_MICRO
+from . import coco_eval, scale, shapes
+from .data import collate
+from .model import family_and_scale
+from .train import (PROFILES, DetTrainConfig, _log, dataset, evaluate_detector, load_detector, profile_config,
+                    profile_models, result_dir, train)
+
+EVAL = {'smoke': dict(bootstrap=3, sweep_images=4, demo_images=2, sweep_bootstrap=2),
+        'cpu': dict(bootstrap=20, sweep_images=100, demo_images=4, sweep_bootstrap=10),
+        'paper': dict(bootstrap=20, sweep_images=500, demo_images=4, sweep_bootstrap=10)}
+BOOT_METRICS = ('AP', 'AP50', 'APs', 'APm', 'APl')
+DEMO_MIN_SCORE = 0.5
+UPSCALES = tuple(s for s in scale.SCALES if s > 1)  # the paper's claim is about upscaling
+
+
+def family(model: str) -> str:
+    return family_and_scale(model)[0]
+
+
+def _display(model: str) -> str:
+    return DISPLAY.get(family(model), model)
+
+
+def _spread(n: int, k: int) -> List[int]:
+    return sorted(np.random.default_rng(0).permutation(n)[:min(k, n)].tolist())
+
+
+def evaluate_model(path: Path, profile: str, log=_log) -> List[dict]:
+    det, cfg, state = load_detector(path)
+    model = cfg.model
+    plan = EVAL[profile]
+    val = dataset(cfg, 'val', train=False)
+    t0 = time.perf_counter()
+    metrics, dets = evaluate_detector(det, val)
+    doc = val.coco.dataset
+    draws = coco_eval.bootstrap_draws(len(doc['images']), plan['bootstrap'])
+    boot = coco_eval.bootstrap(doc, dets, draws, 'bbox', BOOT_METRICS)
+    rec = dict(kind='ap', model=model, family=family(model), checkpoint=_rel(path), **metrics,
+               **{f'se_box_{m}': _sd(v) for m, v in boot.items()}, **{f'boot_box_{m}': v for m, v in boot.items()},
+               epochs=cfg.epochs, train_images=cfg.shapes.train_images if cfg.shapes else None, params=sum(p.numel() for p in det.parameters()),
+               backbone_init=_backbone_init(profile, model), img_size=cfg.detector.img_size)
+    paper = TABLE5_MICRO.get(model.replace('_test', '_micro'))
+    if paper:
+        rec.update({f'paper_{c}': v for c, v in zip(TABLE5_COLUMNS, paper)})
+    out = [rec]
+    # scale sweep and demo on fixed subsets of the validation images
+    idx = _spread(len(val), plan['sweep_images'])
+    items = [val[i] for i in idx]
+    images, ids = [im for im, _ in items], [t['image_id'] for _, t in items]
+    gt = dict(doc, images=[i for i in doc['images'] if i['id'] in set(ids)],
+              annotations=[a for a in doc['annotations'] if a['image_id'] in set(ids)])
+    rows, per_scale = scale.scale_sweep(det, images, ids, gt, scale.SCALES)
+    boot_up = _sweep_bootstrap(det, images, ids, gt, per_scale, plan['sweep_bootstrap'])
+    for r in rows:
+        out.append(dict(kind='scale', model=model, family=family(model), **r))
+    summary = dict(kind='scale_summary', model=model, family=family(model), n=len(ids), scales=list(UPSCALES),
+                   consistency_up=_mean([r['consistency_AP'] for r in rows if r['scale'] in UPSCALES]),
+                   se_consistency_up=_sd(boot_up), boot_consistency_up=boot_up)
+    out.append(summary)
+    demo = list(range(min(plan['demo_images'], len(ids))))
+    for j in demo:
+        for s in scale.SCALES:
+            o = per_scale[s][j]
+            keep = o['scores'] >= DEMO_MIN_SCORE
+            out.append(dict(kind='demo', model=model, family=family(model), image_id=ids[j], scale=s,
+                            boxes=[[round(v, 1) for v in b] for b in o['boxes'][keep].tolist()],
+                            labels=o['labels'][keep].tolist(), scores=[round(v, 3) for v in o['scores'][keep].tolist()]))
+    log(f'[detect] {model}: box AP {metrics["box_AP"]} (+-{rec["se_box_AP"]}), AP50 {metrics["box_AP50"]}, mask AP '
+        f'{metrics["mask_AP"]}; box consistency when upscaling {summary["consistency_up"]} '
+        f'({time.perf_counter() - t0:.0f} s)')
+    return out
+
+
+def _backbone_init(profile: str, model: str) -> Optional[str]:
+    try:
+        doc = results.load_result(f'{profile}/detection', f'det_train_{model}')
+    except FileNotFoundError:
+        return None
+    return doc['config'].get('backbone_init')
+
+
+def _sweep_bootstrap(det, images, ids, gt, per_scale, draws: int) -> List[Optional[float]]:
+    """Mean consistency mAP over the upscales, per bootstrap draw of the sweep's images."""
+    sizes = {int(i): tuple(im.shape[-2:]) for i, im in zip(ids, images)}
+    ref = coco_eval.to_coco_results(per_scale[1.0], ids, masks=False)
+    ref_doc = coco_eval.as_ground_truth(sizes, ref, scale.REFERENCE_MIN_SCORE, gt['categories'])
+    if not ref_doc['annotations']:
+        return []
+    dets = {s: coco_eval.to_coco_results(per_scale[s], ids, masks=False) for s in UPSCALES}
+    out = []
+    for picks in coco_eval.bootstrap_draws(len(ids), draws, seed=1):
+        vals = []
+        for s in UPSCALES:
+            g, d = coco_eval.resample(ref_doc, dets[s], picks)
+            vals.append(coco_eval.evaluate(g, d, 'bbox')['AP'])
+        out.append(_mean(vals))
+    return out
+
+
+def _mean(v) -> Optional[float]:
+    v = [x for x in v if x is not None]
+    return round(float(np.mean(v)), 5) if v else None
+
+
+def _sd(v) -> Optional[float]:
+    v = [x for x in v if x is not None]
+    return round(float(np.std(v, ddof=1)), 5) if len(v) > 1 else None
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(results.ROOT))
+    except ValueError:
+        return str(path)
+
+
+def demo_images(profile: str, ids: Sequence[int]) -> List[dict]:
+    """The demo images as JPEG data URIs (from the generated validation split)."""
+    from PIL import Image
+    from ..analysis.run import image_data_uri
+    cfg = profile_config(profile_models(profile)[0], profile)
+    folder, ann = shapes.split_paths(shapes.ensure(cfg.shapes), 'val')
+    out = []
+    for i in ids:
+        with Image.open(folder / f'{i - 1:06d}.png') as im:
+            out.append(dict(kind='demo_image', image_id=int(i), uri=image_data_uri(np.asarray(im.convert('RGB')))))
+    return out
+
+
+def evaluate_profile(profile: str, models: Optional[Sequence[str]] = None, save: bool = True, log=_log) -> List[dict]:
+    """Evaluate every trained detector of the profile; write ``results/<profile>/detection.json``."""
+    if profile not in EVAL:
+        raise ValueError(f'unknown profile {profile!r}; valid: {", ".join(EVAL)}')
+    t0 = time.time()
+    records, done = [], []
+    for m in models or profile_models(profile):
+        path = result_dir(profile) / f'{m}.safetensors'
+        if not path.exists():
+            log(f'[detect] {m}: skipped, no trained detector at {_rel(path)} '
+                f'(`stm-lab detect train --model {m} --profile {profile}`)')
+            continue
+        records += evaluate_model(path, profile, log)
+        done.append(m)
+    if not records:
+        log(f'[detect] no trained detector at profile {profile}; nothing saved')
+        return records
+    ids = sorted({r['image_id'] for r in records if r['kind'] == 'demo'})
+    records += demo_images(profile, ids)
+    if save:
+        plan = EVAL[profile]
+        config = dict(models=done, scales=list(scale.SCALES), reference_min_score=scale.REFERENCE_MIN_SCORE,
+                      demo_min_score=DEMO_MIN_SCORE, upscales=list(UPSCALES), **plan)
+        prov = results.provenance(profile, 0, wall_time_s=round(time.time() - t0, 1),
+                                  loadavg=[round(v, 2) for v in os.getloadavg()])
+        path = results.save_result(profile, 'detection', records, config=config, prov=prov)
+        log(f'[detect] saved {_rel(path)} ({len(records)} records, {time.time() - t0:.0f} s)')
+    return records
+
+
+# ------------------------------------------------------------------------------------------- claims
+
+def _paired_claim(paper: str, metric: str, scores: Dict[str, float], boots: Dict[str, list], claimed: set,
+                  at: str) -> Optional[dict]:
+    """Like ``stm_lab.analysis.run.rank_claim``, with the noise of the deciding gap from paired bootstrap draws
+    (the same resampled images for both models)."""
+    if not scores or not claimed <= {family(m) for m in scores}:
+        return None
+    ranked = sorted(scores, key=lambda m: -scores[m])
+    k = len(claimed)
+    ok = {family(m) for m in (ranked[:k] if at == 'top' else ranked[-k:])} == claimed
+    inside = [m for m in ranked if family(m) in claimed]
+    outside = [m for m in ranked if family(m) not in claimed]
+    a, b = ((min(inside, key=scores.get), max(outside, key=scores.get)) if at == 'top'
+            else (min(outside, key=scores.get), max(inside, key=scores.get)))
+    gap = scores[a] - scores[b]
+    pairs = [(x, y) for x, y in zip(boots.get(a) or [], boots.get(b) or []) if x is not None and y is not None]
+    se = float(np.std([x - y for x, y in pairs], ddof=1)) if len(pairs) > 1 else None
+    separable = None if se is None else abs(gap) > 2 * se
+    noise = ('' if se is None else
+             f'deciding gap {_display(a)} - {_display(b)} = {gap:+.3f}, bootstrap standard error {se:.3f} over '
+             f'{len(pairs)} resamplings of the images: ' + ('separable' if separable else 'within two standard errors'))
+    return dict(paper=paper, metric=metric, ranking=', '.join(f'{_display(m)} {scores[m]:.3f}' for m in ranked),
+                agrees=ok, verdict='agrees' if ok else 'does not agree', gap=gap, stderr=se, separable=separable,
+                noise=noise, best=_display(ranked[0]), worst=_display(ranked[-1]))
+
+
+def load(profile: str) -> Optional[dict]:
+    try:
+        return results.load_result(profile, 'detection')
+    except FileNotFoundError:
+        return None
+
+
+def ap_records(doc: Optional[dict]) -> Dict[str, dict]:
+    return {r['model']: r for r in (doc or {}).get('records', []) if r['kind'] == 'ap'}
+
+
+def erf50(profile: str, stage: int = 4) -> Dict[str, float]:
+    """ERF@50 (side ratio) of each model's last stage, from ``results/<profile>/erf.json`` (the Fig. 5 x-axis)."""
+    try:
+        doc = results.load_result(profile, 'erf')
+    except FileNotFoundError:
+        return {}
+    return {r['model']: next(a['side_ratio'] for a in r['erf_at'] if a['t'] == 0.5)
+            for r in doc['records'] if r['stage'] == stage}
+
+
+def fig5_rows(profile: str) -> List[dict]:
+    """Fig. 5: per model, ERF@50 of the last stage against box AP_S, AP_M, AP_L (models with both)."""
+    erf, aps = erf50(profile), ap_records(load(profile))
+    return [dict(model=m, family=family(m), erf50=erf[m], **{k: aps[m][f'box_{k}'] for k in ('APs', 'APm', 'APl')},
+                 **{f'se_{k}': aps[m].get(f'se_box_{k}') for k in ('APs', 'APm', 'APl')})
+            for m in aps if m in erf]
+
+
+def _spearman(x: Sequence[float], y: Sequence[float]) -> Optional[float]:
+    if len(x) < 3:
+        return None
+    rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
+    if np.std(rx) == 0 or np.std(ry) == 0:
+        return None
+    return round(float(np.corrcoef(rx, ry)[0, 1]), 3)
+
+
+def erf_claim(profile: str) -> Optional[dict]:
+    """Fig. 5's claim that ERF@50 does not predict detection accuracy. Disagreement: a strong rank correlation
+    (|Spearman| >= 0.9) in all three size buckets. Agreement: a pair of models whose larger-ERF member has the lower
+    box AP in some bucket by more than twice the paired bootstrap noise (the paper's U-HaloNet against
+    U-InternImage). Otherwise the numbers cannot tell."""
+    rows = fig5_rows(profile)
+    if len(rows) < 3:
+        return None
+    aps = ap_records(load(profile))
+    rho = {k: _spearman([r['erf50'] for r in rows], [r[k] for r in rows if r[k] is not None])
+           if all(r[k] is not None for r in rows) else None for k in ('APs', 'APm', 'APl')}
+    counter = None
+    for a, b in itertools.permutations(rows, 2):
+        if a['erf50'] <= b['erf50']:
+            continue
+        for k in ('APs', 'APm', 'APl'):
+            if a[k] is None or b[k] is None or a[k] >= b[k]:
+                continue
+            pairs = [(x, y) for x, y in zip(aps[a['model']].get(f'boot_box_{k}') or [],
+                                           aps[b['model']].get(f'boot_box_{k}') or []) if x is not None and y is not None]
+            se = float(np.std([y - x for x, y in pairs], ddof=1)) if len(pairs) > 1 else None
+            gap = b[k] - a[k]
+            if se is not None and gap > 2 * se and (counter is None or gap / se > counter['z']):
+                counter = dict(larger=a['model'], smaller=b['model'], bucket=k, gap=gap, se=se, z=gap / se)
+    strong = all(r is not None and abs(r) >= 0.9 for r in rho.values())
+    verdict = 'does not agree' if strong else ('agrees' if counter else 'cannot tell at this scale')
+    ours = ', '.join(f'{k} {v:+.2f}' if v is not None else f'{k} n/a' for k, v in rho.items())
+    noise = (f'{_display(counter["larger"])} has the larger ERF@50 but {counter["bucket"]} lower than '
+             f'{_display(counter["smaller"])} by {counter["gap"]:.3f} (bootstrap standard error {counter["se"]:.3f})'
+             if counter else 'no pair of models contradicts the ERF order beyond twice the bootstrap noise')
+    return dict(verdict=verdict, rho=rho, counterexample=counter, ranking=f'Spearman rank correlation of ERF@50 '
+                f'(last stage) with box AP: {ours}', noise=noise)
+
+
+def claims(profile: str) -> Dict[str, Optional[dict]]:
+    """The paper's detection claims against our numbers (None: not measured)."""
+    doc = load(profile)
+    aps = ap_records(doc)
+    box = {m: r['box_AP'] for m, r in aps.items() if r.get('box_AP') is not None}
+    boots = {m: r.get('boot_box_AP') for m, r in aps.items()}
+    out = {'best': _paired_claim('Table V', 'box AP', box, boots, {'halonet', 'internimage'}, 'top'),
+           'pvt_worst': _paired_claim('Table V', 'box AP', box, boots, {'pvt'}, 'bottom'),
+           'erf': erf_claim(profile) if doc else None}
+    summary = {r['model']: r for r in (doc or {}).get('records', []) if r['kind'] == 'scale_summary'}
+    cons = {m: r['consistency_up'] for m, r in summary.items() if r['consistency_up'] is not None}
+    out['scale_dcn_best'] = _paired_claim('Fig. 7', 'box consistency mAP, mean over the upscales 1.25-3', cons,
+                                          {m: r['boot_consistency_up'] for m, r in summary.items()},
+                                          {'internimage'}, 'top')
+    return out
+
+
+# ------------------------------------------------------------------------------------------- speed
+
+def bench(profile: str, models: Optional[Sequence[str]] = None, steps: int = 4, warmup: int = 1, log=_log) -> List[dict]:
+    """Training and inference images per CPU second (of this process, so per core with one thread) for each model at
+    the profile's settings: a few steps on the generated set, the backbone untrained (the speed is the same)."""
+    from .train import build, optimizer, lr_at
+    out = []
+    for m in models or profile_models(profile):
+        cfg = profile_config(m, profile)
+        ds = dataset(cfg, 'train', train=True, limit=(steps + warmup) * cfg.batch_size)
+        loader = torch.utils.data.DataLoader(ds, cfg.batch_size, collate_fn=collate, shuffle=False)
+        det, _ = build(replace(cfg, pretrained='none'))
+        opt = optimizer(det, cfg)
+        det.train()
+        times = []
+        for i, (imgs, targets) in enumerate(loader):
+            t0 = time.process_time()  # CPU time of this process: the cost in core time, however busy the machine
+            for g in opt.param_groups:
+                g['lr'] = lr_at(cfg, cfg.warmup_iters, 1)
+            loss = sum(det(imgs, targets).values())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if i >= warmup:
+                times.append(time.process_time() - t0)
+        val = dataset(cfg, 'val', train=False, limit=2 * cfg.batch_size)
+        det.eval()
+        t0 = time.process_time()
+        with torch.no_grad():
+            for imgs, _ in torch.utils.data.DataLoader(val, cfg.batch_size, collate_fn=collate):
+                det(imgs)
+        eval_speed = len(val) / (time.process_time() - t0)
+        train_speed = cfg.batch_size * len(times) / sum(times)
+        n_train = cfg.shapes.train_images if cfg.shapes else None
+        rec = dict(model=m, img_size=cfg.detector.img_size, batch_size=cfg.batch_size, steps=len(times),
+                   train_img_per_s=round(train_speed, 2), eval_img_per_s=round(eval_speed, 2),
+                   threads=torch.get_num_threads(),
+                   epoch_core_min=round(n_train / train_speed / 60, 2) if n_train else None,
+                   params_m=round(sum(p.numel() for p in det.parameters()) / 1e6, 3))
+        log(f'[detect] bench {m}: {rec}')
+        out.append(rec)
+    return out
+
+
+def core_hours(profile: str, speeds: List[dict], epochs: Optional[int] = None) -> Dict[str, float]:
+    """model -> estimated core-hours of its training run (the epochs at the measured training speed, plus the
+    evaluation passes of the schedule at the measured inference speed)."""
+    out = {}
+    for r in speeds:
+        cfg = profile_config(r['model'], profile, **({'epochs': epochs} if epochs else {}))
+        train_s = cfg.epochs * cfg.shapes.train_images / r['train_img_per_s']
+        quick = (cfg.epochs - 1) // cfg.eval_every if cfg.eval_every else 0
+        eval_s = (quick * cfg.eval_images + cfg.shapes.val_images) / r['eval_img_per_s']
+        out[r['model']] = round((train_s + eval_s) / 3600, 2)
+    return out
+
+
+def commands(profile: str = 'cpu') -> List[str]:
+    """The exact commands that make ``results/<profile>/detection.json``, in order (two trainings can share two
+    cores side by side, one thread each)."""
+    lines = [f'stm-lab detect data --profile {profile}']
+    lines += [f'stm-lab detect train --model {m} --profile {profile} --threads 1' for m in profile_models(profile)]
+    lines += [f'stm-lab detect evaluate --profile {profile} --threads 1']
+    return lines
+
+
+def smoke_run(log=_log) -> List[dict]:
+    """The smoke profile end to end: generate the tiny set, train the five test detectors, evaluate them."""
+    for m in profile_models('smoke'):
+        train(profile_config(m, 'smoke'), resume='none', log=log)
+    return evaluate_profile('smoke', log=log)
+
+
+# ------------------------------------------------------------------------------------------- CLI
+
+def _command() -> str:
+    return ' '.join(['stm-lab detect', *map(shlex.quote, sys.argv[2:] if Path(sys.argv[0]).name == 'stm-lab'
+                                                else sys.argv[1:])])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .train import __doc__ as train_doc
+    p = argparse.ArgumentParser(prog='stm-lab detect', description=train_doc,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest='command', required=True)
+    s = sub.add_parser('data', help='generate the shapes set of a profile (cached)')
+    s.add_argument('--profile', default='cpu', choices=('smoke', 'cpu'))
+    s = sub.add_parser('train', help='train a detector (resumes from its run folder by default)')
+    s.add_argument('--model', required=True)
+    s.add_argument('--profile', default='cpu', choices=PROFILES)
+    s.add_argument('--resume', default='auto', help="'auto', 'none' (start over) or a checkpoint path")
+    s.add_argument('--epochs', type=int)
+    s.add_argument('--pretrained', help="classification checkpoint: 'auto' (default), 'none' or a path")
+    s.add_argument('--data-dir', help='COCO folder (paper profile)')
+    s.add_argument('--stop-after', type=int, help='stop after this many epochs in this call (resume later)')
+    s.add_argument('--out', help='run folder (default runs/<profile>/detection/<model>)')
+    s.add_argument('--dry-run', action='store_true', help='print the resolved configuration and torchrun command')
+    s = sub.add_parser('evaluate', help='AP, noise, scale sweep and demo of the trained detectors -> detection.json')
+    s.add_argument('--profile', default='cpu', choices=('smoke', 'cpu'))
+    s.add_argument('--models', nargs='*')
+    s = sub.add_parser('bench', help='training / inference images/s per model at a profile')
+    s.add_argument('--profile', default='cpu', choices=('smoke', 'cpu'))
+    s.add_argument('--models', nargs='*')
+    s.add_argument('--steps', type=int, default=4)
+    s.add_argument('--save', action='store_true', help='write results/<profile>/detection_throughput.json')
+    s = sub.add_parser('run', help='the smoke profile end to end (data, five trainings, evaluation)')
+    s.add_argument('--profile', default='smoke', choices=('smoke',))
+    s = sub.add_parser('commands', help='print the commands that make a profile\'s detection results')
+    s.add_argument('--profile', default='cpu', choices=('smoke', 'cpu'))
+    for s in sub.choices.values():
+        s.add_argument('--threads', type=int, help='torch CPU threads (1 on a shared 2-core machine)')
+    return p
+
+
+def torchrun_command(cfg: DetTrainConfig, data_dir: Optional[str]) -> str:
+    launcher = ['torchrun', f'--nproc_per_node={cfg.nproc}', '-m'] if cfg.nproc > 1 else ['python', '-m']
+    args = launcher + ['stm_lab.detection.run', 'train', '--model', cfg.model, '--profile', cfg.profile]
+    if cfg.dataset == 'coco':
+        args += ['--data-dir', data_dir or '$COCO']
+    return ' '.join(a if a == '$COCO' else shlex.quote(a) for a in args)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        if args.threads is not None:
+            if args.threads < 1:
+                raise ValueError(f'--threads must be at least 1, got {args.threads}')
+            torch.set_num_threads(args.threads)
+        if args.command == 'data':
+            cfg = profile_config(profile_models(args.profile)[0], args.profile)
+            folder = shapes.ensure(cfg.shapes)
+            for split in shapes.SPLITS:
+                doc = json.loads(shapes.split_paths(folder, split)[1].read_text())
+                print(f'{split}: {len(doc["images"])} images, {len(doc["annotations"])} instances, by COCO size: '
+                      f'{shapes.bucket_counts(doc)} ({folder})')
+        elif args.command == 'train':
+            over = {k: v for k, v in dict(epochs=args.epochs, pretrained=args.pretrained,
+                                          data_dir=args.data_dir).items() if v is not None}
+            cfg = profile_config(args.model, args.profile, **over)
+            if args.dry_run:
+                print(json.dumps(cfg.to_dict(), indent=1))
+                print(f'per process: {cfg.batch_size // cfg.nproc} images on each of {cfg.nproc} processes')
+                print(torchrun_command(cfg, args.data_dir))
+                return 0
+            if args.stop_after is not None and args.stop_after < 1:
+                raise ValueError(f'--stop-after must be at least 1, got {args.stop_after}')
+            train(cfg, resume=args.resume, stop_after=args.stop_after, command=_command(),
+                  out_dir=Path(args.out) if args.out else None)
+        elif args.command == 'evaluate':
+            evaluate_profile(args.profile, args.models)
+        elif args.command == 'bench':
+            recs = bench(args.profile, args.models, args.steps)
+            if args.save:
+                prov = dict(results.provenance(args.profile, 0, loadavg=[round(v, 2) for v in os.getloadavg()]),
+                            command=_command())
+                results.save_result(args.profile, 'detection_throughput', recs,
+                                    config=dict(steps=args.steps, core_hours=core_hours(args.profile, recs)), prov=prov)
+        elif args.command == 'run':
+            smoke_run()
+        elif args.command == 'commands':
+            print('\n'.join(commands(args.profile)))
+    except (KeyError, ValueError, FileNotFoundError, FloatingPointError) as e:
+        print(f'stm-lab detect {args.command}: error: {e.args[0] if e.args else e}', file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f'stm-lab detect {args.command}: interrupted; run the same command again to continue', file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

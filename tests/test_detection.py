@@ -1,0 +1,497 @@
+"""Detection (stm_lab.detection): known answers for the generated set, the evaluation, the scale sweep, the backbone
+loading and the paper profile; clear errors for bad input; the smoke profile end to end."""
+import json
+import math
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import stm_lab  # noqa: F401  (registers the models)
+from stm_lab import findings, results
+from stm_lab.detection import coco_eval, run, scale, shapes
+from stm_lab.detection.data import DetectionSet, check_target
+from stm_lab.detection.model import (DetectorConfig, build_detector, family_and_scale, load_backbone,
+                                     load_backbone_tensors)
+from stm_lab.detection.train import lr_at, profile_config, scaled_steps
+from stm_lab.models import create_model
+from stm_lab.results import ROOT
+
+TINY = shapes.ShapesConfig(img_size=48, train_images=3, val_images=2, photos='fixture', max_instances=3,
+                           min_side=6.0, max_side=40.0, seed=3)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _tiny_detector(model='u_dwconv_test', img_size=64, **kw):
+    cfg = DetectorConfig(img_size=img_size, num_classes=7, min_size=img_size, max_size=img_size, resize=False,
+                         fpn_channels=16, anchor_sizes=(8, 16, 32, 64, 128), box_head_dim=32, mask_head_layers=(16,),
+                         **kw)
+    torch.manual_seed(0)
+    return build_detector(model, cfg)
+
+
+# ------------------------------------------------------------------------------------------ generated set
+
+def test_generated_set_is_byte_identical_for_the_same_seed(tmp_path):
+    a = shapes.ensure(TINY, cache_dir=tmp_path / 'a', log=lambda m: None)
+    b = shapes.ensure(TINY, cache_dir=tmp_path / 'b', log=lambda m: None)
+    files = sorted(p.relative_to(a) for p in a.rglob('*') if p.is_file())
+    assert len(files) == 3 + 2 + 3  # images, two annotation files, config
+    for f in files:
+        assert (a / f).read_bytes() == (b / f).read_bytes(), f
+    other = shapes.ensure(shapes.ShapesConfig(**{**TINY.to_dict(), 'seed': 4}), cache_dir=tmp_path / 'c',
+                          log=lambda m: None)
+    assert (other / 'train' / '000000.png').read_bytes() != (a / 'train' / '000000.png').read_bytes()
+
+
+def test_generated_masks_and_boxes_are_exact(tmp_path):
+    """The visible masks are disjoint, the painted pixels of each instance are its texture (the photo shows nowhere
+    inside a mask), boxes are the masks' tight bounds, areas their pixel counts."""
+    from pycocotools import mask as mask_utils
+    photos = shapes.Photos('fixture', 'train', TINY.img_size)
+    for i in range(3):
+        img, instances = shapes.draw_image(TINY, photos, 'train', i)
+        assert instances and img.shape == (48, 48, 3)
+        union = np.zeros((48, 48), int)
+        for k, ann in enumerate(shapes.annotations(instances, 1, 1)):
+            m = mask_utils.decode(ann['segmentation']).astype(bool)
+            assert (m == instances[k]['mask']).all()
+            union += m
+            ys, xs = np.nonzero(m)
+            assert ann['bbox'] == [xs.min(), ys.min(), xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min()]
+            assert ann['area'] == m.sum() > 0
+        assert union.max() == 1  # no pixel belongs to two instances
+    # the same image drawn again is the same image (a function of config, split and index alone)
+    again, _ = shapes.draw_image(TINY, photos, 'train', 2)
+    assert (again == img).all()
+
+
+def test_shape_masks_follow_their_geometry():
+    # a 20x20 square centred at (24, 24), unrotated: exactly the pixels 14..33 on both axes
+    m = shapes.shape_mask('square', 48, 24, 24, 20, 20, 0.0)
+    assert m.sum() == 400 and m[14:34, 14:34].all()
+    # a disc of diameter 40: area close to pi r^2; a ring has a hole at its centre
+    assert shapes.shape_mask('disc', 64, 32, 32, 40, 40, 0.3).sum() == pytest.approx(math.pi * 400, rel=0.02)
+    assert not shapes.shape_mask('ring', 64, 32, 32, 40, 40, 0.0)[32, 32]
+    assert shapes.FILL['square'] == 1.0 and shapes.FILL['disc'] == pytest.approx(math.pi / 4, abs=1e-3)
+
+
+def test_the_cpu_set_populates_every_coco_size_bucket():
+    cfg = profile_config('u_dwconv_micro', 'cpu').shapes
+    photos = shapes.Photos('fixture', 'val', cfg.img_size)  # the geometry does not depend on the photos
+    areas = [int(inst['mask'].sum()) for i in range(40) for inst in shapes.draw_image(cfg, photos, 'val', i)[1]]
+    doc = dict(annotations=[dict(area=a) for a in areas])
+    counts = shapes.bucket_counts(doc)
+    assert all(counts[k] > 0 for k in ('small', 'medium', 'large')), counts
+
+
+def test_a_missing_cache_says_how_to_make_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match='stm-lab detect data'):
+        shapes.ensure(TINY, generate=False, cache_dir=tmp_path)
+
+
+def test_bad_shapes_config_is_refused_in_one_line():
+    with pytest.raises(ValueError, match='photos must be one of'):
+        shapes.ShapesConfig(photos='coco')
+    with pytest.raises(ValueError, match='min_side <= max_side'):
+        shapes.ShapesConfig(min_side=50.0, max_side=20.0)
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+def _coco_doc(tmp_path, anns, n_images=2):
+    from PIL import Image
+    (tmp_path / 'img').mkdir()
+    images = []
+    for i in range(1, n_images + 1):
+        Image.new('RGB', (32, 32)).save(tmp_path / 'img' / f'{i}.png')
+        images.append(dict(id=i, file_name=f'{i}.png', width=32, height=32))
+    doc = dict(images=images, annotations=anns, categories=shapes.categories())
+    path = tmp_path / 'ann.json'
+    path.write_text(json.dumps(doc))
+    return tmp_path / 'img', path
+
+
+def _ann(id, image_id, bbox):
+    x, y, w, h = bbox
+    return dict(id=id, image_id=image_id, category_id=1, bbox=bbox, area=w * h, iscrowd=0,
+                segmentation=[[x, y, x + w, y, x + w, y + h, x, y + h]])
+
+
+def test_an_image_without_instances_is_refused_by_name(tmp_path):
+    images, ann = _coco_doc(tmp_path, [_ann(1, 1, [2, 2, 10, 10])])
+    with pytest.raises(ValueError, match=r'image 2 has no instances'):
+        DetectionSet(images, ann, train=True, strict=True)
+    # COCO itself (not strict): such images are left out of training, as mmdetection does
+    ds = DetectionSet(images, ann, train=True, strict=False)
+    assert ds.ids == [1] and ds.dropped == 1
+
+
+def test_a_degenerate_box_is_refused_by_name(tmp_path):
+    images, ann = _coco_doc(tmp_path, [_ann(1, 1, [2, 2, 10, 10]), _ann(7, 2, [5, 5, 0, 4])])
+    with pytest.raises(ValueError, match=r'image 2: annotation 7 has a degenerate box'):
+        DetectionSet(images, ann, train=True, strict=True)
+    with pytest.raises(ValueError, match='degenerate box'):
+        check_target(dict(image_id=3, boxes=torch.tensor([[1., 1., 1., 5.]])))
+    with pytest.raises(ValueError, match='image 3 has no instances'):
+        check_target(dict(image_id=3, boxes=torch.zeros(0, 4)))
+
+
+def test_unknown_model_and_bad_detector_config_are_clear():
+    with pytest.raises(KeyError, match='not a unified model name'):
+        family_and_scale('resnet50')
+    with pytest.raises(ValueError, match='num_classes counts the background'):
+        DetectorConfig(num_classes=1)
+    with pytest.raises(ValueError, match='one size per FPN level'):
+        DetectorConfig(anchor_sizes=(32, 64))
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+
+def _gt_doc():
+    photos = shapes.Photos('fixture', 'val', TINY.img_size)
+    images, anns = [], []
+    for i in range(2):
+        _, instances = shapes.draw_image(TINY, photos, 'val', i)
+        images.append(dict(id=i + 1, width=48, height=48, file_name=f'{i}.png'))
+        anns += shapes.annotations(instances, i + 1, len(anns) + 1)
+    return dict(images=images, annotations=anns, categories=shapes.categories())
+
+
+def test_predictions_scored_against_themselves_give_ap_1():
+    doc = _gt_doc()
+    dets = coco_eval.ground_truth_as_detections(doc)
+    for iou in ('bbox', 'segm'):
+        r = coco_eval.evaluate(doc, dets, iou)
+        assert r['AP'] == r['AP50'] == r['AP75'] == 1.0, (iou, r)
+    # the right boxes with the wrong class: nothing is detected
+    wrong = [dict(d, category_id=d['category_id'] % 6 + 1) for d in dets]
+    assert coco_eval.evaluate(doc, wrong, 'bbox')['AP'] == 0.0
+    assert coco_eval.evaluate(doc, [], 'bbox')['AP'] == 0.0
+
+
+def test_bootstrap_resamples_images_with_their_instances():
+    doc = _gt_doc()
+    dets = coco_eval.ground_truth_as_detections(doc, with_masks=False)
+    picks = [1, 1]  # the second image twice
+    gt, d = coco_eval.resample(doc, dets, picks)
+    n2 = sum(a['image_id'] == doc['images'][1]['id'] for a in doc['annotations'])
+    assert len(gt['images']) == 2 and len(gt['annotations']) == len(d) == 2 * n2
+    assert coco_eval.bootstrap(doc, dets, coco_eval.bootstrap_draws(2, 3))['AP'] == [1.0] * 3
+
+
+# ------------------------------------------------------------------------------------------ scale sweep
+
+def test_scale_back_mapping_is_exact_at_scale_1_and_inverts():
+    boxes = torch.tensor([[1.5, 2.0, 30.0, 41.0], [0.0, 0.0, 64.0, 48.0]])
+    assert torch.equal(scale.map_boxes(boxes, (48, 64), (48, 64)), boxes)
+    up = scale.map_boxes(boxes, (48, 64), scale.scaled_size((48, 64), 2.0))
+    assert torch.allclose(up, boxes * 2)
+    odd = scale.scaled_size((48, 64), 0.75)
+    assert torch.allclose(scale.map_boxes(scale.map_boxes(boxes, (48, 64), odd), odd, (48, 64)), boxes)
+    im = torch.rand(3, 48, 64)
+    assert scale.rescale(im, 1.0) is im and scale.rescale(im, 0.25).shape == (3, 12, 16)
+    assert scale.SCALES[0] == 0.25 and scale.SCALES[-1] == 3.0 and len(scale.SCALES) == 12
+
+
+class _Oracle(nn.Module):
+    """A detector whose boxes are a fixed fraction of the image it is given (scale-equivariant), or fixed pixels."""
+
+    def __init__(self, equivariant: bool):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(1))
+        self.equivariant = equivariant
+        self.transform = type('T', (), {'do_resize': True})()
+
+    def forward(self, images):
+        out = []
+        for im in images:
+            h, w = im.shape[-2:]
+            frac = torch.tensor([[0.25, 0.25, 0.75, 0.75]])
+            boxes = frac * torch.tensor([w, h, w, h]) if self.equivariant else frac * 48
+            out.append(dict(boxes=boxes.float(), labels=torch.tensor([2]), scores=torch.tensor([0.9])))
+        return out
+
+
+def test_box_consistency_is_1_for_a_scale_equivariant_detector_and_drops_otherwise():
+    doc = _gt_doc()
+    images = [torch.rand(3, 48, 48) for _ in doc['images']]
+    ids = [i['id'] for i in doc['images']]
+    rows, _ = scale.scale_sweep(_Oracle(True), images, ids, doc, (0.5, 1.0, 2.0))
+    assert [r['consistency_AP'] for r in rows] == [1.0, 1.0, 1.0]
+    rows, _ = scale.scale_sweep(_Oracle(False), images, ids, doc, (0.5, 1.0, 2.0))
+    assert rows[1]['consistency_AP'] == 1.0 and rows[0]['consistency_AP'] < 0.5 and rows[2]['consistency_AP'] < 0.5
+
+
+# ------------------------------------------------------------------------------------------ the model
+
+@pytest.mark.parametrize('model', ['u_halonet_test', 'u_pvt_test', 'u_swin_test', 'u_dwconv_test',
+                                   'u_internimage_test'])
+def test_detector_trains_and_predicts_on_every_backbone(model):
+    det = _tiny_detector(model)
+    body = det.backbone.body
+    feats = body(torch.rand(1, 3, 64, 64))
+    assert [tuple(f.shape[-2:]) for f in feats.values()] == [(16, 16), (8, 8), (4, 4), (2, 2)]
+    assert all(isinstance(s.norm, nn.Identity) for s in body.stages)  # no stage norms in detection
+    target = dict(boxes=torch.tensor([[4., 4., 30., 40.]]), labels=torch.tensor([3]),
+                  masks=torch.zeros(1, 64, 64, dtype=torch.uint8))
+    target['masks'][0, 4:40, 4:30] = 1
+    det.train()
+    losses = det([torch.rand(3, 64, 64)], [target])
+    assert {'loss_classifier', 'loss_box_reg', 'loss_mask', 'loss_objectness', 'loss_rpn_box_reg'} <= set(losses)
+    sum(losses.values()).backward()
+    det.eval()
+    with torch.no_grad():
+        out = det([torch.rand(3, 40, 56)])[0]  # any size: the mixers pad inside
+    assert set(out) >= {'boxes', 'labels', 'scores', 'masks'}
+
+
+def test_window_and_reduction_follow_the_detection_input_size():
+    """The detector's backbone gets the options the classification rule gives at the detection size."""
+    from stm_lab.models import model_config
+    for model, img in (('u_swin_micro', 160), ('u_halonet_micro', 192), ('u_pvt_micro', 160)):
+        det = build_detector(model, DetectorConfig(img_size=img, num_classes=7, fpn_channels=16, box_head_dim=16,
+                                                   mask_head_layers=(8,)))
+        fam, scale_ = family_and_scale(model)
+        cfg = model_config(fam, scale_, img_size=img)
+        got = det.backbone.body.config
+        assert got.mixer_options == cfg['mixer_options'] and got.stage_mixer_options == cfg['stage_mixer_options']
+    # 160 px: the first stage is 40 wide, so Swin's window is 5 (classification at 64 px: 4)
+    swin = build_detector('u_swin_micro', DetectorConfig(img_size=160, num_classes=7, fpn_channels=16,
+                                                         box_head_dim=16, mask_head_layers=(8,)))
+    assert swin.backbone.body.stages[0].blocks[0].mixer.window == 5
+
+
+def _export(tmp_path, model, img_size, seed=1):
+    """A classification weights file as `stm-lab train` exports it."""
+    from stm_lab.train import write_checkpoint
+    torch.manual_seed(seed)
+    net = create_model(model, num_classes=10, img_size=img_size)
+    path = tmp_path / f'{model}.safetensors'
+    state = dict(kind='weights', model=model, model_config=net.config.to_dict(), classes=list('abcdefghij'),
+                 weights='model', data={}, train_config={}, metrics={})
+    write_checkpoint(path, net.state_dict(), state)
+    return net, path
+
+
+def test_backbone_checkpoint_round_trips_into_the_detector(tmp_path):
+    net, path = _export(tmp_path, 'u_dwconv_test', 64)
+    det = _tiny_detector('u_dwconv_test', 64)
+    report = load_backbone(det, path)
+    body = det.backbone.body.state_dict()
+    for name in report.loaded:
+        assert torch.equal(body[name], net.state_dict()[name]), name
+    assert not report.resized
+    assert sorted(report.new) == sorted(f'out_norms.{i}.{p}' for i in range(4) for p in ('weight', 'bias'))
+    assert all(n.startswith(('conv_head.', 'head.')) or re.match(r'stages\.\d\.norm\.', n) for n in report.skipped)
+    assert len(report.loaded) + len(report.skipped) == len(net.state_dict())
+    assert 'loaded' in report.summary() and 'new: 8 backbone tensors' in report.summary()
+    # the detector's stage maps are the classification model's stages without their norms, then the new norms
+    x = torch.rand(1, 3, 64, 64)
+    for s in net.stages:
+        s.norm = nn.Identity()
+    with torch.no_grad():
+        _, ref = net.forward_intermediates(x)
+        got = det.backbone.body.eval()(x)
+    for i, r in enumerate(ref):
+        assert torch.allclose(got[str(i)], det.backbone.body.out_norms[i](r.permute(0, 2, 3, 1)).permute(0, 3, 1, 2),
+                              atol=1e-5)
+
+
+def test_a_checkpoint_of_another_model_is_refused(tmp_path):
+    _, path = _export(tmp_path, 'u_swin_test', 64)
+    with pytest.raises(ValueError, match='holds u_swin_test'):
+        load_backbone(_tiny_detector('u_dwconv_test', 64), path)
+    net = create_model('u_swin_test', num_classes=10, img_size=64)
+    with pytest.raises(ValueError, match='no place in the detector backbone|another model'):
+        load_backbone_tensors(_tiny_detector('u_dwconv_test', 64), net.state_dict())
+
+
+def test_position_tables_and_reduction_kernels_are_refitted_by_their_mixers():
+    """A classification model at 64 px loaded into detectors built for larger inputs: the tables and kernels whose
+    shapes follow the input size are refitted (and said so); the rest is copied."""
+    small = create_model('u_swin_micro', num_classes=10, img_size=64)
+    det = build_detector('u_swin_micro', DetectorConfig(img_size=160, num_classes=7, fpn_channels=16,
+                                                        box_head_dim=16, mask_head_layers=(8,)))
+    report = load_backbone_tensors(det, small.state_dict())
+    assert report.resized and all(n.endswith('relative_position_bias_table') for n in report.resized)
+    # a window of 4 refitted to 4 changes nothing; to 5 it keeps the centre (offset 0) and the corners
+    mixer = det.backbone.body.stages[0].blocks[0].mixer
+    table = small.stages[0].blocks[0].mixer.relative_position_bias_table.detach()
+    new = mixer.resize_loaded('relative_position_bias_table', table)
+    assert new.shape == ((2 * 5 - 1) ** 2, table.shape[1])
+    assert torch.allclose(new.view(9, 9, -1)[4, 4], table.view(7, 7, -1)[3, 3], atol=1e-6)
+    assert torch.allclose(new.view(9, 9, -1)[0, 0], table.view(7, 7, -1)[0, 0], atol=1e-6)
+
+
+def test_reduction_kernel_refit_is_exact_on_a_map_upsampled_by_repetition():
+    """SR-Attn's r x r reduction refitted to 2r: on the map upsampled 2x by repetition it gives exactly the old
+    reduction of the old map; refitted back, exactly the old kernel."""
+    from stm_lab.mixers.sr_attn import SpatialReductionAttention
+    old = SpatialReductionAttention(16, 2, sr_ratio=2)
+    new = SpatialReductionAttention(16, 2, sr_ratio=4)
+    w = new.resize_loaded('sr.weight', old.sr.weight.detach())
+    x = torch.randn(1, 16, 8, 8)
+    big = x.repeat_interleave(2, -1).repeat_interleave(2, -2)
+    assert torch.allclose(F.conv2d(big, w, old.sr.bias, stride=4), F.conv2d(x, old.sr.weight, old.sr.bias, stride=2),
+                          atol=1e-5)
+    assert torch.allclose(old.resize_loaded('sr.weight', w), old.sr.weight, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------ profiles
+
+def test_paper_profile_is_the_papers_1x_schedule():
+    """Sec. 4.3.3 and the reference's mmdetection config: COCO, shorter side 800 (longer at most 1333), AdamW 1e-4,
+    weight decay 0.05, batch 16 on 8 GPUs, 12 epochs, 1000 warm-up iterations, lr /10 after epochs 8 and 11,
+    flip 0.5, drop path 0.1 / 0.2 / 0.2 / 0.3 by scale."""
+    for scale_, dpr in (('micro', 0.1), ('tiny', 0.2), ('small', 0.2), ('base', 0.3)):
+        cfg = profile_config(f'u_internimage_{scale_}', 'paper')
+        assert (cfg.dataset, cfg.detector.min_size, cfg.detector.max_size, cfg.detector.resize) == ('coco', 800, 1333,
+                                                                                                     True)
+        assert (cfg.lr, cfg.weight_decay, cfg.betas, cfg.batch_size, cfg.nproc, cfg.epochs) == (
+            1e-4, 0.05, (0.9, 0.999), 16, 8, 12)
+        assert (cfg.warmup_iters, cfg.warmup_ratio, cfg.lr_steps, cfg.hflip) == (1000, 0.001, (8, 11), 0.5)
+        det = build_detector(cfg.model, replace_small(cfg.detector))
+        assert det.backbone.body.stages[-1].blocks[-1].drop_path.drop_prob == pytest.approx(dpr)  # the last block
+    d = profile_config('u_swin_tiny', 'paper').detector
+    assert (d.fpn_channels, d.anchor_sizes, d.box_head_dim, d.mask_head_layers, d.box_batch_size_per_image) == (
+        256, (32, 64, 128, 256, 512), 1024, (256,) * 4, 512)
+
+
+def replace_small(d):
+    from dataclasses import replace
+    return replace(d, fpn_channels=16, box_head_dim=16, mask_head_layers=(8,))
+
+
+def test_paper_dry_run_prints_the_config_and_torchrun_command():
+    out = subprocess.run([sys.executable, '-m', 'stm_lab.cli', 'detect', 'train', '--model', 'u_swin_tiny',
+                          '--profile', 'paper', '--dry-run', '--data-dir', '/data/coco'],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    cfg = json.loads(text[:text.index('\nper process')])
+    assert cfg['lr'] == 1e-4 and cfg['epochs'] == 12 and cfg['detector']['min_size'] == 800
+    assert 'per process: 2 images on each of 8 processes' in text
+    assert text.strip().splitlines()[-1] == ('torchrun --nproc_per_node=8 -m stm_lab.detection.run train --model '
+                                            'u_swin_tiny --profile paper --data-dir /data/coco')
+
+
+def test_schedule_known_values():
+    cfg = profile_config('u_swin_micro', 'paper')
+    assert lr_at(cfg, 0, 7330) == pytest.approx(1e-4 * 0.001)
+    assert lr_at(cfg, 500, 7330) == pytest.approx(1e-4 * (1 - 0.999 * 0.5))
+    assert lr_at(cfg, 1000, 7330) == pytest.approx(1e-4)
+    assert lr_at(cfg, 8 * 7330 - 1, 7330) == pytest.approx(1e-4)
+    assert lr_at(cfg, 8 * 7330, 7330) == pytest.approx(1e-5)
+    assert lr_at(cfg, 11 * 7330, 7330) == pytest.approx(1e-6)
+    assert scaled_steps(12) == (8, 11) and scaled_steps(6) == (4, 6)
+
+
+def test_bad_detection_settings_are_refused_in_one_line():
+    with pytest.raises(ValueError, match='lr_steps must be epochs'):
+        profile_config('u_swin_micro', 'cpu', epochs=4, lr_steps=(8,))
+    out = subprocess.run([sys.executable, '-m', 'stm_lab.cli', 'detect', 'train', '--model', 'u_swin_micro',
+                          '--profile', 'cpu', '--epochs', '0', '--dry-run'], capture_output=True, text=True, cwd=ROOT,
+                         timeout=120)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1 and 'epochs must be' in out.stderr
+
+
+# ------------------------------------------------------------------------------------------ paper and claims
+
+PAPER = ROOT.parent / 'shared' / 'paper' / 'demystify-stm-paper.txt'
+
+
+@pytest.mark.skipif(not PAPER.exists(), reason='paper text not available')
+def test_table5_transcription_matches_the_paper_text():
+    from stm_lab.paper import DISPLAY, TABLE5_MICRO
+    text = PAPER.read_text()
+    start = text.index('TABLE V:')
+    block = text[start:text.index('Tiny U-HaloNet', start)]
+    for model, row in TABLE5_MICRO.items():
+        name = DISPLAY[model.split('_')[1]]
+        m = re.search(re.escape(name) + r' ((?:[\d.]+ ){7}[\d.]+)', block)
+        assert m and tuple(float(v) for v in m.group(1).split()) == row, model
+
+
+def _det_doc(tmp_path, box_ap, boot_sd=0.005, erf=None, cons=None):
+    """A detection.json (and erf.json) with these numbers; bootstrap draws spread by boot_sd around them."""
+    rng = np.random.default_rng(0)
+    shared = rng.normal(0, boot_sd, 20)  # shared image noise: paired draws move together
+    recs = []
+    for fam, ap in box_ap.items():
+        m = f'u_{fam}_micro'
+        own = rng.normal(0, boot_sd, 20)
+        boot = list(ap + shared + own)
+        recs.append(dict(kind='ap', model=m, family=fam, box_AP=ap, box_APs=ap, box_APm=ap, box_APl=ap,
+                         **{f'boot_box_{k}': boot for k in ('AP', 'APs', 'APm', 'APl')}))
+        if cons:
+            recs.append(dict(kind='scale_summary', model=m, family=fam, consistency_up=cons[fam],
+                             boot_consistency_up=list(cons[fam] + own)))
+    (tmp_path / 'cpu').mkdir(parents=True, exist_ok=True)
+    (tmp_path / 'cpu' / 'detection.json').write_text(json.dumps(dict(provenance={}, config={}, records=recs)))
+    if erf:
+        er = [dict(model=f'u_{f}_micro', stage=4, erf_at=[dict(t=0.5, side_ratio=v)]) for f, v in erf.items()]
+        (tmp_path / 'cpu' / 'erf.json').write_text(json.dumps(dict(provenance={}, config={}, records=er)))
+
+
+def test_detection_verdicts_follow_the_numbers(tmp_path, monkeypatch):
+    monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path)
+    ranks = dict(halonet=0.60, internimage=0.58, dwconv=0.50, swin=0.48, pvt=0.40)
+    erf = dict(halonet=0.2, internimage=0.5, dwconv=0.3, swin=0.4, pvt=0.6)  # largest ERF (PVT) detects worst
+    _det_doc(tmp_path, ranks, erf=erf, cons=dict(halonet=0.5, internimage=0.7, dwconv=0.5, swin=0.4, pvt=0.3))
+    c = run.claims('cpu')
+    assert c['best']['verdict'] == 'agrees' and c['best']['separable']
+    assert c['pvt_worst']['verdict'] == 'agrees' and c['scale_dcn_best']['verdict'] == 'agrees'
+    assert c['erf']['verdict'] == 'agrees' and c['erf']['counterexample']['larger'] == 'u_pvt_micro'
+    rows = {r['claim'][:20]: r for r in findings.detection_findings('cpu')}
+    assert [r['verdict'] for r in rows.values()] == ['agrees'] * 4
+    # the order reversed, beyond the noise
+    _det_doc(tmp_path, dict(halonet=0.40, internimage=0.42, dwconv=0.50, swin=0.55, pvt=0.60),
+             erf=dict(halonet=0.1, internimage=0.2, dwconv=0.3, swin=0.4, pvt=0.5))
+    c = run.claims('cpu')
+    assert c['best']['verdict'] == 'does not agree' and c['pvt_worst']['verdict'] == 'does not agree'
+    assert c['erf']['verdict'] == 'does not agree'  # ERF order = AP order in every bucket
+    assert c['scale_dcn_best'] is None
+    # everything within the noise
+    _det_doc(tmp_path, dict(halonet=0.501, internimage=0.500, dwconv=0.499, swin=0.5, pvt=0.498), boot_sd=0.02)
+    rows = findings.detection_findings('cpu')
+    assert rows[0]['verdict'] == 'cannot tell at this scale' and 'bootstrap' in rows[0]['noise']
+
+
+def test_detection_findings_without_results_are_not_yet_measured(tmp_path, monkeypatch):
+    monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path)
+    rows = findings.detection_findings('cpu')
+    assert rows and all(r['verdict'] == findings.NOT_YET for r in rows)
+
+
+# ------------------------------------------------------------------------------------------ end to end
+
+def test_smoke_profile_end_to_end(tmp_path, monkeypatch):
+    """Data, five trainings and the evaluation at the smoke profile, into a temporary results folder."""
+    from stm_lab import train as cls_train
+    from stm_lab.detection import train as det_train
+    monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path / 'results')
+    monkeypatch.setattr(det_train, 'RUNS_DIR', tmp_path / 'runs')
+    monkeypatch.setattr(cls_train, 'RUNS_DIR', tmp_path / 'runs')
+    records = run.smoke_run(log=lambda m: None)
+    doc = json.loads((tmp_path / 'results' / 'smoke' / 'detection.json').read_text())
+    assert doc['records'] == records and doc['provenance']['profile'] == 'smoke'
+    aps = [r for r in records if r['kind'] == 'ap']
+    assert [r['model'] for r in aps] == list(det_train.profile_models('smoke'))
+    assert all(0 <= r['box_AP'] <= 1 and r['val_images'] == 4 and len(r['boot_box_AP']) == 3 for r in aps)
+    assert {r['scale'] for r in records if r['kind'] == 'scale'} == set(scale.SCALES)
+    assert any(r['kind'] == 'demo_image' and r['uri'].startswith('data:image/jpeg') for r in records)
+    train_doc = results.load_result('smoke/detection', 'det_train_u_dwconv_test')
+    assert train_doc['records'][-1]['epoch'] == 2 and 'command' in train_doc['provenance']
