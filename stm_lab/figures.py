@@ -626,3 +626,120 @@ def setting_text(value) -> str:
     if isinstance(value, float):
         return f'{value:g}'
     return str(value)
+
+
+# ------------------------------------------------------------------------------------------------ detection
+
+def _num(v, digits: int = 3) -> str:
+    return '-' if v is None else f'{v:.{digits}f}'
+
+
+def detection_markdown(records: Iterable[dict]) -> str:
+    """Table V: box and mask AP per model (``kind == 'ap'`` records of ``detection.json``), the bootstrap standard
+    error of box AP, and the paper's micro row (COCO at 800 px, in percent)."""
+    out = ['| model | box AP (± se) | AP50 | AP_S | AP_M | AP_L | mask AP | paper box AP | paper mask AP |',
+           '|---|---:|---:|---:|---:|---:|---:|---:|---:|']
+    for r in records:
+        se = f' ± {r["se_box_AP"]:.3f}' if r.get('se_box_AP') is not None else ''
+        out.append(f'| {_display(r["model"])} | {_num(r["box_AP"])}{se} | {_num(r["box_AP50"])} | '
+                   f'{_num(r["box_APs"])} | {_num(r["box_APm"])} | {_num(r["box_APl"])} | {_num(r["mask_AP"])} | '
+                   f'{r.get("paper_box_AP", "-")} | {r.get("paper_mask_AP", "-")} |')
+    return '\n'.join(out)
+
+
+def fig5_scatter(rows: Iterable[dict]) -> go.Figure:
+    """Fig. 5: box AP for small, medium and large objects against ERF@50 (last stage), one marker per model, with
+    two bootstrap standard errors (rows of :func:`stm_lab.detection.run.fig5_rows`)."""
+    from plotly.subplots import make_subplots
+    rows = list(rows)
+    buckets = (('APs', 'small'), ('APm', 'medium'), ('APl', 'large'))
+    fig = make_subplots(rows=1, cols=3, shared_yaxes=False, horizontal_spacing=0.08,
+                        subplot_titles=[f'{name} objects' for _, name in buckets])
+    for r in rows:
+        for j, (key, name) in enumerate(buckets, 1):
+            se = r.get(f'se_{key}')
+            fig.add_scatter(x=[r['erf50']], y=[r[key]], mode='markers', name=_display(r['model']),
+                            legendgroup=r['model'], showlegend=j == 1, marker=dict(size=11, color=color_of(r['model'])),
+                            error_y=dict(type='data', array=[2 * se], visible=True) if se else None,
+                            hovertemplate=f'ERF@50 %{{x:.2f}}: {name} box AP %{{y:.3f}}<extra>{_display(r["model"])}'
+                                          '</extra>', row=1, col=j)
+        fig.update_xaxes(title_text='ERF@50 (last stage)', row=1, col=j)
+    fig.update_yaxes(title_text='box AP', row=1, col=1)
+    fig.update_layout(template='plotly_white', height=380, margin=dict(l=60, r=20, t=40, b=50),
+                      legend=dict(orientation='h', y=-0.25))
+    return fig
+
+
+def detection_scale_curves(records: Iterable[dict]) -> go.Figure:
+    """Fig. 7, third row: box consistency mAP (against the unscaled predictions) and box AP (against the ground
+    truth) against the input scale, one line per model (``kind == 'scale'`` records)."""
+    records = list(records)
+    fig = _two_panels(['box consistency mAP (unscaled predictions as ground truth)', 'box AP (ground truth)'])
+    for m in _models_in_order(records):
+        rs = sorted((r for r in records if r['model'] == m), key=lambda r: r['scale'])
+        for row, key in ((1, 'consistency_AP'), (2, 'box_AP')):
+            fig.add_scatter(x=[r['scale'] for r in rs], y=[r[key] for r in rs], mode='lines+markers',
+                            name=_display(m), legendgroup=m, showlegend=row == 1, line=dict(color=color_of(m)),
+                            hovertemplate='scale %{x}: %{y:.3f}<extra>' + _display(m) + '</extra>', row=row, col=1)
+    fig.update_xaxes(title_text='input scale', row=2, col=1)
+    fig.update_layout(template='plotly_white', height=600, margin=dict(l=60, r=20, t=40, b=50),
+                      legend=dict(orientation='h', y=-0.12))
+    return fig
+
+
+SHAPE_COLORS = ('#e41a1c', '#377eb8', '#4daf4a', '#984ea3', '#ff7f00', '#a65628', '#f781bf', '#999999')
+
+
+def detection_demo_figure(demo: Iterable[dict], images: Iterable[dict], categories: Iterable[dict]) -> go.Figure:
+    """"Scale an image": a slider over the input scale; one row per demo image, one column per model, each model's
+    boxes (score >= 0.5, mapped back onto the image) drawn over it, coloured by class (``kind == 'demo'`` and
+    ``'demo_image'`` records of ``detection.json``; ``categories``: the set's COCO categories)."""
+    from plotly.subplots import make_subplots
+    demo, images = list(demo), list(images)
+    names = {c['id']: c['name'] for c in categories}
+    models = _models_in_order(demo)
+    ids = [im['image_id'] for im in images]
+    scales = sorted({r['scale'] for r in demo})
+    fig = make_subplots(rows=len(ids), cols=len(models), horizontal_spacing=0.01, vertical_spacing=0.01,
+                        column_titles=[_display(m).replace('U-', '').replace(' Transformer', '') for m in models])
+    for i, im in enumerate(images):
+        for j, m in enumerate(models):
+            fig.add_trace(go.Image(source=im['uri'], hoverinfo='skip'), row=i + 1, col=j + 1)
+    index = {(r['model'], r['image_id'], r['scale']): r for r in demo}
+
+    def shapes_at(s):
+        out = []
+        for i, image_id in enumerate(ids):
+            for j, m in enumerate(models):
+                k = i * len(models) + j + 1
+                ref = '' if k == 1 else str(k)
+                r = index.get((m, image_id, s))
+                for box, label in zip(r['boxes'] if r else [], r['labels'] if r else []):
+                    out.append(dict(type='rect', xref=f'x{ref}', yref=f'y{ref}', x0=box[0], y0=box[1], x1=box[2],
+                                    y1=box[3], line=dict(color=SHAPE_COLORS[(label - 1) % len(SHAPE_COLORS)],
+                                                         width=2)))
+        return out
+
+    start = scales.index(1.0) if 1.0 in scales else 0
+    legend = ', '.join(f'<span style="color:{SHAPE_COLORS[(c - 1) % len(SHAPE_COLORS)]}">{n}</span>'
+                       for c, n in sorted(names.items()))
+    fig.update_layout(
+        template='plotly_white', height=110 + 150 * len(ids), margin=dict(l=10, r=10, t=60, b=90),
+        shapes=shapes_at(scales[start]),
+        title=dict(text=f'boxes with score >= 0.5, by class: {legend}', font=dict(size=12), x=0),
+        sliders=[dict(active=start, currentvalue=dict(prefix='input scale: ', font=dict(size=12)),
+                      pad=dict(t=10, b=0), x=0, len=1, y=0, yanchor='top',
+                      steps=[dict(method='relayout', label=f'{s:g}', args=[{'shapes': shapes_at(s)}])
+                             for s in scales])])
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    return fig
+
+
+def findings_table_markdown(rows: Iterable[dict]) -> str:
+    """Rows of :mod:`stm_lab.findings` as the Findings page shows them: claim, paper, ours (noise), verdict."""
+    lines = ['| claim | paper | ours (noise) | verdict |', '|---|---|---|---|']
+    for r in rows:
+        ours = r['ours'] if r['noise'] in ('-', '') else f"{r['ours']} ({r['noise']})"
+        lines.append(f"| {r['claim']} | {r['paper']} | {ours} | **{r['verdict']}** |")
+    return '\n'.join(lines)

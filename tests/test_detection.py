@@ -381,8 +381,9 @@ def test_paper_dry_run_prints_the_config_and_torchrun_command():
                          capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr
     text = out.stdout
-    cfg = json.loads(text[:text.index('\nper process')])
+    cfg = json.loads(text[:text.index('\nbackbone built for')])
     assert cfg['lr'] == 1e-4 and cfg['epochs'] == 12 and cfg['detector']['min_size'] == 800
+    assert "backbone built for 800 px (the classification rule): mixer options {'window': 5}" in text
     assert 'per process: 2 images on each of 8 processes' in text
     assert text.strip().splitlines()[-1] == ('torchrun --nproc_per_node=8 -m stm_lab.detection.run train --model '
                                             'u_swin_tiny --profile paper --data-dir /data/coco')
@@ -495,3 +496,49 @@ def test_smoke_profile_end_to_end(tmp_path, monkeypatch):
     assert any(r['kind'] == 'demo_image' and r['uri'].startswith('data:image/jpeg') for r in records)
     train_doc = results.load_result('smoke/detection', 'det_train_u_dwconv_test')
     assert train_doc['records'][-1]['epoch'] == 2 and 'command' in train_doc['provenance']
+
+
+def test_rank_correlation_known_answers():
+    assert run._spearman([1, 2, 3, 4], [10, 20, 30, 40]) == 1.0
+    assert run._spearman([1, 2, 3, 4], [4, 3, 2, 1]) == -1.0
+    assert run._spearman([1, 2, 3, 4], [0, 0, 0, 0]) is None  # no order at all: not a perfect correlation
+    assert run._spearman([1, 2, 3], [1, 1, 2]) == pytest.approx(0.866, abs=1e-3)  # ties share their rank
+
+
+# ------------------------------------------------------------------------------------------ the book page
+
+def _outputs(path) -> str:
+    """What an executed notebook shows: its outputs' text, markdown and HTML (not its sources)."""
+    out = []
+    for cell in json.loads(path.read_text())['cells']:
+        for o in cell.get('outputs', []):
+            out.append(''.join(o.get('text', '')))
+            for kind in ('text/markdown', 'text/html', 'text/plain'):
+                out.append(''.join(o.get('data', {}).get(kind, '')))
+    return '\n'.join(out)
+
+
+def test_detection_page_builds_at_the_smoke_profile(tmp_path, monkeypatch):
+    from stm_lab import cli
+    monkeypatch.setenv('STM_LAB_RESULTS', str(tmp_path / 'results'))  # the page trains its tiny detectors afresh
+    monkeypatch.setenv('STM_LAB_RUNS', str(tmp_path / 'runs'))
+    assert cli.main(['notebooks', '--profile', 'smoke', '--only', 'detection', '--out', str(tmp_path)]) == 0
+    text = _outputs(tmp_path / 'detection.ipynb')
+    for needle in ('Table V, micro (COCO box AP)', 'cannot tell at this scale', 'input scale: ', 'box AP (± se)',
+                   'stm-lab detect run --profile smoke'):
+        assert needle in text, needle
+    assert 'have not been made yet' not in text
+
+
+def test_detection_page_at_cpu_without_runs_gives_the_commands(tmp_path, monkeypatch):
+    import shutil
+    from stm_lab import cli
+    (tmp_path / 'results' / 'cpu').mkdir(parents=True)
+    shutil.copy(ROOT / 'results' / 'cpu' / 'detection_throughput.json', tmp_path / 'results' / 'cpu')
+    monkeypatch.setenv('STM_LAB_RESULTS', str(tmp_path / 'results'))  # the notebook's kernel reads it
+    assert cli.main(['notebooks', '--profile', 'cpu', '--only', 'detection', '--out', str(tmp_path)]) == 0
+    text = _outputs(tmp_path / 'detection.ipynb')
+    assert 'The cpu-profile detection runs have not been made yet' in text
+    for line in run.commands('cpu'):
+        assert line in text, line
+    assert 'core-hours' in text and text.count('not yet measured') >= 4

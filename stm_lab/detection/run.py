@@ -37,7 +37,7 @@ from .train import (PROFILES, DetTrainConfig, _log, dataset, evaluate_detector, 
                     profile_models, result_dir, train)
 
 EVAL = {'smoke': dict(bootstrap=3, sweep_images=4, demo_images=2, sweep_bootstrap=2),
-        'cpu': dict(bootstrap=20, sweep_images=100, demo_images=4, sweep_bootstrap=10),
+        'cpu': dict(bootstrap=20, sweep_images=50, demo_images=4, sweep_bootstrap=10),
         'paper': dict(bootstrap=20, sweep_images=500, demo_images=4, sweep_bootstrap=10)}
 BOOT_METRICS = ('AP', 'AP50', 'APs', 'APm', 'APl')
 DEMO_MIN_SCORE = 0.5
@@ -158,7 +158,8 @@ def demo_images(profile: str, ids: Sequence[int]) -> List[dict]:
     return out
 
 
-def evaluate_profile(profile: str, models: Optional[Sequence[str]] = None, save: bool = True, log=_log) -> List[dict]:
+def evaluate_profile(profile: str, models: Optional[Sequence[str]] = None, save: bool = True, log=_log,
+                     command: Optional[str] = None) -> List[dict]:
     """Evaluate every trained detector of the profile; write ``results/<profile>/detection.json``."""
     if profile not in EVAL:
         raise ValueError(f'unknown profile {profile!r}; valid: {", ".join(EVAL)}')
@@ -183,6 +184,7 @@ def evaluate_profile(profile: str, models: Optional[Sequence[str]] = None, save:
                       demo_min_score=DEMO_MIN_SCORE, upscales=list(UPSCALES), **plan)
         prov = results.provenance(profile, 0, wall_time_s=round(time.time() - t0, 1),
                                   loadavg=[round(v, 2) for v in os.getloadavg()])
+        prov['command'] = command or _command()
         path = results.save_result(profile, 'detection', records, config=config, prov=prov)
         log(f'[detect] saved {_rel(path)} ({len(records)} records, {time.time() - t0:.0f} s)')
     return records
@@ -244,10 +246,17 @@ def fig5_rows(profile: str) -> List[dict]:
             for m in aps if m in erf]
 
 
+def _ranks(v: Sequence[float]) -> np.ndarray:
+    """Ranks with ties sharing their mean rank (so that equal values carry no order)."""
+    v = np.asarray(v, float)
+    return np.array([np.mean(np.nonzero(np.sort(v) == x)[0]) for x in v])
+
+
 def _spearman(x: Sequence[float], y: Sequence[float]) -> Optional[float]:
-    if len(x) < 3:
+    """Spearman's rank correlation; None for fewer than 3 points or a constant variable."""
+    if len(x) < 3 or len(x) != len(y):
         return None
-    rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
+    rx, ry = _ranks(x), _ranks(y)
     if np.std(rx) == 0 or np.std(ry) == 0:
         return None
     return round(float(np.corrcoef(rx, ry)[0, 1]), 3)
@@ -348,17 +357,50 @@ def bench(profile: str, models: Optional[Sequence[str]] = None, steps: int = 4, 
     return out
 
 
-def core_hours(profile: str, speeds: List[dict], epochs: Optional[int] = None) -> Dict[str, float]:
-    """model -> estimated core-hours of its training run (the epochs at the measured training speed, plus the
-    evaluation passes of the schedule at the measured inference speed)."""
+COCOEVAL_S = 1.5  # core seconds of one COCOeval over the 500 validation images (measured; generous)
+
+
+def core_hours(profile: str, speeds: List[dict], epochs: Optional[int] = None) -> Dict[str, Dict[str, float]]:
+    """model -> estimated core-hours of its training run (the epochs at the measured training speed, the quick and
+    final evaluations at the measured inference speed) and of its ``evaluate`` pass (the validation split, the scale
+    sweep, whose images cost the square of their scale, and the bootstrap evaluations). The inference speed was
+    measured on an untrained detector, whose many low-score boxes make it slower: an upper bound."""
     out = {}
+    plan = EVAL[profile]
     for r in speeds:
         cfg = profile_config(r['model'], profile, **({'epochs': epochs} if epochs else {}))
+        n_val = cfg.shapes.val_images
         train_s = cfg.epochs * cfg.shapes.train_images / r['train_img_per_s']
         quick = (cfg.epochs - 1) // cfg.eval_every if cfg.eval_every else 0
-        eval_s = (quick * cfg.eval_images + cfg.shapes.val_images) / r['eval_img_per_s']
-        out[r['model']] = round((train_s + eval_s) / 3600, 2)
+        train_s += (quick * cfg.eval_images + n_val) / r['eval_img_per_s'] + 2 * COCOEVAL_S
+        sweep = plan['sweep_images'] * (1 + sum(s * s for s in scale.SCALES))  # the reference pass at 1, then all
+        eval_s = (n_val + sweep) / r['eval_img_per_s'] + COCOEVAL_S * (
+            2 + plan['bootstrap'] + 2 * len(scale.SCALES) + plan['sweep_bootstrap'] * len(UPSCALES))
+        out[r['model']] = dict(train=round(train_s / 3600, 2), evaluate=round(eval_s / 3600, 2))
     return out
+
+
+def speed_markdown(profile: str) -> str:
+    """The measured speeds (``detection_throughput.json``) and the core time they give each run."""
+    try:
+        doc = results.load_result(profile, 'detection_throughput')
+    except FileNotFoundError:
+        return f'*No speed measured yet (`stm-lab detect bench --profile {profile} --threads 1 --save`).*'
+    hours = core_hours(profile, doc['records'])
+    out = ['| model | train img/s (one core) | inference img/s | training, core-h | evaluate, core-h |',
+           '|---|---:|---:|---:|---:|']
+    for r in doc['records']:
+        h = hours[r['model']]
+        out.append(f'| {_display(r["model"])} | {r["train_img_per_s"]:.1f} | {r["eval_img_per_s"]:.1f} | '
+                   f'{h["train"]:.2f} | {h["evaluate"]:.2f} |')
+    total = sum(h['train'] + h['evaluate'] for h in hours.values())
+    load = doc['provenance'].get('loadavg')
+    out += ['', f'Total: about {total:.1f} core-hours ({total / 2:.1f} hours on two cores). Measured over '
+                f'{doc["config"]["steps"]} training steps per model with `{doc["provenance"].get("command")}`, as CPU '
+                f'time of the process (one thread; CPU: {doc["provenance"].get("cpu")}), while both cores were busy '
+                f'with other training runs (load average {load[0] if load else "?"}): on an idle machine it may be '
+                f'faster.']
+    return '\n'.join(out)
 
 
 def commands(profile: str = 'cpu') -> List[str]:
@@ -370,18 +412,25 @@ def commands(profile: str = 'cpu') -> List[str]:
     return lines
 
 
+SMOKE_COMMAND = 'stm-lab detect run --profile smoke'
+
+
 def smoke_run(log=_log) -> List[dict]:
     """The smoke profile end to end: generate the tiny set, train the five test detectors, evaluate them."""
     for m in profile_models('smoke'):
-        train(profile_config(m, 'smoke'), resume='none', log=log)
-    return evaluate_profile('smoke', log=log)
+        train(profile_config(m, 'smoke'), resume='none', log=log, command=SMOKE_COMMAND)
+    return evaluate_profile('smoke', log=log, command=SMOKE_COMMAND)
 
 
 # ------------------------------------------------------------------------------------------- CLI
 
 def _command() -> str:
-    return ' '.join(['stm-lab detect', *map(shlex.quote, sys.argv[2:] if Path(sys.argv[0]).name == 'stm-lab'
-                                                else sys.argv[1:])])
+    """The command line as ``stm-lab detect ...``, however it was started (stm-lab, python -m stm_lab.cli, or this
+    module)."""
+    args = sys.argv[1:]
+    if args[:1] == ['detect']:
+        args = args[1:]
+    return ' '.join(['stm-lab detect', *map(shlex.quote, args)])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -446,6 +495,11 @@ def main(argv=None) -> int:
             cfg = profile_config(args.model, args.profile, **over)
             if args.dry_run:
                 print(json.dumps(cfg.to_dict(), indent=1))
+                from ..models import model_config
+                fam, sc = family_and_scale(cfg.model)
+                mc = model_config(fam, sc, img_size=cfg.detector.img_size)
+                print(f'backbone built for {cfg.detector.img_size} px (the classification rule): mixer options '
+                      f'{mc["mixer_options"]}, per stage {list(mc["stage_mixer_options"])}')
                 print(f'per process: {cfg.batch_size // cfg.nproc} images on each of {cfg.nproc} processes')
                 print(torchrun_command(cfg, args.data_dir))
                 return 0
