@@ -134,6 +134,8 @@ def findings(profile: str) -> List[dict]:
             + detection_findings(profile))
 
 
+DETECTION_SETTING = ('micro backbones in Mask R-CNN with slim heads, on a generated shapes set in COCO format at '
+                     '160 px (paper: COCO at 800 px)')
 # (paper item, what it is, results it needs (relative to results/), where the setting differs)
 COVERAGE = (
     ('Table I', 'the five spatial token mixers', ('paper/table3_complexity.json',), 'same operators; plain PyTorch '
@@ -146,7 +148,7 @@ COVERAGE = (
     ('Table III', 'accuracy', ('cpu/table3_accuracy.json',), 'micro models only, Imagenette 64 px, 22 epochs'),
     ('Table IV', 'training recipe', ('cpu/table3_accuracy.json',), 'a light form at the cpu profile (no RandAugment, '
      'mixup/cutmix, random erasing); the full recipe at the paper profile'),
-    ('Table V', 'detection with Mask R-CNN', ('cpu/detection.json',), ''),
+    ('Table V', 'detection with Mask R-CNN', ('cpu/detection.json',), DETECTION_SETTING),
     ('Table VI', 'unified architecture A to ConvNeXt E', tuple(f'cpu/ablations/train_u_{f}_micro_{x}.json'
                                                                for f in ablations.MAIN_FAMILIES for x in 'bcde'),
      'micro models, Imagenette 64 px, 12 epochs (paper: small, ImageNet 224, 300 epochs)'),
@@ -156,10 +158,11 @@ COVERAGE = (
     ('Table VIII', 'throughput', ('bench/table8_throughput.json', 'bench/table8_throughput_micro_cuda.json'),
      'an H200 GPU and a 2-core CPU (paper: RTX 3090)'),
     ('Fig. 1', 'original vs unified accuracy', ('cpu/table3_accuracy.json',), 'published numbers beside ours'),
-    ('Fig. 5', 'ERF against detection AP', ('cpu/detection.json',), ''),
+    ('Fig. 5', 'ERF against detection AP', ('cpu/detection.json', 'cpu/erf.json'), DETECTION_SETTING),
     ('Fig. 6', 'ERF maps', ('cpu/erf.json',), 'micro models at 64 px'),
     ('Fig. 7', 'invariance, classification rows', ('cpu/invariance.json',), 'micro models at 64 px'),
-    ('Fig. 7', 'invariance, detection row', ('cpu/detection.json',), ''),
+    ('Fig. 7', 'invariance, detection row', ('cpu/detection.json',), 'the micro detectors on 50 validation images '
+     'of the generated set'),
     ('Fig. 7(c)', 'consistency over training', tuple(f'cpu/seed1/train_u_{f}_micro.json' for f in ablations.MAIN_FAMILIES),
      'micro models, 12 epochs, 200 images'),
     ('Fig. 8', 'FGSM robustness', ('cpu/fgsm.json',), 'micro models at 64 px'),

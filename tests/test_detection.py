@@ -542,3 +542,25 @@ def test_detection_page_at_cpu_without_runs_gives_the_commands(tmp_path, monkeyp
     for line in run.commands('cpu'):
         assert line in text, line
     assert 'core-hours' in text and text.count('not yet measured') >= 4
+
+
+def test_a_stopped_detection_run_resumes_exactly(tmp_path, monkeypatch):
+    """Stopped after its first epoch and started again, a run ends with the weights of an uninterrupted one; a
+    resume with another configuration is refused and leaves the checkpoint alone."""
+    from stm_lab.detection import train as det_train
+    from stm_lab.train import read_checkpoint
+    monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path / 'results')
+    cfg = profile_config('u_swin_test', 'smoke')
+    quiet = dict(log=lambda m: None, export=False)
+    det_train.train(cfg, out_dir=tmp_path / 'straight', resume='none', **quiet)
+    det_train.train(cfg, out_dir=tmp_path / 'split', resume='none', stop_after=1, **quiet)
+    assert read_checkpoint(tmp_path / 'split' / 'last.safetensors')[1]['epoch'] == 1
+    with pytest.raises(ValueError, match='another configuration'):
+        det_train.train(profile_config('u_swin_test', 'smoke', lr=1e-3), out_dir=tmp_path / 'split', **quiet)
+    det_train.train(cfg, out_dir=tmp_path / 'split', **quiet)
+    a, sa = read_checkpoint(tmp_path / 'straight' / 'last.safetensors')
+    b, sb = read_checkpoint(tmp_path / 'split' / 'last.safetensors')
+    assert sa['epoch'] == sb['epoch'] == 2
+    assert [h['loss'] for h in sa['history']] == [h['loss'] for h in sb['history']]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

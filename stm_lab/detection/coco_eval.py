@@ -134,8 +134,8 @@ def as_ground_truth(image_sizes: Dict[int, tuple], detections: List[dict], min_s
     for d in detections:
         if d['score'] >= min_score:
             w, h = d['bbox'][2], d['bbox'][3]
-            anns.append(dict(id=len(anns) + 1, image_id=d['image_id'], category_id=d['category_id'], bbox=list(d['bbox']),
-                             area=float(w * h), iscrowd=0))
+            anns.append(dict(id=len(anns) + 1, image_id=d['image_id'], category_id=d['category_id'],
+                             bbox=list(d['bbox']), area=float(w * h), iscrowd=0))
     images = [dict(id=i, height=int(s[0]), width=int(s[1])) for i, s in sorted(image_sizes.items())]
     return dict(images=images, annotations=anns, categories=list(categories))
 

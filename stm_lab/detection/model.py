@@ -82,7 +82,8 @@ class DetectorConfig:
             if not (isinstance(v, int) and v >= 1):
                 raise ValueError(f'detector {name} must be an integer of at least 1, got {v!r}')
         if self.num_classes < 2:
-            raise ValueError(f'detector num_classes counts the background and must be at least 2, got {self.num_classes}')
+            raise ValueError(f'detector num_classes counts the background and must be at least 2, '
+                             f'got {self.num_classes}')
         if len(self.anchor_sizes) != 5:
             raise ValueError(f'detector anchor_sizes needs one size per FPN level (5), got {self.anchor_sizes}')
         if not self.mask_head_layers:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import math
 import os
 import shlex
 import sys
@@ -68,7 +67,8 @@ def evaluate_model(path: Path, profile: str, log=_log) -> List[dict]:
     boot = coco_eval.bootstrap(doc, dets, draws, 'bbox', BOOT_METRICS)
     rec = dict(kind='ap', model=model, family=family(model), checkpoint=_rel(path), **metrics,
                **{f'se_box_{m}': _sd(v) for m, v in boot.items()}, **{f'boot_box_{m}': v for m, v in boot.items()},
-               epochs=cfg.epochs, train_images=cfg.shapes.train_images if cfg.shapes else None, params=sum(p.numel() for p in det.parameters()),
+               epochs=cfg.epochs, train_images=cfg.shapes.train_images if cfg.shapes else None,
+               params=sum(p.numel() for p in det.parameters()),
                backbone_init=_backbone_init(profile, model), img_size=cfg.detector.img_size)
     paper = TABLE5_MICRO.get(model.replace('_test', '_micro'))
     if paper:
@@ -95,7 +95,8 @@ def evaluate_model(path: Path, profile: str, log=_log) -> List[dict]:
             keep = o['scores'] >= DEMO_MIN_SCORE
             out.append(dict(kind='demo', model=model, family=family(model), image_id=ids[j], scale=s,
                             boxes=[[round(v, 1) for v in b] for b in o['boxes'][keep].tolist()],
-                            labels=o['labels'][keep].tolist(), scores=[round(v, 3) for v in o['scores'][keep].tolist()]))
+                            labels=o['labels'][keep].tolist(),
+                            scores=[round(v, 3) for v in o['scores'][keep].tolist()]))
     log(f'[detect] {model}: box AP {metrics["box_AP"]} (+-{rec["se_box_AP"]}), AP50 {metrics["box_AP50"]}, mask AP '
         f'{metrics["mask_AP"]}; box consistency when upscaling {summary["consistency_up"]} '
         f'({time.perf_counter() - t0:.0f} s)')
@@ -280,8 +281,8 @@ def erf_claim(profile: str) -> Optional[dict]:
         for k in ('APs', 'APm', 'APl'):
             if a[k] is None or b[k] is None or a[k] >= b[k]:
                 continue
-            pairs = [(x, y) for x, y in zip(aps[a['model']].get(f'boot_box_{k}') or [],
-                                           aps[b['model']].get(f'boot_box_{k}') or []) if x is not None and y is not None]
+            draws = zip(aps[a['model']].get(f'boot_box_{k}') or [], aps[b['model']].get(f'boot_box_{k}') or [])
+            pairs = [(x, y) for x, y in draws if x is not None and y is not None]
             se = float(np.std([y - x for x, y in pairs], ddof=1)) if len(pairs) > 1 else None
             gap = b[k] - a[k]
             if se is not None and gap > 2 * se and (counter is None or gap / se > counter['z']):
@@ -315,7 +316,8 @@ def claims(profile: str) -> Dict[str, Optional[dict]]:
 
 # ------------------------------------------------------------------------------------------- speed
 
-def bench(profile: str, models: Optional[Sequence[str]] = None, steps: int = 4, warmup: int = 1, log=_log) -> List[dict]:
+def bench(profile: str, models: Optional[Sequence[str]] = None, steps: int = 4, warmup: int = 1,
+          log=_log) -> List[dict]:
     """Training and inference images per CPU second (of this process, so per core with one thread) for each model at
     the profile's settings: a few steps on the generated set, the backbone untrained (the speed is the same)."""
     from .train import build, optimizer, lr_at

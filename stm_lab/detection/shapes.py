@@ -62,8 +62,10 @@ class ShapesConfig:
             v = getattr(self, name)
             need(isinstance(v, int) and v >= 1, f'{name} must be an integer of at least 1, got {v!r}')
         need(isinstance(self.max_instances, int) and self.max_instances >= self.min_instances,
-             f'max_instances must be an integer of at least min_instances ({self.min_instances}), got {self.max_instances!r}')
-        need(2 <= self.min_side <= self.max_side, f'need 2 <= min_side <= max_side, got {self.min_side}, {self.max_side}')
+             f'max_instances must be an integer of at least min_instances ({self.min_instances}), '
+             f'got {self.max_instances!r}')
+        need(2 <= self.min_side <= self.max_side,
+             f'need 2 <= min_side <= max_side, got {self.min_side}, {self.max_side}')
         need(self.max_aspect >= 1, f'max_aspect must be at least 1, got {self.max_aspect}')
         need(0 < self.min_visible <= 1, f'min_visible must be in (0, 1], got {self.min_visible}')
         need(isinstance(self.seed, int) and self.seed >= 0, f'seed must be an integer of at least 0, got {self.seed!r}')

@@ -27,16 +27,13 @@ the backbone load report, provenance). ``evaluate`` writes ``results/<profile>/d
 """
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import os
-import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -45,9 +42,8 @@ import torch.nn as nn
 from timm.optim import param_groups_weight_decay
 
 from .. import results
-from ..results import ROOT, atomic_write_bytes
-from ..train import (MICRO_MODELS, RUNS_DIR, SMOKE_MODELS, Dist, RunLock, _load_optimizer, _optimizer_tensors,
-                     _prefixed, _tensor_digest, init_distributed, read_checkpoint, seed_everything, write_checkpoint)
+from ..train import (MICRO_MODELS, RUNS_DIR, SMOKE_MODELS, RunLock, _load_optimizer, _optimizer_tensors, _prefixed,
+                     _tensor_digest, init_distributed, read_checkpoint, seed_everything, write_checkpoint)
 from . import coco_eval, shapes
 from .data import DetectionSet, collate
 from .model import DetectorConfig, LoadReport, build_detector, family_and_scale, load_backbone
@@ -270,10 +266,11 @@ def evaluate_detector(det: nn.Module, ds: DetectionSet, batch_size: int = 8, mas
                       ) -> Tuple[dict, List[dict]]:
     """Box (and mask) AP of the detector on a dataset's images against its COCO annotations, and the detections."""
     det.eval()
+    device = next(det.parameters()).device
     dets, t0 = [], time.perf_counter()
     loader = torch.utils.data.DataLoader(ds, batch_size, collate_fn=collate)
     for images, targets in loader:
-        outs = det(images)
+        outs = det([im.to(device) for im in images])
         dets += coco_eval.to_coco_results(outs, [t['image_id'] for t in targets], masks=masks)
     seconds = time.perf_counter() - t0
     gt = coco_eval.coco_from_dict(ds.coco.dataset)
@@ -305,8 +302,9 @@ def train(cfg: DetTrainConfig, resume: str = 'auto', stop_after: Optional[int] =
         det, report = build(cfg, log if d.main else None)
         det.to(d.device)
         opt = optimizer(det, cfg)
+        # find_unused_parameters: a batch without a positive RoI leaves the mask head out of the graph
         model = det if d.world == 1 else nn.parallel.DistributedDataParallel(
-            det, device_ids=[d.local_rank] if d.device.type == 'cuda' else None)
+            det, device_ids=[d.local_rank] if d.device.type == 'cuda' else None, find_unused_parameters=True)
         per_process = cfg.batch_size // d.world
         sampler = torch.utils.data.DistributedSampler(train_set, d.world, d.rank, shuffle=True, seed=cfg.seed,
                                                       drop_last=True)
