@@ -32,10 +32,20 @@ def install_book_assets() -> Path:
     return dst
 
 
+class _BookRenderer(pio.base_renderers.HtmlRenderer):
+    """plotly's HTML renderer, without the MathJax ``<script>`` from a CDN that it adds to every figure (the book
+    is read offline and its figures have no LaTeX)."""
+
+    def to_mimebundle(self, fig_dict):
+        return {'text/html': pio.to_html(fig_dict, include_plotlyjs=False, include_mathjax=False, full_html=False,
+                                         auto_play=self.auto_play, default_width='100%', default_height=525,
+                                         validate=False)}
+
+
 def use_book_renderer() -> None:
     """Render figures as HTML fragments that use the page's plotly.js (see the book's _config.yml)."""
-    pio.renderers['stm_book'] = pio.base_renderers.HtmlRenderer(
-        connected=False, full_html=False, global_init=False, include_plotlyjs=False)
+    pio.renderers['stm_book'] = _BookRenderer(connected=False, full_html=False, global_init=False,
+                                              include_plotlyjs=False)
     pio.renderers.default = 'stm_book'
 
 

@@ -106,3 +106,16 @@ def test_loss_label_names_the_loss_the_runs_trained_with():
     assert figures.loss_label([doc(0.0, 0.0), doc(0.8, 1.0)]) == 'training loss (its own recipe)'
     assert figures.loss_label([doc(0.0, 0.0, 0.1), doc(0.0, 0.0, 0.2)]) == 'training loss (its own recipe)'
     assert figures.loss_label([{}]) == 'training loss (its own recipe)'  # no recorded configuration
+
+
+def test_book_figures_load_nothing_from_other_sites():
+    """The book's figure renderer writes no script from a CDN (plotly's own HTML renderer adds MathJax's)."""
+    import plotly.graph_objects as go
+    import plotly.io as pio
+    from stm_lab.figures import use_book_renderer
+    use_book_renderer()
+    fig = go.Figure(go.Scatter(x=[1, 2], y=[3, 4]), frames=[go.Frame(data=[go.Scatter(x=[1, 2], y=[4, 3])])])
+    html = pio.renderers['stm_book'].to_mimebundle(fig.to_dict())['text/html']
+    assert 'Plotly.newPlot' in html and '<script' in html
+    assert 'src="http' not in html and 'cdn' not in html.lower()
+    assert 'Plotly.animate' not in html  # figures with frames wait for their slider (no auto-play)
