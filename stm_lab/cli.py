@@ -7,6 +7,7 @@
     stm-lab train --model M --profile P  train with the paper's recipe (resumable); also: eval, summary
     stm-lab analyze {erf,invariance,fgsm,demo,all} --profile P   ERF, invariance, FGSM, rotate-a-photo demo
     stm-lab ablations {list,run}         Tables II, VI, VII and the second seed at CPU scale (resumable queue)
+    stm-lab lab {runtime,build,check,measure}   the book's in-browser lab: ONNX models, parity, browser speed
     stm-lab bench dcnv3                  DCNv3 core and U-InternImage training speed, compiled vs pure PyTorch
     stm-lab bench train-speed            training/inference images/s of the micro models and timm's Swin
     stm-lab bench train-profile          where a training step goes: parts (stem, stages, head), top operators
@@ -135,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (('train', 'train a model (see `stm-lab train --help`)'), ('eval', 'evaluate a checkpoint'),
                        ('summary', 'trained top-1 beside Table III'), ('bench', 'benchmarks (see the list above)'),
                        ('analyze', 'Sec. 6 analyses: erf, invariance, fgsm, demo (see stm-lab analyze --help)'),
-                       ('ablations', 'the ablation runs at CPU scale (see stm-lab ablations --help)')):
+                       ('ablations', 'the ablation runs at CPU scale (see stm-lab ablations --help)'),
+                       ('lab', "the book's in-browser lab: ONNX export, checks, speed (see stm-lab lab --help)")):
         sub.add_parser(name, help=text)  # listed for --help; handled by _passthrough
     s = sub.add_parser('notebooks', help='execute the notebooks into book/generated/')
     s.add_argument('--profile', default='smoke', choices=('smoke', 'cpu', 'paper'))
@@ -156,6 +158,8 @@ def _passthrough(argv):
         return 'stm_lab.analysis.run', argv[1:]
     if argv[0] == 'ablations':
         return 'stm_lab.ablations', argv[1:]
+    if argv[0] == 'lab':
+        return 'stm_lab.lab', argv[1:]
     if argv[0] == 'bench' and len(argv) > 1:
         what, rest = argv[1], argv[2:]
         table = {'dcnv3': ('stm_lab.bench', ['dcnv3', *rest]),

@@ -587,3 +587,49 @@ def recipe_markdown(rows: Iterable[dict], columns: Iterable[str]) -> str:
     for r in rows:
         out.append(f'| {r["setting"]} | ' + ' | '.join(str(r[c]) for c in columns) + ' |')
     return '\n'.join(out)
+
+
+# ------------------------------------------------------------------------------------------------ the lab
+
+def _marker(axis: int, x: float) -> dict:
+    suffix = '' if axis == 1 else str(axis)
+    return dict(type='line', xref=f'x{suffix}', yref=f'y{suffix} domain', x0=x, x1=x, y0=0, y1=1,
+                line=dict(color='black', width=2, dash='dot'))
+
+
+def lab_consistency_figure(records: Iterable[dict], crop_pct: float = 0.875) -> go.Figure:
+    """The invariance sweeps' consistency (``invariance.json`` records), one panel per transform, with a dotted
+    marker per panel (shapes 0, 1, 2: shift, rotation, crop ratio) that the in-browser lab moves to its current
+    setting (``book/_static/lab/lab.js``)."""
+    from plotly.subplots import make_subplots
+    records = list(records)
+    transforms = ('shift', 'rotation', 'scale')
+    fig = make_subplots(rows=1, cols=3, shared_yaxes=True, horizontal_spacing=0.04,
+                        subplot_titles=['consistency vs shift', 'vs rotation', 'vs crop ratio'])
+    for m in _models_in_order(records):
+        for j, tr in enumerate(transforms, 1):
+            rs = sorted((r for r in records if r['model'] == m and r['transform'] == tr), key=lambda r: r['magnitude'])
+            fig.add_scatter(x=[r['magnitude'] for r in rs], y=[r['consistency'] for r in rs], mode='lines+markers',
+                            name=_display(m), legendgroup=m, showlegend=j == 1, marker=dict(size=4),
+                            line=dict(color=COLORS.get(family_of(m)), width=1.5),
+                            hovertemplate=f'{tr} %{{x}}: consistency %{{y:.3f}}<extra>{_display(m)}</extra>',
+                            row=1, col=j)
+    for j, tr in enumerate(transforms, 1):
+        fig.update_xaxes(title_text=INVARIANCE_AXES[tr].split(' (')[0] if tr != 'scale' else 'crop ratio', row=1, col=j)
+    fig.update_yaxes(title_text='consistency', row=1, col=1)
+    fig.update_layout(template='plotly_white', height=330, margin=dict(l=60, r=20, t=40, b=50),
+                      shapes=[_marker(1, 0), _marker(2, 0), _marker(3, crop_pct)],
+                      legend=dict(orientation='h', y=-0.3))
+    return fig
+
+
+def lab_fgsm_figure(records: Iterable[dict]) -> go.Figure:
+    """:func:`fgsm_curves` with a dotted marker (shape 0) that the lab's epsilon slider moves."""
+    fig = fgsm_curves(records)
+    fig.update_layout(height=330, shapes=[_marker(1, 0)], xaxis=dict(range=[-0.2, 8.2]))
+    return fig
+
+
+def figure_html(fig: go.Figure, div_id: str) -> str:
+    """A figure as an HTML fragment with a known element id, using the page's plotly.js."""
+    return fig.to_html(full_html=False, include_plotlyjs=False, include_mathjax=False, auto_play=False, div_id=div_id)
