@@ -40,7 +40,7 @@ notebooks: setup
 # a failing notebook is reported, the book is still built from the others, and make then fails
 book: setup lab-runtime
 	$(PY) -m stm_lab.cli notebooks --profile $(PROFILE); status=$$?; \
-	$(VENV)/bin/jupyter-book build . --keep-going || exit 1; \
+	$(VENV)/bin/jupyter-book build . --all --keep-going -W || exit 1; \
 	echo "Book: file://$(CURDIR)/_build/html/index.html"; exit $$status
 
 test: setup lab-runtime

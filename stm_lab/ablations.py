@@ -38,8 +38,9 @@ from typing import List, Optional, Tuple
 import json
 import math
 
-from .results import RESULTS_DIR, ROOT
-from .train import MICRO_MODELS
+from . import results
+from .results import ROOT
+from .train import MICRO_MODELS, RUNS_DIR
 
 PROFILE, EPOCHS = 'cpu', 12
 MAIN_FAMILIES = tuple(m[2:].rsplit('_', 1)[0] for m in MICRO_MODELS)  # the roster of the main set, in its order
@@ -61,17 +62,18 @@ class AblationRun:
 
     @property
     def out(self) -> Path:
-        return ROOT / 'runs' / self.profile / self.subdir / self.model
+        return RUNS_DIR / self.profile / self.subdir / self.model
 
     @property
     def result(self) -> Path:
-        return RESULTS_DIR / self.profile / self.subdir / f'train_{self.model}.json'
+        return results.RESULTS_DIR / self.profile / self.subdir / f'train_{self.model}.json'
 
     def command(self, python: str = 'python') -> List[str]:
         cmd = [python, '-m', 'stm_lab.train', 'train', '--model', self.model, '--profile', self.profile]
         if self.profile == PROFILE:
             cmd += ['--epochs', str(EPOCHS), '--threads', '1']
-        cmd += ['--no-progress', '--out', str(self.out.relative_to(ROOT)), '--results-subdir', self.subdir]
+        out = self.out.relative_to(ROOT) if self.out.is_relative_to(ROOT) else self.out
+        cmd += ['--no-progress', '--out', str(out), '--results-subdir', self.subdir]
         if self.seed:
             cmd += ['--seed', str(self.seed)]
         if self.track_consistency:
@@ -131,7 +133,7 @@ def baseline(profile: str, family: str, seed: int = 0) -> Optional[dict]:
     """The final record of an A model (seed 0: the 12-epoch main set; seed 1: this module's second seed)."""
     name = f'u_{family}_{SCALE[profile]}'
     folder = BASELINE_DIR[profile] if seed == 0 else 'seed1'
-    return _final(RESULTS_DIR / profile / folder / f'train_{name}.json')
+    return _final(results.RESULTS_DIR / profile / folder / f'train_{name}.json')
 
 
 def image_se(top1: float, n: int) -> float:

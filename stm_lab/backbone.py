@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, LayerScale, Mlp, trunc_normal_
 from timm.models import checkpoint_seq
 
-from .mixers import create_mixer, get_mixer_class, stage_input
+from .mixers import create_mixer, get_mixer_class, stage_input, stage_sides
 
 BLOCK_TYPES = ('double', 'single', 'bottleneck')
 DOWNSAMPLE_TYPES = ('overlap', 'patch')
@@ -211,8 +211,9 @@ class UnifiedNet(nn.Module):
         self.stem = patch_stem(cfg.in_chans, dims[0]) if patch else Stem(cfg.in_chans, dims[0])
         transition = patch_transition if patch else Transition
         stages, k = [], 0
+        sides = stage_sides(cfg.img_size, n)
         for i in range(n):
-            feat_size = (-(-cfg.img_size // 2 ** (i + 2)),) * 2  # stride 4, 8, 16, 32 with ceil (padding 1)
+            feat_size = (sides[i],) * 2
             options = {**cfg.mixer_options, **cfg.stage_mixer_options[i]}
             blocks = []
             width = int(dims[i] * cfg.bottleneck_ratio) if cfg.block == 'bottleneck' else dims[i]
@@ -273,7 +274,13 @@ class UnifiedNet(nn.Module):
         self.num_classes = self.config.num_classes = num_classes
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
+    def _check_input(self, x):
+        if x.ndim != 4:  # else an internal error from deep inside a mixer
+            raise ValueError(f'expected a batch of images (N, {self.config.in_chans}, H, W), got shape {tuple(x.shape)}'
+                             + ('; add the batch dimension with x[None]' if x.ndim == 3 else ''))
+
     def forward_features(self, x):  # (B, 3, H, W) -> (B, C4, H/32, W/32)
+        self._check_input(x)
         x = self.stem(x)
         for stage in self.stages:
             x = stage(x).permute(0, 3, 1, 2)
@@ -313,6 +320,7 @@ class UnifiedNet(nn.Module):
         else:
             take = [i % n for i in indices]
         feats = []
+        self._check_input(x)
         x = self.stem(x)
         last = max(take)
         for i, stage in enumerate(self.stages):

@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from .notebook_params import NOTEBOOK_PROFILES
 from .results import ROOT
 
 NOTEBOOKS_DIR = ROOT / 'notebooks'
@@ -140,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
                        ('lab', "the book's in-browser lab: ONNX export, checks, speed (see stm-lab lab --help)")):
         sub.add_parser(name, help=text)  # listed for --help; handled by _passthrough
     s = sub.add_parser('notebooks', help='execute the notebooks into book/generated/')
-    s.add_argument('--profile', default='smoke', choices=('smoke', 'cpu', 'paper'))
+    s.add_argument('--profile', default='smoke', choices=NOTEBOOK_PROFILES,
+                   help='smoke or cpu (no model is trained at the paper profile here)')
     s.add_argument('--only', nargs='*', help='notebook names (without .ipynb)')
     s.add_argument('--src', default=str(NOTEBOOKS_DIR), help='folder of notebook sources')
     s.add_argument('--out', default=str(GENERATED_DIR), help='folder for the executed copies')

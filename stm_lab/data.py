@@ -89,6 +89,34 @@ class DataConfig:
     def __post_init__(self):
         self.scale, self.ratio = tuple(self.scale), tuple(self.ratio)
         self.mean, self.std = tuple(self.mean), tuple(self.std)
+        self.check()
+
+    def check(self) -> None:
+        """A bad value raises one clear ValueError here, not a traceback from inside timm later."""
+        def check(name, ok, what):
+            value = getattr(self, name)
+            try:
+                good = ok(value)
+            except (TypeError, ValueError):
+                good = False
+            if not good:
+                raise ValueError(f'data.{name} must be {what}, got {value!r}')
+
+        def probability(v):
+            return 0 <= v <= 1
+        check('img_size', lambda v: isinstance(v, int) and v >= 1, 'an integer of at least 1')
+        check('scale', lambda v: len(v) == 2 and 0 < v[0] <= v[1] <= 1, 'two numbers lo,hi with 0 < lo <= hi <= 1')
+        check('ratio', lambda v: len(v) == 2 and 0 < v[0] <= v[1] < float('inf'), 'two numbers lo,hi with 0 < lo <= hi')
+        for name in ('hflip', 're_prob', 'mixup_prob', 'mixup_switch_prob'):
+            check(name, probability, 'a probability in [0, 1]')
+        for name in ('mixup', 'cutmix', 'color_jitter'):
+            check(name, lambda v: 0 <= v < float('inf'), 'a number of at least 0')
+        check('label_smoothing', lambda v: 0 <= v < 1, 'a number in [0, 1)')
+        check('crop_pct', lambda v: 0 < v <= 1, 'a number in (0, 1]')
+        check('mean', lambda v: len(v) == 3, 'three numbers (one per channel)')
+        check('std', lambda v: len(v) == 3 and all(x > 0 for x in v), 'three numbers above 0 (one per channel)')
+        for name in ('num_workers', 're_count'):
+            check(name, lambda v: isinstance(v, int) and v >= 0, 'an integer of at least 0')
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -13,13 +13,29 @@ from typing import Dict, Iterable, Tuple
 import plotly.graph_objects as go
 import plotly.io as pio
 
-from .paper import DISPLAY, DISPLAY_STM
+from .mixers import mixer_trait
+from .paper import DISPLAY
 from .results import ROOT
 
 STATIC_DIR = ROOT / 'book' / '_static'
-# one colour per mixer family, used by every figure of the book
-COLORS = {'halonet': '#1f77b4', 'pvt': '#ff7f0e', 'swin': '#2ca02c', 'dwconv': '#d62728', 'internimage': '#9467bd',
-          'identity': '#7f7f7f', 'pooling': '#8c564b'}
+FALLBACK_COLOR = '#7f7f7f'
+
+
+def family_color(family: str) -> str:
+    """The colour of a model family in every figure: its mixer's ``color`` trait."""
+    from .models import FAMILIES
+    fam = FAMILIES.get(family)
+    return (mixer_trait(fam.mixer, 'color') if fam else None) or FALLBACK_COLOR
+
+
+def color_of(model: str) -> str:
+    return family_color(family_of(model))
+
+
+def stm_name(family: str) -> str:
+    """The paper's name of a family's mixer (Tables II, VI): its ``display_name`` trait."""
+    from .models import FAMILIES
+    return mixer_trait(FAMILIES[family].mixer, 'display_name') if family in FAMILIES else family
 
 
 def install_book_assets() -> Path:
@@ -32,20 +48,20 @@ def install_book_assets() -> Path:
     return dst
 
 
-class _BookRenderer(pio.base_renderers.HtmlRenderer):
-    """plotly's HTML renderer, without the MathJax ``<script>`` from a CDN that it adds to every figure (the book
-    is read offline and its figures have no LaTeX)."""
+class _BookRenderer(pio.base_renderers.MimetypeRenderer):
+    """Figures as HTML fragments for the book: no plotly.js of their own (the page loads one local copy, see
+    ``stm_lab.book_sphinx``) and no MathJax (plotly's default fetches it from a CDN for every figure)."""
 
     def to_mimebundle(self, fig_dict):
-        return {'text/html': pio.to_html(fig_dict, include_plotlyjs=False, include_mathjax=False, full_html=False,
-                                         auto_play=self.auto_play, default_width='100%', default_height=525,
-                                         validate=False)}
+        html = pio.to_html(fig_dict, include_plotlyjs=False, include_mathjax=False, full_html=False,
+                           default_width='100%', default_height=480, config=dict(responsive=True),
+                           auto_play=False)  # figures with frames wait for their slider
+        return {'text/html': html}
 
 
 def use_book_renderer() -> None:
     """Render figures as HTML fragments that use the page's plotly.js (see the book's _config.yml)."""
-    pio.renderers['stm_book'] = _BookRenderer(connected=False, full_html=False, global_init=False,
-                                              include_plotlyjs=False)
+    pio.renderers['stm_book'] = _BookRenderer()
     pio.renderers.default = 'stm_book'
 
 
@@ -58,22 +74,26 @@ def scale_of(model_name: str) -> str:
 
 
 def pct(ours: float, paper: float) -> str:
-    return f'{100 * (ours / paper - 1):+.1f}%' if paper else '-'
+    """Relative difference as a signed percentage ('-' without a paper value; never '-0.0%')."""
+    if not paper:
+        return '-'
+    value = round(100 * (ours / paper - 1), 1) or 0.0
+    return f'{value:+.1f}%'
 
 
 def table3_markdown(records: Iterable[dict]) -> str:
     """Table III, paper beside reproduction, as a markdown table. Parameters are compared without position
-    tables and U-HaloNet's MACs also without attention matmuls, as the Table III page explains."""
-    rows = ['| Scale | Model | Params paper | ours | excl. pos. | diff '
-            '| GFLOPs paper | GMACs ours | diff | excl. attn. | diff |',
-            '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
+    tables (all parameters in brackets) and MACs in total (without attention matmuls in brackets, which is what
+    the paper's U-HaloNet numbers count), as the Table III page explains."""
+    rows = ['| model | params paper (M) | ours excl. pos. (all) | diff | GFLOPs paper | GMACs ours (excl. attn.) '
+            '| diff (excl. attn.) |', '|---|---:|---:|---:|---:|---:|---:|']
     for r in records:
         pp, pf = r['paper_params_m'], r['paper_gflops']
         rows.append(
-            f'| {scale_of(r["model"])} | {DISPLAY.get(family_of(r["model"]), r["model"])} | {pp} '
-            f'| {r["params_m"]:.2f} | {r["params_no_pos_m"]:.2f} | {pct(r["params_no_pos_m"], pp)} '
-            f'| {pf} | {r["gmacs"]:.2f} | {pct(r["gmacs"], pf)} '
-            f'| {r["gmacs_no_attention"]:.2f} | {pct(r["gmacs_no_attention"], pf)} |')
+            f'| {DISPLAY.get(family_of(r["model"]), r["model"]).replace(" Transformer", "")} {scale_of(r["model"])} '
+            f'| {pp} | {r["params_no_pos_m"]:.2f} ({r["params_m"]:.2f}) | {pct(r["params_no_pos_m"], pp)} '
+            f'| {pf} | {r["gmacs"]:.2f} ({r["gmacs_no_attention"]:.2f}) '
+            f'| {pct(r["gmacs"], pf)} ({pct(r["gmacs_no_attention"], pf)}) |')
     return '\n'.join(rows)
 
 
@@ -85,17 +105,17 @@ def complexity_scatter(records: Iterable[dict]) -> go.Figure:
         rs = [r for r in records if family_of(r['model']) == fam]
         name = DISPLAY.get(fam, fam)
         fig.add_scatter(x=[r['params_m'] for r in rs], y=[r['gmacs'] for r in rs], mode='markers+lines',
-                        name=f'{name} (ours)', marker=dict(color=COLORS.get(fam), size=9),
-                        line=dict(color=COLORS.get(fam), width=1),
+                        name=f'{name} (ours)', marker=dict(color=family_color(fam), size=9),
+                        line=dict(color=family_color(fam), width=1),
                         text=[scale_of(r['model']) for r in rs],
                         hovertemplate='%{text}: %{x:.2f}M params, %{y:.2f} GMACs<extra>' + name + '</extra>')
         fig.add_scatter(x=[r['paper_params_m'] for r in rs], y=[r['paper_gflops'] for r in rs], mode='markers',
-                        name=f'{name} (paper)', marker=dict(color=COLORS.get(fam), size=11, symbol='circle-open'),
+                        name=f'{name} (paper)', marker=dict(color=family_color(fam), size=11, symbol='circle-open'),
                         text=[scale_of(r['model']) for r in rs],
                         hovertemplate='paper, %{text}: %{x}M params, %{y} GFLOPs<extra>' + name + '</extra>')
     fig.update_layout(xaxis=dict(title='parameters (M)', type='log'), yaxis=dict(title='GMACs at 224x224', type='log'),
-                      height=480, margin=dict(l=60, r=20, t=30, b=50), legend=dict(font=dict(size=11)),
-                      template='plotly_white')
+                      height=520, margin=dict(l=60, r=20, t=30, b=50),
+                      legend=dict(font=dict(size=11), orientation='h', y=-0.15), template='plotly_white')
     return fig
 
 
@@ -110,9 +130,9 @@ def _models_in_order(records: Iterable[dict]) -> list:
 
 
 def erf_browser(records: Iterable[dict], t: float = 0.5) -> go.Figure:
-    """ERF score maps, one precomputed frame per (model, stage): a slider over all of them and a dropdown that
-    jumps to a model's first stage. The dashed square is ERF@t (the smallest centred square holding a fraction t
-    of the score's mass). ``records``: ``results/<profile>/erf.json`` records (with ``score_map``)."""
+    """ERF score maps, one precomputed frame per (model, stage) on one slider. The dashed square is ERF@t (the
+    smallest centred square holding a fraction t of the score's mass). Maps are stored to 3 decimals (the colour scale
+    cannot show more), which keeps the page small. ``records``: ``results/<profile>/erf.json`` records."""
     records = list(records)
     if not records:
         raise ValueError('erf_browser got no records')
@@ -129,11 +149,12 @@ def erf_browser(records: Iterable[dict], t: float = 0.5) -> go.Figure:
 
     def title(r):
         a = next(a for a in r['erf_at'] if a['t'] == t)
-        return (f'{name(r)}: ERF@{round(100 * t)} side ratio {a["side_ratio"]:.2f}, area ratio {a["area_ratio"]:.3f}'
-                f'{"" if r["trained"] else " (untrained)"}')
+        return (f'{name(r)}{"" if r["trained"] else " (untrained)"}<br><sup>ERF@{round(100 * t)}: side '
+                f'{a["side_ratio"]:.2f}, area {a["area_ratio"]:.3f} of the input</sup>')
 
     def heat(r):
-        return go.Heatmap(z=r['score_map'], zmin=0, zmax=1, colorscale='Viridis', colorbar=dict(title='score'),
+        z = [[round(v, 3) for v in row] for row in r['score_map']]
+        return go.Heatmap(z=z, zmin=0, zmax=1, colorscale='Viridis', colorbar=dict(title='score', thickness=12),
                           hovertemplate='x %{x}, y %{y}: %{z:.3f}<extra></extra>')
 
     frames = [go.Frame(data=[heat(r)], name=name(r), layout=dict(shapes=square(r), title=dict(text=title(r))))
@@ -141,18 +162,17 @@ def erf_browser(records: Iterable[dict], t: float = 0.5) -> go.Figure:
     first = records[0]
     fig = go.Figure(data=[heat(first)], frames=frames)
     anim = dict(mode='immediate', frame=dict(duration=0, redraw=True), transition=dict(duration=0))
-    steps = [dict(method='animate', label=f'{family_of(r["model"])} s{r["stage"]}', args=[[name(r)], anim])
+    short = {m: _display(m).split()[0].replace('U-', '') for m in _models_in_order(records)}
+    steps = [dict(method='animate', label=f'{short[r["model"]]} {r["stage"]}', args=[[name(r)], anim])
              for r in records]
-    buttons = [dict(method='animate', label=_display(m), args=[[name(next(r for r in records if r['model'] == m))], anim])
-               for m in _models_in_order(records)]
     size = len(first['score_map'])
     fig.update_layout(
-        title=dict(text=title(first)), shapes=square(first), template='plotly_white', height=560, width=620,
-        margin=dict(l=40, r=20, t=100, b=90),
+        title=dict(text=title(first), x=0, xanchor='left', font=dict(size=14)), shapes=square(first),
+        template='plotly_white', height=560, margin=dict(l=40, r=10, t=70, b=100),
         xaxis=dict(range=[-0.5, size - 0.5], constrain='domain', showgrid=False, title='x (input pixel)'),
-        yaxis=dict(range=[size - 0.5, -0.5], scaleanchor='x', showgrid=False, title='y'),
-        sliders=[dict(active=0, steps=steps, currentvalue=dict(prefix='map: '), pad=dict(t=40), font=dict(size=9))],
-        updatemenus=[dict(type='dropdown', buttons=buttons, x=0, xanchor='left', y=1.16, yanchor='top')])
+        yaxis=dict(range=[size - 0.5, -0.5], scaleanchor='x', constrain='domain', showgrid=False, title='y'),
+        sliders=[dict(active=0, steps=steps, currentvalue=dict(prefix='model and stage: ', font=dict(size=12)),
+                      pad=dict(t=50), font=dict(size=9))])
     return fig
 
 
@@ -165,11 +185,12 @@ def erf_bars(rows: Iterable[dict], t: float = 0.5) -> go.Figure:
         rs = sorted((r for r in rows if r['model'] == m), key=lambda r: r['stage'])
         theo = ['-' if r['theoretical_side_ratio'] is None else f'{r["theoretical_side_ratio"]:.2f}' for r in rs]
         fig.add_bar(x=[f'stage {r["stage"]}' for r in rs], y=[r['side_ratio'] for r in rs], name=_display(m),
-                    marker_color=COLORS.get(family_of(m)), customdata=theo,
+                    marker_color=color_of(m), customdata=theo,
                     hovertemplate='%{x}: ERF@' + str(round(100 * t)) + ' %{y:.3f} (theoretical RF %{customdata})'
                                   '<extra>' + _display(m) + '</extra>')
-    fig.update_layout(barmode='group', template='plotly_white', height=400, margin=dict(l=60, r=20, t=30, b=40),
-                      yaxis=dict(title=f'ERF@{round(100 * t)} (side / input side)', range=[0, 1.05]))
+    fig.update_layout(barmode='group', template='plotly_white', height=420, margin=dict(l=60, r=20, t=30, b=40),
+                      yaxis=dict(title=f'ERF@{round(100 * t)} (side / input side)', range=[0, 1.05]),
+                      legend=dict(orientation='h', y=-0.12))
     return fig
 
 
@@ -201,7 +222,7 @@ def invariance_curves(records: Iterable[dict]) -> go.Figure:
             for i, key in enumerate(('consistency', 'top1'), 1):
                 fig.add_scatter(x=[r['magnitude'] for r in rs], y=[r[key] for r in rs], mode='lines+markers',
                                 name=_display(m), legendgroup=m, showlegend=(i == 1 and j == 1),
-                                line=dict(color=COLORS.get(family_of(m))), marker=dict(size=5),
+                                line=dict(color=color_of(m)), marker=dict(size=5),
                                 hovertemplate=f'{tr} %{{x}}: {key} %{{y:.3f}}<extra>{_display(m)}</extra>',
                                 row=i, col=j)
             fig.update_xaxes(title_text=INVARIANCE_AXES[tr], row=2, col=j)
@@ -219,57 +240,64 @@ def fgsm_curves(records: Iterable[dict]) -> go.Figure:
     for m in _models_in_order(records):
         rs = sorted((r for r in records if r['model'] == m), key=lambda r: r['epsilon'])
         fig.add_scatter(x=[r['epsilon_255'] for r in rs], y=[r['top1'] for r in rs], mode='lines+markers',
-                        name=_display(m), line=dict(color=COLORS.get(family_of(m))),
+                        name=_display(m), line=dict(color=color_of(m)),
                         hovertemplate='epsilon %{x}/255: top-1 %{y:.3f}<extra>' + _display(m) + '</extra>')
-    fig.update_layout(template='plotly_white', height=420, margin=dict(l=60, r=20, t=30, b=50),
-                      xaxis=dict(title='epsilon (x 1/255)'), yaxis=dict(title='top-1 on FGSM images', rangemode='tozero'))
+    fig.update_layout(template='plotly_white', height=440, margin=dict(l=60, r=20, t=30, b=50),
+                      xaxis=dict(title='epsilon (x 1/255)'), yaxis=dict(title='top-1 on FGSM images', rangemode='tozero'),
+                      legend=dict(orientation='h', y=-0.2))
     return fig
 
 
+def _short_class(name: str, width: int = 9) -> str:
+    return name if len(name) <= width else name.split()[-1][:width]
+
+
 def demo_rotation_figure(records: Iterable[dict], views: dict, photos: list) -> go.Figure:
-    """"Rotate a photo": a slider over angles; each frame shows the rotated views the models saw (top row; PNG
-    data URIs ``views[angle][i]`` for ``photos[i]``) and, below, each model's top-1 class and probability per
-    photo (cell colour: the probability given to the true class). ``records``: ``demo_rotation.json``."""
+    """"Rotate a photo": a slider over angles; each frame shows, one row per photo, the rotated view the models saw
+    (left; PNG data URIs ``views[angle][i]`` for ``photos[i]``) and each model's top-1 class and probability (right;
+    cell colour: the probability given to the true class, full names on hover). One column per model keeps it
+    readable on a phone. ``records``: ``demo_rotation.json``."""
     from plotly.subplots import make_subplots
     records = list(records)
     angles = sorted({r['angle'] for r in records})
     models = _models_in_order(records)
     files = [p['file'] for p in photos]
     n = len(files)
-    fig = make_subplots(rows=2, cols=n, specs=[[{'type': 'xy'}] * n, [{'type': 'xy', 'colspan': n}] + [None] * (n - 1)],
-                        row_heights=[0.3, 0.7], vertical_spacing=0.04, horizontal_spacing=0.01,
-                        column_titles=[p['class'] for p in photos])
+    specs = [[{'type': 'xy'}, {'type': 'xy', 'rowspan': n} if i == 0 else None] for i in range(n)]
+    fig = make_subplots(rows=n, cols=2, specs=specs, column_widths=[0.2, 0.8], horizontal_spacing=0.02,
+                        vertical_spacing=0.006)
     index = {(r['model'], r['photo'], r['angle']): r for r in records}
+    names = [_display(m).replace('U-', '').replace(' Transformer', '') for m in models]
 
     def traces(a):
         out = [go.Image(source=views[a][i], hoverinfo='skip') for i in range(n)]
-        cells = [[index.get((m, f, a)) for f in files] for m in models]
+        cells = [[index.get((m, f, a)) for m in models] for f in files]
         z = [[c['true_prob'] if c else None for c in row] for row in cells]
-        text = [[f'{c["pred_class"]}<br>{c["prob"]:.2f}{" ✓" if c["correct"] else ""}' if c else '' for c in row]
-                for row in cells]
-        out.append(go.Heatmap(z=z, x=[p['class'] for p in photos], y=[_display(m) for m in models], text=text,
-                              texttemplate='%{text}', textfont=dict(size=9), zmin=0, zmax=1, colorscale='RdYlGn',
-                              colorbar=dict(title='p(true)', len=0.6, y=0.3), xgap=2, ygap=2,
-                              hovertemplate='%{y} on %{x}: %{text}<br>p(true class) %{z:.2f}<extra></extra>'))
+        text = [[f'{_short_class(c["pred_class"])}<br>{c["prob"]:.2f}{" ✓" if c["correct"] else ""}' if c else ''
+                 for c in row] for row in cells]
+        full = [[f'{c["pred_class"]} {c["prob"]:.2f}' if c else '' for c in row] for row in cells]
+        out.append(go.Heatmap(z=z, x=names, y=[p['class'] for p in photos], text=text, customdata=full,
+                              texttemplate='%{text}', textfont=dict(size=10), zmin=0, zmax=1, colorscale='RdYlGn',
+                              showscale=False, xgap=2, ygap=2,
+                              hovertemplate='%{x} on the %{y} photo: %{customdata}<br>p(true class) %{z:.2f}'
+                                            '<extra></extra>'))
         return out
 
     for i, tr in enumerate(traces(angles[0])):
-        if i < n:
-            fig.add_trace(tr, row=1, col=i + 1)
-        else:
-            fig.add_trace(tr, row=2, col=1)
+        fig.add_trace(tr, row=i + 1 if i < n else 1, col=1 if i < n else 2)
     fig.frames = [go.Frame(data=traces(a), name=str(a), traces=list(range(n + 1))) for a in angles]
     anim = dict(mode='immediate', frame=dict(duration=0, redraw=True), transition=dict(duration=0))
     fig.update_layout(
-        template='plotly_white', height=520, margin=dict(l=130, r=20, t=40, b=60),
-        sliders=[dict(active=0, currentvalue=dict(prefix='rotation: ', suffix=' degrees'), pad=dict(t=30),
+        template='plotly_white', height=120 + 62 * n, margin=dict(l=10, r=10, t=50, b=10),
+        sliders=[dict(active=0, currentvalue=dict(prefix='rotation: ', suffix=' degrees', font=dict(size=12)),
+                      pad=dict(t=10, b=0), x=0, len=1, y=0, yanchor='top',
                       steps=[dict(method='animate', label=str(a), args=[[str(a)], anim]) for a in angles])])
+    fig.update_layout(margin=dict(b=90))
     for i in range(1, n + 1):
-        fig.update_xaxes(visible=False, row=1, col=i)
-        fig.update_yaxes(visible=False, row=1, col=i)
-    fig.update_yaxes(autorange='reversed', row=2, col=1)
-    fig.update_xaxes(tickangle=-30, row=2, col=1)
-    fig.update_annotations(font_size=10)
+        fig.update_xaxes(visible=False, row=i, col=1)
+        fig.update_yaxes(visible=False, row=i, col=1)
+    fig.update_yaxes(autorange='reversed', showticklabels=False, row=1, col=2)  # the photo names its row
+    fig.update_xaxes(side='top', tickfont=dict(size=11), row=1, col=2)
     return fig
 
 
@@ -290,11 +318,9 @@ def accuracy_markdown(rows: Iterable[dict]) -> str:
 def training_curves(docs: dict, title_suffix: str = '') -> go.Figure:
     """Validation top-1 (weights: solid, EMA: dotted) and training loss per epoch, one colour per model.
     ``docs``: model -> ``results/<profile>/train_<model>.json`` document."""
-    from plotly.subplots import make_subplots
-    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,
-                        subplot_titles=[f'validation top-1{title_suffix}', f'training loss{title_suffix}'])
+    fig = _two_panels([f'validation top-1{title_suffix}', f'training loss{title_suffix}'])
     for m, doc in docs.items():
-        recs, color, name = doc['records'], COLORS.get(family_of(m)), _display(m)
+        recs, color, name = doc['records'], color_of(m), _display(m)
         evals = [r for r in recs if r.get('top1') is not None]
         fig.add_scatter(x=[r['epoch'] for r in evals], y=[r['top1'] for r in evals], mode='lines+markers',
                         name=name, legendgroup=m, line=dict(color=color),
@@ -323,15 +349,21 @@ def loss_label(docs) -> str:
 def _add_loss(fig: go.Figure, recs: list, name: str, group: str, color: str, dash: str = 'solid') -> None:
     fig.add_scatter(x=[r['epoch'] for r in recs], y=[r['train_loss'] for r in recs], mode='lines', name=name,
                     legendgroup=group, showlegend=False, line=dict(color=color, dash=dash),
-                    hovertemplate='epoch %{x}: loss %{y:.3f}<extra>' + name + '</extra>', row=1, col=2)
+                    hovertemplate='epoch %{x}: loss %{y:.3f}<extra>' + name + '</extra>', row=2, col=1)
+
+
+def _two_panels(titles) -> go.Figure:
+    """Two panels stacked (side by side they overlap on a phone), sharing the x axis (epochs)."""
+    from plotly.subplots import make_subplots
+    return make_subplots(rows=2, cols=1, vertical_spacing=0.12, shared_xaxes=True, subplot_titles=titles)
 
 
 def _finish_curves(fig: go.Figure, top1_title: str, loss_title: str) -> go.Figure:
-    fig.update_xaxes(title_text='epoch')
+    fig.update_xaxes(title_text='epoch', row=2, col=1)
     fig.update_yaxes(title_text=top1_title, row=1, col=1)
-    fig.update_yaxes(title_text=loss_title, row=1, col=2)
-    fig.update_layout(template='plotly_white', height=420, margin=dict(l=60, r=20, t=40, b=50),
-                      legend=dict(orientation='h', y=-0.2))
+    fig.update_yaxes(title_text=loss_title, row=2, col=1)
+    fig.update_layout(template='plotly_white', height=640, margin=dict(l=60, r=20, t=40, b=50),
+                      legend=dict(orientation='h', y=-0.12))
     return fig
 
 
@@ -342,7 +374,7 @@ def _speed_name(model: str) -> str:
 
 
 def _speed_color(model: str) -> str:
-    return '#bcbd22' if model.startswith('timm_') else COLORS.get(family_of(model), '#7f7f7f')
+    return '#bcbd22' if model.startswith('timm_') else color_of(model)
 
 
 def speed_bars(records: Iterable[dict]) -> go.Figure:
@@ -394,9 +426,10 @@ def profile_bars(records: Iterable[dict]) -> go.Figure:
         fig.add_bar(y=ys, x=xs, name=comp, orientation='h', marker_color=color, customdata=list(zip(fwd, bwd)),
                     hovertemplate=comp + ': %{x:.1f} ms (forward %{customdata[0]:.1f}, backward %{customdata[1]:.1f})'
                                          '<extra>%{y}</extra>')
-    fig.update_layout(barmode='stack', template='plotly_white', height=120 + 60 * len(records),
-                      margin=dict(l=170, r=20, t=30, b=40), xaxis=dict(title='ms per training step'),
-                      legend=dict(orientation='h', y=-0.35), yaxis=dict(autorange='reversed'))
+    fig.update_layout(barmode='stack', template='plotly_white', height=200 + 60 * len(records),
+                      margin=dict(l=10, r=20, t=10, b=40), xaxis=dict(title='ms per training step'),
+                      legend=dict(orientation='h', y=1.02, yanchor='bottom', x=0, traceorder='normal'),
+                      yaxis=dict(autorange='reversed', automargin=True))
     return fig
 
 
@@ -465,11 +498,10 @@ def comparison_curves(main: dict, other: dict, folder: str) -> go.Figure:
     """Validation top-1 (best of weights and EMA at each evaluation) and training loss of runs kept apart in
     ``folder`` (dashed) beside the main run of the same model (solid), one colour per model;
     ``main``, ``other``: model -> ``train_<model>.json`` document."""
-    from plotly.subplots import make_subplots
-    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1, subplot_titles=['validation top-1', 'training loss'])
+    fig = _two_panels(['validation top-1', 'training loss'])
     for runs, which, dash in ((main, 'main run', 'solid'), (other, folder, 'dash')):
         for m, doc in runs.items():
-            recs, color, label = doc['records'], COLORS.get(family_of(m)), f'{_display(m)}, {which}'
+            recs, color, label = doc['records'], color_of(m), f'{_display(m)}, {which}'
             evals = [r for r in recs if r.get('top1') is not None]
             fig.add_scatter(x=[r['epoch'] for r in evals], y=[max(r['top1'], r.get('ema_top1') or 0) for r in evals],
                             mode='lines+markers', name=label, legendgroup=label, line=dict(color=color, dash=dash),
@@ -493,35 +525,34 @@ def _signed(x, digits: int = 2) -> str:
 
 
 def ablation_markdown(rows: Iterable[dict], table: str) -> str:
-    """One paper table (``'II'``, ``'VI'``, ``'VII'``): paper and ours side by side, each as top-1 and difference to
-    its own A, with the noise of our difference (rows of :func:`stm_lab.ablations.ablation_rows`)."""
-    out = ['| STM | variant | paper | paper - A | ours | ours - A | noise (1 sd) | beyond noise? |',
-           '|---|---|---:|---:|---:|---:|---:|---|']
+    """One paper table (``'II'``, ``'VI'``, ``'VII'``): the paper's top-1 and ours, each with its difference to its own
+    A, ours with two standard deviations of noise (rows of :func:`stm_lab.ablations.ablation_rows`)."""
+    out = ['| STM | variant | paper (- A) | ours (- A, ± 2 sd) | beyond noise? |', '|---|---|---:|---:|---|']
     for r in rows:
         if r['table'] != table:
             continue
-        ours = f'{r["ours"]:.2f}' if r['ours'] is not None else 'not yet run'
+        ours = (f'{r["ours"]:.2f} ({_signed(r["diff"])} ± {2 * r["noise"]:.2f})' if r['ours'] is not None
+                else 'not yet run')
         beyond = '-' if r['beyond_noise'] is None else ('yes' if r['beyond_noise'] else 'no')
-        out.append(f'| {DISPLAY_STM[r["family"]]} | {VARIANT_NAMES[r["variant"]]} | {r["paper"]} '
-                   f'| {_signed(r["paper_diff"], 1)} | {ours} | {_signed(r["diff"])} '
-                   f'| {"-" if r["noise"] is None else format(r["noise"], ".2f")} | {beyond} |')
+        out.append(f'| {stm_name(r["family"])} | {VARIANT_NAMES[r["variant"]]} '
+                   f'| {r["paper"]} ({_signed(r["paper_diff"], 1)}) | {ours} | {beyond} |')
     return '\n'.join(out)
 
 
 def claims_markdown(claims: Iterable[dict]) -> str:
-    """The paper's claims with the paper's evidence, ours, its noise and the verdict (points of top-1)."""
-    out = ['| claim | paper | ours | noise (1 sd) | verdict |', '|---|---:|---:|---:|---|']
+    """The paper's claims with the paper's evidence, ours with two noise standard deviations, and the verdict."""
+    out = ['| claim | paper | ours (± 2 sd) | verdict |', '|---|---:|---:|---|']
     for c in claims:
-        out.append(f'| {c["claim"]} | {_signed(c["paper"])} | {_signed(c["ours"])} '
-                   f'| {"-" if c["noise"] is None else format(c["noise"], ".2f")} | {c["verdict"]} |')
+        ours = '-' if c['ours'] is None else f'{_signed(c["ours"])} ± {2 * c["noise"]:.2f}'
+        out.append(f'| {c["claim"]} | {_signed(c["paper"])} | {ours} | {c["verdict"]} |')
     return '\n'.join(out)
 
 
 def ablation_bars(rows: Iterable[dict]) -> go.Figure:
     """Difference to A per variant: the paper's (open markers) and ours with +-2 noise (bars), one row per table."""
     rows = [r for r in rows]
-    labels = [f'{DISPLAY_STM[r["family"]]} {r["variant"]}' for r in rows]
-    colors = [COLORS.get(r['family']) for r in rows]
+    labels = [f'{stm_name(r["family"])} {r["variant"]}' for r in rows]
+    colors = [family_color(r['family']) for r in rows]
     fig = go.Figure()
     fig.add_bar(x=labels, y=[r['diff'] for r in rows], marker_color=colors, name='ours (micro, Imagenette 64 px)',
                 error_y=dict(type='data', array=[2 * r['noise'] if r['noise'] else 0 for r in rows], visible=True),
@@ -540,7 +571,7 @@ def original_vs_unified(ours: Dict[str, float], ours_label: str) -> go.Figure:
     (Table III, tiny) and our micro models (``ours``: family -> top-1, on another task; ``ours_label`` says which)."""
     from .paper import ORIGINAL_TINY, TABLE3
     fams = list(ORIGINAL_TINY)
-    names = [DISPLAY_STM[f] for f in fams]
+    names = [stm_name(f) for f in fams]
     fig = go.Figure()
     fig.add_scatter(x=names, y=[ORIGINAL_TINY[f][1] for f in fams], mode='markers+lines', name='original (own paper)',
                     text=[ORIGINAL_TINY[f][0] for f in fams], line=dict(color='#888', dash='dot'),
@@ -549,9 +580,9 @@ def original_vs_unified(ours: Dict[str, float], ours_label: str) -> go.Figure:
     fig.add_scatter(x=names, y=[TABLE3[f'u_{f}_tiny'][2] for f in fams], mode='markers+lines',
                     name='unified, tiny (Table III)', line=dict(color='black'), marker=dict(size=10),
                     hovertemplate='%{x}: %{y:.1f}%<extra>unified (paper)</extra>')
-    fig.add_scatter(x=[DISPLAY_STM[f] for f in fams if f in ours], y=[ours[f] for f in fams if f in ours],
+    fig.add_scatter(x=[stm_name(f) for f in fams if f in ours], y=[ours[f] for f in fams if f in ours],
                     mode='markers+lines', name=ours_label, yaxis='y2',
-                    marker=dict(size=10, color=[COLORS[f] for f in fams if f in ours], symbol='diamond'),
+                    marker=dict(size=10, color=[family_color(f) for f in fams if f in ours], symbol='diamond'),
                     line=dict(color='#bbb'), hovertemplate='%{x}: %{y:.2f}%<extra>ours</extra>')
     fig.update_layout(template='plotly_white', height=420, margin=dict(l=60, r=60, t=20, b=40),
                       yaxis=dict(title='ImageNet-1k top-1 (%)'),
@@ -563,20 +594,18 @@ def original_vs_unified(ours: Dict[str, float], ours_label: str) -> go.Figure:
 def consistency_over_training(docs: dict) -> go.Figure:
     """Fig. 7(c): mean translation and rotation consistency after every epoch, one line per model
     (``docs``: model -> a ``train_<model>.json`` document whose records carry ``consistency_*``)."""
-    from plotly.subplots import make_subplots
-    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.12,
-                        subplot_titles=['translation', 'rotation'])
+    fig = _two_panels(['translation', 'rotation'])
     for m, doc in docs.items():
         recs = [r for r in doc['records'] if 'consistency_shift' in r]
-        for col, key in ((1, 'consistency_shift'), (2, 'consistency_rotation')):
+        for row, key in ((1, 'consistency_shift'), (2, 'consistency_rotation')):
             fig.add_scatter(x=[r['epoch'] for r in recs], y=[100 * r[key] for r in recs], mode='lines+markers',
-                            name=_display(m), legendgroup=m, showlegend=col == 1,
-                            line=dict(color=COLORS.get(family_of(m))),
-                            hovertemplate='epoch %{x}: %{y:.1f}%<extra>' + _display(m) + '</extra>', row=1, col=col)
-    fig.update_xaxes(title_text='epoch')
-    fig.update_yaxes(title_text='mean consistency (%)', row=1, col=1)
-    fig.update_layout(template='plotly_white', height=400, margin=dict(l=60, r=20, t=40, b=50),
-                      legend=dict(orientation='h', y=-0.25))
+                            name=_display(m), legendgroup=m, showlegend=row == 1,
+                            line=dict(color=color_of(m)),
+                            hovertemplate='epoch %{x}: %{y:.1f}%<extra>' + _display(m) + '</extra>', row=row, col=1)
+    fig.update_xaxes(title_text='epoch', row=2, col=1)
+    fig.update_yaxes(title_text='mean consistency (%)')
+    fig.update_layout(template='plotly_white', height=600, margin=dict(l=60, r=20, t=40, b=50),
+                      legend=dict(orientation='h', y=-0.12))
     return fig
 
 
@@ -587,6 +616,17 @@ def recipe_markdown(rows: Iterable[dict], columns: Iterable[str]) -> str:
     for r in rows:
         out.append(f'| {r["setting"]} | ' + ' | '.join(str(r[c]) for c in columns) + ' |')
     return '\n'.join(out)
+
+
+def setting_text(value) -> str:
+    """A configuration value as a reader reads it: None and 0 as 'off', ranges as 'a-b', floats without noise."""
+    if value is None:
+        return 'off'
+    if isinstance(value, (list, tuple)):
+        return '-'.join(setting_text(v) for v in value)
+    if isinstance(value, float):
+        return f'{value:g}'
+    return str(value)
 
 
 # ------------------------------------------------------------------------------------------------ the lab
@@ -611,7 +651,7 @@ def lab_consistency_figure(records: Iterable[dict], crop_pct: float = 0.875) -> 
             rs = sorted((r for r in records if r['model'] == m and r['transform'] == tr), key=lambda r: r['magnitude'])
             fig.add_scatter(x=[r['magnitude'] for r in rs], y=[r['consistency'] for r in rs], mode='lines+markers',
                             name=_display(m), legendgroup=m, showlegend=j == 1, marker=dict(size=4),
-                            line=dict(color=COLORS.get(family_of(m)), width=1.5),
+                            line=dict(color=color_of(m), width=1.5),
                             hovertemplate=f'{tr} %{{x}}: consistency %{{y:.3f}}<extra>{_display(m)}</extra>',
                             row=1, col=j)
     for j, tr in enumerate(transforms, 1):
@@ -728,8 +768,7 @@ def erf_photo_figure(photo_records: Iterable[dict], avg_records: Iterable[dict],
     fig.update_yaxes(visible=False)
     fig.update_annotations(font_size=10)
     fig.update_layout(
-        template='plotly_white', height=130 * len(models) + 150, width=120 * len(cols) + 160,
-        margin=dict(l=10, r=110, t=40, b=80),
+        template='plotly_white', height=130 * len(models) + 150, margin=dict(l=10, r=110, t=40, b=80),
         sliders=[dict(active=0, currentvalue=dict(prefix='photo: '), pad=dict(t=10),
                       steps=[dict(method='animate', label=p['class'], args=[[p['file']], anim]) for p in photos])])
     return fig

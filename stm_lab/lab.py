@@ -29,6 +29,7 @@ import argparse
 import hashlib
 import html
 import json
+import os
 import shutil
 import sys
 import time
@@ -45,7 +46,9 @@ NPM_DIR = ROOT / 'book' / 'lab'  # package.json + package-lock.json (npm ci inst
 ORT_DIST = NPM_DIR / 'node_modules' / 'onnxruntime-web' / 'dist'
 # only what the wasm backend needs (the package's dist/ holds 136 MB of other builds)
 RUNTIME_FILES = ('ort.wasm.min.mjs', 'ort-wasm-simd-threaded.mjs', 'ort-wasm-simd-threaded.wasm')
-LAB_STATIC = ROOT / 'book' / '_static' / 'lab'
+SOURCE_LAB_STATIC = ROOT / 'book' / '_static' / 'lab'
+# where the lab's built files go: the book's _static (a copy of the book being built elsewhere sets the variable)
+LAB_STATIC = Path(os.environ.get('STM_LAB_LAB_DIR', SOURCE_LAB_STATIC))
 CODE_FILES = ('lab.js', 'geometry.js', 'lab.css')
 FGSM_MAX_255 = 8  # the epsilon slider's range, 0 .. 8/255 (the paper's largest epsilon)
 SERVE_HINT = 'python -m http.server -d _build/html'
@@ -107,14 +110,14 @@ def demo_eval_views(img_size: int, crop_pct: float) -> torch.Tensor:
 def build(profile: str = 'cpu', models: Optional[Sequence[str]] = None, weights: str = 'int8',
           out: Optional[Path] = None, log=_print) -> dict:
     """Export the profile's models and write the lab's data (module docstring) into ``out`` (default
-    ``book/_static/lab``; elsewhere, up-to-date models already built there are copied, not exported again);
+    :data:`LAB_STATIC`; up-to-date models already built there or in the source tree are copied, not exported again);
     returns the manifest."""
     from .analysis.adversarial import fgsm_direction
     from .analysis.invariance import CROP_PCTS, default_shifts
     from .analysis.run import PROFILES, demo_images, family, iter_models
     from .data import demo_photos
     from .export import export_onnx, save
-    from .figures import COLORS, _display
+    from .figures import _display, color_of
     if profile not in PROFILES:
         raise ValueError(f'unknown profile {profile!r}; valid: {", ".join(PROFILES)}')
     prof = PROFILES[profile]
@@ -139,8 +142,9 @@ def build(profile: str = 'cpu', models: Optional[Sequence[str]] = None, weights:
         path, meta_path = out_models / f'{m.name}.onnx', out_models / f'{m.name}.json'
         meta = _meta(path)
         t0 = time.perf_counter()
-        cached = LAB_STATIC / 'models' / f'{m.name}.onnx'
-        if meta.get('key') != key and cached != path and _meta(cached).get('key') == key:
+        cached = next((d / 'models' / f'{m.name}.onnx' for d in (LAB_STATIC, SOURCE_LAB_STATIC)
+                       if _meta(d / 'models' / f'{m.name}.onnx').get('key') == key), None)
+        if meta.get('key') != key and cached is not None and cached != path:
             shutil.copyfile(cached, path)
             shutil.copyfile(cached.with_suffix('.json'), meta_path)
             meta = _meta(path)
@@ -154,7 +158,7 @@ def build(profile: str = 'cpu', models: Optional[Sequence[str]] = None, weights:
         direction = fgsm_direction(m.model, views, labels, mean=m.mean, std=m.std)
         fgsm_file = out_data / f'fgsm_{m.name}.bin'
         _write(fgsm_file, direction.to(torch.int8).numpy().tobytes())
-        entries.append(dict(name=m.name, display=_display(m.name), color=COLORS.get(family(m.name), '#444'),
+        entries.append(dict(name=m.name, display=_display(m.name), color=color_of(m.name),
                             file=f'models/{m.name}.onnx?v={key}', bytes=path.stat().st_size,
                             fgsm=f'data/fgsm_{m.name}.bin?v={_digest(fgsm_file)}', weights=weights,
                             trained=m.trained, source=m.source))

@@ -203,7 +203,7 @@ def standalone_site(out: Path, profile: str = 'cpu', models=None, log=print) -> 
     for f in lab.RUNTIME_FILES:
         shutil.copyfile(lab.LAB_STATIC / 'ort' / f, static / 'lab' / 'ort' / f)
     for f in lab.CODE_FILES:
-        shutil.copyfile(lab.LAB_STATIC / f, static / 'lab' / f)
+        shutil.copyfile(lab.SOURCE_LAB_STATIC / f, static / 'lab' / f)
     shutil.copyfile(install_book_assets(), static / 'plotly.min.js')
     manifest = lab.build(profile, models, out=static / 'lab', log=log)
     inv, adv = (load_or_compute(w, profile)['records'] for w in ('invariance', 'fgsm'))

@@ -14,7 +14,8 @@ model), Table VII ``u_halonet_{small,micro}_{switch,1px,shift}``, Table II (tiny
 ``u_{swin,dwconv}_{tiny,micro}_patchds`` (non-overlapped stem and downsampling) and ``u_halonet_{tiny,micro}_resblock``
 (HaloNet's own ResNet bottleneck block).
 
-Sizes that depend on the input (:func:`adapt_to_img_size`), chosen so that 224 gives the paper's values:
+Sizes that depend on the input (:func:`adapt_to_img_size`, each mixer's ``size_options`` rule), chosen so that 224
+gives the paper's values:
 - window (Swin) and query block (HaloNet): 7 if 7 divides the stage-1 map side (``ceil(img_size / 4)``), else
   the largest divisor of that side in [4, 7], else 7 (maps are then padded); 224 -> 7, 64 -> 4, 96 -> 6.
   Halo band = block // 2 (224 -> 3, 64 -> 2). A map side no larger than the window (block) is one window (block)
@@ -35,6 +36,8 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, register_model
 
 from .backbone import UnifiedNet
+from .mixers import size_options, stage_sides
+from .mixers.swin import window_for_side
 
 SCALES = ('micro', 'tiny', 'small', 'base')
 
@@ -129,32 +132,14 @@ ABLATION_SCALES = {'table6': ('small', 'micro', 'test'), 'table7': ('small', 'mi
 
 
 def window_for(img_size: int) -> int:
-    side = math.ceil(img_size / 4)
-    if side % 7 == 0:
-        return 7
-    return next((w for w in (6, 5, 4) if side % w == 0), 7)
+    """Swin's window (and HaloNet's block) at an input size: the mixers' rule on the first stage's map."""
+    return window_for_side(stage_sides(img_size, 1)[0])
 
 
-def sr_ratios_for(img_size: int, paper=(8, 4, 2, 1)) -> Tuple[int, ...]:
-    out = []
-    for i, r in enumerate(paper):
-        side = math.ceil(img_size / 2 ** (i + 2))
-        while r > 1 and side // r < 7:
-            r //= 2
-        out.append(r)
-    return tuple(out)
-
-
-def adapt_to_img_size(mixer: str, img_size: int) -> Tuple[dict, Tuple[dict, ...]]:
-    """Input-size-dependent mixer options: (options for all stages, per-stage options)."""
-    if mixer == 'sw_attn':
-        return dict(window=window_for(img_size)), ({},) * 4
-    if mixer == 'halo_attn':
-        b = window_for(img_size)
-        return dict(block=b, halo=b // 2), ({},) * 4
-    if mixer == 'sr_attn':
-        return {}, tuple(dict(sr_ratio=r) for r in sr_ratios_for(img_size))
-    return {}, ({},) * 4
+def adapt_to_img_size(mixer: str, img_size: int, num_stages: int = 4) -> Tuple[dict, Tuple[dict, ...]]:
+    """Input-size-dependent mixer options: (options for all stages, per-stage options), by the mixer's own
+    ``size_options`` rule (``stm_lab.mixers.base``)."""
+    return size_options(mixer, img_size, num_stages)
 
 
 def model_config(family: str, scale: str, img_size: int = 224, **overrides) -> dict:
@@ -166,7 +151,7 @@ def model_config(family: str, scale: str, img_size: int = 224, **overrides) -> d
     if scale not in layouts:
         raise KeyError(f'family {family!r} has no scale {scale!r}; valid: {", ".join(layouts)}')
     lay = layouts[scale]
-    options, stage_options = adapt_to_img_size(fam.mixer, img_size)
+    options, stage_options = adapt_to_img_size(fam.mixer, img_size, len(lay.depths))
     cfg = dict(mixer=fam.mixer, depths=lay.depths, dims=lay.dims, heads=lay.heads, mlp_ratios=lay.mlp_ratios,
                drop_path_rate=lay.drop_path_rate, norm_eps=fam.norm_eps, img_size=img_size,
                mixer_options={**options, **fam.options}, stage_mixer_options=stage_options,

@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import os
 import platform
+import secrets
+import stat
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -61,20 +62,86 @@ def provenance(profile: str, seed: Optional[int] = None, **extra: Any) -> dict:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename: a reader never sees half a file."""
+    """Write to a temporary file in the same folder, fsync, then rename: a reader never sees half a file.
+    A rewrite keeps the file's permissions (a new file, or one left at 0600 by earlier versions, gets the
+    umask's, as ``open`` would give it), and
+    temporaries of this file left by killed writers are removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    remove_stale_temporaries(path)
+    # the writer's pid in the name tells a killed writer's leftover from a write in progress
+    tmp = path.parent / f'.{path.name}.{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}'
     try:
-        with os.fdopen(fd, 'wb') as f:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), 'wb') as f:
+            mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else MKSTEMP_MODE
+            if mode != MKSTEMP_MODE:  # 0600 is what every file got from the earlier mkstemp writes: widen it
+                os.fchmod(f.fileno(), mode)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp.exists():
+            tmp.unlink()
         raise
+    _fsync_dir(path.parent)  # the rename itself survives a power cut
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems do not sync folders
+        pass
+    finally:
+        os.close(fd)
+
+
+TMP_SUFFIX = '.tmp'
+MKSTEMP_MODE = 0o600
+LEGACY_TMP_AGE_S = 3600  # a temporary without a pid (older writers) is abandoned once this old: writes take seconds
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: Path, every: bool = False) -> int:
+    """Remove the temporaries of ``path`` (``.<name>.*.tmp``) that no live writer owns: those whose writer pid is
+    gone, and pid-less ones (written before pids were recorded) older than an hour; ``every``: all of them (for a
+    folder this process holds locked). Returns the bytes freed."""
+    path = Path(path)
+    prefix, freed = f'.{path.name}.', 0
+    try:
+        names = [n for n in os.listdir(path.parent) if n.startswith(prefix) and n.endswith(TMP_SUFFIX)]
+    except OSError:
+        return 0
+    now = time.time()
+    for name in names:
+        tmp = path.parent / name
+        middle = name[len(prefix):-len(TMP_SUFFIX)].split('.')
+        try:
+            if not every:
+                if len(middle) == 2 and middle[0].isdigit():
+                    if _pid_alive(int(middle[0])):
+                        continue
+                elif now - tmp.stat().st_mtime < LEGACY_TMP_AGE_S:
+                    continue
+            size = tmp.stat().st_size
+            tmp.unlink()
+            freed += size
+        except FileNotFoundError:  # its writer renamed or removed it meanwhile
+            continue
+    return freed
 
 
 def result_path(profile: str, name: str) -> Path:

@@ -15,20 +15,24 @@ Recipe pieces (timm): ``create_transform`` (RandomResizedCrop, flip, RandAugment
 
 A run lives in ``runs/<profile>/<model>/``: ``last.safetensors`` (weights, EMA, optimizer state; the JSON state is
 embedded in its metadata, so one atomic rename updates everything), ``last.json`` (the same state, readable) and
-``metrics.jsonl``. At the end, the weights (EMA or not, whichever scores higher) go to
+``metrics.jsonl``; ``.train.lock`` while a process trains it (a second one is refused). At the end, the weights
+(EMA or not, whichever scores higher) go to
 ``results/<profile>/<model>.safetensors`` in half precision, with ``results/<profile>/train_<model>.json``.
 """
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import math
 import os
 import random
 import shlex
+import socket
 import sys
 import time
+import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
@@ -47,8 +51,9 @@ from timm.utils import ModelEmaV3
 from . import results
 from .backbone import UnifiedNet
 from .data import BatchFinish, DataConfig, build_mixup, image_transform, load_dataset
+from .mixers import mixer_trait
 from .models import FAMILIES, create_model
-from .results import ROOT, atomic_write_bytes
+from .results import ROOT, atomic_write_bytes, remove_stale_temporaries
 
 FORMAT = 'stm-lab-checkpoint/1'
 RUNS_DIR = Path(os.environ.get('STM_LAB_RUNS', ROOT / 'runs'))
@@ -63,7 +68,6 @@ PAPER_RECIPES = {
     'transformer': dict(batch_size=1024, warmup_lr=1e-6, min_lr=1e-5),  # Halo, PVT, Swin
     'cnn': dict(batch_size=4096, warmup_lr=0.0, min_lr=1e-6),  # DWConv (ConvNeXt), DCNv3 (InternImage)
 }
-CNN_MIXERS = {'dw_conv', 'dcnv3', 'identity', 'pooling'}  # trained with the convolution recipe
 # cpu profile: epochs for every model (same for all five, so they are compared on one recipe); see data/README.md
 CPU_EPOCHS = 22
 
@@ -104,6 +108,21 @@ class TrainConfig:
             raise ValueError(f'unknown recipe {self.recipe!r}; valid: {", ".join(PAPER_RECIPES)}')
         if self.amp not in ('none', 'bf16', 'fp16'):
             raise ValueError(f"amp must be 'none', 'bf16' or 'fp16', got {self.amp!r}")
+        # bad values fail here, in one line, before anything is written (not as a traceback epochs later)
+        check = _checker('')
+        for name in ('epochs', 'batch_size', 'eval_every', 'nproc'):
+            check(name, getattr(self, name), 'an integer of at least 1', lambda v: _is_int(v) and v >= 1)
+        check('seed', self.seed, 'an integer of at least 0', lambda v: _is_int(v) and v >= 0)
+        check('track_consistency', self.track_consistency, 'an integer of at least 0', lambda v: _is_int(v) and v >= 0)
+        for name in ('warmup_epochs', 'lr_per_1024', 'warmup_lr', 'min_lr', 'weight_decay', 'clip_grad'):
+            check(name, getattr(self, name), 'a number of at least 0', lambda v: v >= 0 and math.isfinite(v))
+        check('opt_eps', self.opt_eps, 'a number above 0', lambda v: 0 < v < math.inf)
+        check('betas', self.betas, 'two numbers in [0, 1), e.g. 0.9,0.999',
+              lambda v: len(v) == 2 and all(0 <= b < 1 for b in v))
+        check('ema_decay', self.ema_decay, 'a number in [0, 1) (0 turns the EMA off)', lambda v: 0 <= v < 1)
+        check('drop_path_rate', self.drop_path_rate, "a number in [0, 1), or none for the model's own",
+              lambda v: v is None or 0 <= v < 1)
+        check('layer_scale_init', self.layer_scale_init, 'a finite number', math.isfinite)
 
     @property
     def lr(self) -> float:
@@ -118,13 +137,30 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _checker(prefix: str) -> Callable:
+    """``check(name, value, what, ok)``: raise ``ValueError('<prefix><name> must be <what>, got <value>')`` unless
+    ``ok(value)`` (a value of the wrong type fails too)."""
+    def check(name, value, what, ok):
+        try:
+            good = ok(value)
+        except (TypeError, ValueError):
+            good = False
+        if not good:
+            raise ValueError(f'{prefix}{name} must be {what}, got {value!r}')
+    return check
+
+
 def model_recipe(model: str) -> str:
     """'transformer' or 'cnn': the Table IV column of a model, from its mixer."""
     rest = model[2:] if model.startswith('u_') else model
     family = max((f for f in FAMILIES if rest == f or rest.startswith(f + '_')), key=len, default=None)
     if family is None:
         create_model(model)  # raises with the list of valid names
-    return 'cnn' if FAMILIES[family].mixer in CNN_MIXERS else 'transformer'
+    return mixer_trait(FAMILIES[family].mixer, 'recipe')
 
 
 def scaled_ema_decay(paper_decay: float, paper_steps: int, steps: int) -> float:
@@ -239,33 +275,53 @@ def _tensor_digest(tensors: Dict[str, torch.Tensor]) -> str:
 
 
 def write_checkpoint(path: Path, tensors: Dict[str, torch.Tensor], state: dict) -> Path:
-    """Tensors plus a JSON state in one safetensors file (state in its metadata, with a digest of the tensors),
-    written atomically: a crash leaves the previous file intact."""
+    """Tensors plus a JSON state in one safetensors file, written atomically: a crash leaves the previous file
+    intact. The state (in the metadata) records a digest of the tensors, and a second metadata entry the digest
+    of the state's text, so a change anywhere in the file is caught on reading."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    state = dict(state, format=FORMAT, tensors_sha256=_tensor_digest(tensors))
-    atomic_write_bytes(path, st_save(tensors, metadata={'stm_lab': json.dumps(state)}))
+    text = json.dumps(dict(state, format=FORMAT, tensors_sha256=_tensor_digest(tensors)))
+    atomic_write_bytes(path, st_save(tensors, metadata={'stm_lab': text, STATE_DIGEST: _sha256(text)}))
     return path
 
 
-def read_checkpoint(path) -> Tuple[Dict[str, torch.Tensor], dict]:
-    """Tensors and state of a checkpoint; a damaged or foreign file raises ValueError (and is left untouched)."""
+STATE_DIGEST = 'stm_lab_sha256'  # metadata key of the state's digest (absent in checkpoints written before it)
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def read_checkpoint(path, tensors: bool = True) -> Tuple[Optional[Dict[str, torch.Tensor]], dict]:
+    """Tensors and state of a checkpoint; a damaged or foreign file raises ValueError (and is left untouched).
+    Checkpoints written before the state digest existed are accepted with their tensors checked.
+    ``tensors=False``: the state alone (None for the tensors, which are then neither read nor checked)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f'checkpoint not found: {path}')
     try:
         with safe_open(str(path), framework='pt') as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-        state = json.loads(meta['stm_lab'])
+            data = {k: f.get_tensor(k) for k in f.keys()} if tensors else None
+        text = meta['stm_lab']
+        state = json.loads(text)
+        if not isinstance(state, dict):
+            raise TypeError(f'state is a {type(state).__name__}')
     except Exception as e:  # safetensors raises its own error types for truncated or garbled files
         raise ValueError(f'checkpoint {path} is damaged or is not a stm-lab checkpoint ({type(e).__name__}: {e}); '
                          f'it was left in place') from None
+    # an unknown key is a damaged digest key: without this, flipping its name would pass as an older checkpoint
+    unknown = sorted(set(meta) - {'stm_lab', STATE_DIGEST})
+    if unknown:
+        raise ValueError(f'checkpoint {path} is damaged (unexpected metadata {unknown}); it was left in place')
+    if STATE_DIGEST in meta and meta[STATE_DIGEST] != _sha256(text):
+        raise ValueError(f'checkpoint {path} is corrupted (its state does not match the recorded sha256); '
+                         f'it was left in place')
     if state.get('format') != FORMAT:
         raise ValueError(f'checkpoint {path} has format {state.get("format")!r}, expected {FORMAT!r}; it was left in place')
-    if _tensor_digest(tensors) != state.get('tensors_sha256'):
+    if data is not None and _tensor_digest(data) != state.get('tensors_sha256'):
         raise ValueError(f'checkpoint {path} is corrupted (its tensors do not match the recorded sha256); '
                          f'it was left in place')
-    return tensors, state
+    return data, state
 
 
 def _prefixed(prefix: str, tensors: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -295,17 +351,31 @@ def build_model(cfg: TrainConfig, num_classes: int) -> UnifiedNet:
     return create_model(cfg.model, **kw)
 
 
+def check_setup(cfg: TrainConfig, d: Dist) -> None:
+    """Settings that cannot work on this machine or process group, refused before anything is written."""
+    if cfg.batch_size % (2 * d.world):
+        raise ValueError(f'batch size {cfg.batch_size} must split into even per-process batches over {d.world} '
+                         f'process(es) (mixup pairs images within a batch)')
+    if cfg.amp == 'fp16' and d.device.type != 'cuda':
+        raise ValueError("--amp fp16 needs a GPU (it uses a gradient scaler); on the CPU use --amp bf16")
+
+
+def _positive(name: str, value: int) -> int:
+    if value < 1:
+        raise ValueError(f'{name} must be at least 1, got {value}')
+    return value
+
+
 class Run:
     """Model, EMA, optimizer, schedule, loss and loaders of one training run, on this process's share."""
 
     def __init__(self, cfg: TrainConfig, d: Dist, limit_train: Optional[int] = None, limit_val: Optional[int] = None):
         self.cfg, self.d = cfg, d
-        if cfg.batch_size % (2 * d.world):
-            raise ValueError(f'batch size {cfg.batch_size} must split into even per-process batches over {d.world} '
-                             f'process(es) (mixup pairs images within a batch)')
+        check_setup(cfg, d)
         self.batch = cfg.batch_size // d.world
-        if cfg.amp == 'fp16' and d.device.type != 'cuda':
-            raise ValueError("--amp fp16 needs a GPU (it uses a gradient scaler); on the CPU use --amp bf16")
+        # what else decides the numbers besides the config: a resume must match it (check_resume)
+        self.execution = dict(world_size=d.world, threads=torch.get_num_threads(), workers=cfg.data.num_workers,
+                              device=d.device.type)
         self.train_set = load_dataset(cfg.data, cfg.data.train_split, image_transform(cfg.data, True))
         self.val_set = load_dataset(cfg.data, cfg.data.val_split, image_transform(cfg.data, False))
         self.classes = list(self.val_set.classes)
@@ -416,10 +486,24 @@ class Run:
         """Top-1/top-5 of the weights and of the EMA, in one pass over the validation split."""
         models = {'': self.model, 'ema_': self.ema.module if self.ema is not None else None}
         models = {k: m for k, m in models.items() if m is not None}
+        self.sync_from_main()
         t0 = time.perf_counter()
         out = evaluate_models(models, self.val_loader, self.finish_val, self.d, self.autocast)
         out['eval_time_s'] = round(time.perf_counter() - t0, 2)
         return out
+
+    def sync_from_main(self) -> None:
+        """Give every process rank 0's BatchNorm statistics and EMA, so that the sharded evaluation scores the one
+        model that is checkpointed and exported. DDP keeps only the parameters equal: each process's last step
+        updates the running statistics with its own batch (no SyncBatchNorm on CPUs), and the EMA averages them.
+        Rank 0's training is untouched (DDP broadcasts its buffers before every step anyway)."""
+        if self.d.world == 1:
+            return
+        tensors = list(self.model.buffers())
+        if self.ema is not None:
+            tensors += list(self.ema.module.state_dict().values())
+        for t in tensors:
+            dist.broadcast(t, 0)
 
     # -- checkpoints
     def state(self) -> Tuple[Dict[str, torch.Tensor], dict]:
@@ -435,15 +519,12 @@ class Run:
                      scaler=self.scaler.state_dict() if self.scaler is not None else None,
                      rng=dict(seed=self.cfg.seed, scheme='python/numpy/torch reseeded at each epoch start from '
                                                          '(seed, epoch, rank)', next_epoch=self.epoch),
-                     history=self.history, wall_time_s=round(self.wall_time, 2), commands=self.commands)
+                     history=self.history, wall_time_s=round(self.wall_time, 2), commands=self.commands,
+                     execution=self.execution)
         return tensors, state
 
     def load_state(self, tensors: Dict[str, torch.Tensor], state: dict, path: Path) -> None:
-        theirs = TrainConfig.from_dict(state['config'])
-        diff = config_differences(theirs, self.cfg)
-        if diff:
-            raise ValueError(f'checkpoint {path} belongs to a different run ({"; ".join(diff)}); it was left in '
-                             f'place. Use another --out folder, or --resume none to start over.')
+        """Continue from a checkpoint that :func:`check_resume` accepted."""
         try:
             self.model.load_state_dict(_prefixed('model/', tensors))
             if self.ema is not None:
@@ -458,7 +539,36 @@ class Run:
         self.commands = list(state.get('commands', []))  # absent in checkpoints older than the field
 
 
-RESUME_FREE = {'eval_every', 'nproc', 'data.num_workers', 'data.download', 'data.data_dir'}
+RESUME_FREE = {'eval_every', 'nproc', 'data.num_workers', 'data.download', 'data.data_dir'}  # workers: check_resume
+
+
+def check_resume(state: dict, cfg: TrainConfig, d: Dist, path: Path, threads: Optional[int] = None) -> None:
+    """Refuse a checkpoint whose continuation here would not give the numbers of an uninterrupted run: another
+    configuration, or other execution settings (processes, loader workers, CPU threads on a CPU run: each changes
+    the result). Settings a checkpoint does not record (written before they were) count as this run's. Without
+    an explicit ``threads``, a CPU run continues with the checkpoint's thread count."""
+    diff = config_differences(TrainConfig.from_dict(state['config']), cfg)
+    if diff:
+        raise ValueError(f'checkpoint {path} belongs to a different run ({"; ".join(diff)}); it was left in '
+                         f'place. Use another --out folder, or --resume none to start over.')
+    ex = state.get('execution') or {}
+    problems = []
+    if ex.get('world_size', d.world) != d.world:
+        problems.append(f'{ex["world_size"]} process(es) there, {d.world} here')
+    workers = state['config'].get('data', {}).get('num_workers', cfg.data.num_workers)
+    if workers != cfg.data.num_workers:
+        problems.append(f'--workers {workers} there, {cfg.data.num_workers} here')
+    recorded = ex.get('threads')
+    if recorded and ex.get('device') == 'cpu' == d.device.type:
+        if threads is None and recorded != torch.get_num_threads():
+            torch.set_num_threads(recorded)
+            _log(d, f'[train] {recorded} CPU thread(s), as the checkpoint was trained with')
+        elif threads is not None and threads != recorded:
+            problems.append(f'--threads {recorded} there, {threads} here')
+    if problems:
+        raise ValueError(f'checkpoint {path} was trained with other settings, and continuing with these would '
+                         f'change the result ({"; ".join(problems)}); resume with its settings, or start over with '
+                         f'--resume none or another --out. It was left in place.')
 
 
 def config_differences(a: TrainConfig, b: TrainConfig) -> List[str]:
@@ -531,70 +641,188 @@ def evaluated_after(epoch: int, epochs: int, eval_every: int) -> bool:
 def train(cfg: TrainConfig, out_dir: Optional[Path] = None, resume: str = 'auto', progress: bool = True,
           stop_after: Optional[int] = None, export: bool = True, limit_train: Optional[int] = None,
           limit_val: Optional[int] = None, command: Optional[str] = None, results_subdir: str = '',
-          epoch_hook: Optional[Callable[[nn.Module], dict]] = None) -> dict:
+          epoch_hook: Optional[Callable[[nn.Module], dict]] = None, threads: Optional[int] = None) -> dict:
     """Train (or continue) a run; returns the last epoch's metrics. ``resume``: 'auto' (the run folder's
     last checkpoint if there is one), 'none' (start over), or a checkpoint path. ``results_subdir``: export the
     final weights and result to ``results/<profile>/<results_subdir>/`` (runs kept apart from the profile's main
     set, e.g. a longer budget); resuming a finished run exports it again. ``stop_after``: stop after
     that many epochs in this call (for tests and for splitting a long run). ``epoch_hook(model)``: extra metrics
     of the trained weights after every epoch (rank 0 computes them; the CLI passes the consistency tracker when
-    ``cfg.track_consistency`` is set)."""
+    ``cfg.track_consistency`` is set). ``threads``: torch CPU threads; None keeps the current number, or on a
+    resume adopts the checkpoint's (:func:`check_resume`).
+
+    The run folder is locked while this runs (:class:`RunLock`); a refused start changes nothing. Ctrl-C raises
+    :class:`RunInterrupted`, which says what the folder holds."""
     if cfg.track_consistency and epoch_hook is None:
         raise ValueError('track_consistency is set but no epoch_hook measures it (the stm-lab command passes one)')
+    if stop_after is not None and stop_after < 1:
+        raise ValueError(f'--stop-after must be at least 1, got {stop_after}')
+    if threads is not None:
+        _positive('--threads', threads)
     d = init_distributed()
+    check_setup(cfg, d)
     out = Path(out_dir) if out_dir else run_dir(cfg)
     ckpt = out / 'last.safetensors'
     source = None if resume == 'none' else (ckpt if resume == 'auto' else Path(resume))
     if source is not None and resume != 'auto' and not source.exists():
         raise FileNotFoundError(f'--resume {source}: no such checkpoint')
-    try:
-        loaded = read_checkpoint(source) if source is not None and source.exists() else None
-    except ValueError as e:  # the message names the file; say how to go on
-        raise ValueError(f'{e}. Delete it (or pass --resume none) to start over.') from None
-    run = Run(cfg, d, limit_train, limit_val)
-    if loaded is not None:
-        run.load_state(*loaded, source)
-        _log(d, f'[train] resumed {cfg.model} from {source} after epoch {run.epoch}/{cfg.epochs}')
-    if d.main:
-        out.mkdir(parents=True, exist_ok=True)
-        _write_metrics(out / 'metrics.jsonl', run.history)  # agrees with the checkpoint, even after a crash
-        n_params = sum(p.numel() for p in run.model.parameters())
-        _log(d, f'[train] {cfg.model} ({n_params / 1e6:.2f}M params) profile {cfg.profile}: {cfg.epochs} epochs x '
-                f'{run.steps_per_epoch} steps, batch {cfg.batch_size} over {d.world} process(es), peak lr {cfg.lr:.2e}, '
-                f'EMA {cfg.ema_decay}, device {d.device}; run folder {out}')
-    done_here = 0
-    if command and run.epoch < cfg.epochs:
-        run.commands.append(command)
-    while run.epoch < cfg.epochs and (stop_after is None or done_here < stop_after):
-        t0, c0 = time.perf_counter(), time.process_time()
-        metrics = dict(epoch=run.epoch + 1, **run.train_epoch(progress))
-        if evaluated_after(run.epoch + 1, cfg.epochs, cfg.eval_every):
-            metrics.update(run.evaluate())
-        if epoch_hook is not None and d.main:
-            metrics.update(epoch_hook(run.model))
-        run.epoch += 1
-        run.wall_time += time.perf_counter() - t0
-        metrics['wall_time_s'] = round(run.wall_time, 1)
-        # CPU seconds of this process (all its threads): the cost in core time, whatever else shared the machine
-        metrics['cpu_time_s'] = round(time.process_time() - c0, 1)
-        run.history.append(metrics)
-        done_here += 1
+    with RunLock(out, d, command):
+        if d.main:  # under the lock no other writer is active here: every temporary is a leftover
+            freed = sum(remove_stale_temporaries(out / name, every=True) for name in RUN_FILES)
+            if freed:
+                _log(d, f'[train] removed {freed / 1e6:.1f} MB of temporaries left by an interrupted write in {out}')
+        try:
+            loaded = read_checkpoint(source) if source is not None and source.exists() else None
+        except ValueError as e:  # the message names the file; say how to go on
+            raise ValueError(f'{e}. Delete it (or pass --resume none) to start over.') from None
+        if loaded is not None:
+            check_resume(loaded[1], cfg, d, source, threads)
+        if threads is not None:
+            torch.set_num_threads(threads)
+        run = Run(cfg, d, limit_train, limit_val)
+        if loaded is not None:
+            run.load_state(*loaded, source)
+            _log(d, f'[train] resumed {cfg.model} from {source} after epoch {run.epoch}/{cfg.epochs}')
         if d.main:
-            tensors, state = run.state()
-            write_checkpoint(ckpt, tensors, state)
-            atomic_write_bytes(out / 'last.json', (json.dumps(state, indent=1) + '\n').encode())
-            _write_metrics(out / 'metrics.jsonl', run.history)
-            eta = run.wall_time / run.epoch * (cfg.epochs - run.epoch)
-            _log(d, f'[train] {cfg.model} epoch {run.epoch}/{cfg.epochs}: ' +
-                 ', '.join(f'{k} {v}' for k, v in metrics.items() if k != 'epoch') + f'; ETA {eta / 60:.1f} min')
-        if d.world > 1:
-            dist.barrier()
-    final = run.history[-1] if run.history else {}
-    if run.epoch == cfg.epochs and export and d.main:
-        final = export_result(run, out, command, results_subdir)
-    if d.world > 1:
-        dist.barrier()  # the others wait for rank 0's export
+            if loaded is not None:  # agrees with the checkpoint, even after a crash; a fresh start keeps the
+                _write_metrics(out / 'metrics.jsonl', run.history)  # old file until its first checkpoint replaces it
+            n_params = sum(p.numel() for p in run.model.parameters())
+            _log(d, f'[train] {cfg.model} ({n_params / 1e6:.2f}M params) profile {cfg.profile}: {cfg.epochs} epochs x '
+                    f'{run.steps_per_epoch} steps, batch {cfg.batch_size} over {d.world} process(es), peak lr '
+                    f'{cfg.lr:.2e}, EMA {cfg.ema_decay}, device {d.device}, {torch.get_num_threads()} thread(s); '
+                    f'run folder {out}')
+        saved = run.epoch if loaded is not None and source == ckpt else None  # the epoch the folder's checkpoint holds
+        epoch_now = run.epoch + 1
+        try:
+            done_here = 0
+            if command and run.epoch < cfg.epochs:
+                run.commands.append(command)
+            while run.epoch < cfg.epochs and (stop_after is None or done_here < stop_after):
+                epoch_now = run.epoch + 1
+                _train_one_epoch(run, epoch_hook, progress)
+                done_here += 1
+                if d.main:
+                    tensors, state = run.state()
+                    write_checkpoint(ckpt, tensors, state)
+                    saved = run.epoch
+                    atomic_write_bytes(out / 'last.json', (json.dumps(state, indent=1) + '\n').encode())
+                    _write_metrics(out / 'metrics.jsonl', run.history)
+                    metrics = run.history[-1]
+                    eta = run.wall_time / run.epoch * (cfg.epochs - run.epoch)
+                    _log(d, f'[train] {cfg.model} epoch {run.epoch}/{cfg.epochs}: ' + ', '.join(
+                        f'{k} {v}' for k, v in metrics.items() if k != 'epoch') + f'; ETA {eta / 60:.1f} min')
+                if d.world > 1:
+                    dist.barrier()
+            final = run.history[-1] if run.history else {}
+            if run.epoch == cfg.epochs and export and d.main:
+                epoch_now = None
+                final = export_result(run, out, command, results_subdir)
+            if d.world > 1:
+                dist.barrier()  # the others wait for rank 0's export
+        except KeyboardInterrupt:
+            raise RunInterrupted(epoch_now, cfg.epochs, saved, ckpt, d.main) from None
     return final
+
+
+RUN_FILES = ('last.safetensors', 'last.json', 'metrics.jsonl')  # what the trainer writes in a run folder
+
+
+def _train_one_epoch(run: 'Run', epoch_hook, progress: bool) -> None:
+    """Train, evaluate when scheduled, and append the epoch's metrics to the run's history."""
+    cfg, d = run.cfg, run.d
+    t0, c0 = time.perf_counter(), time.process_time()
+    metrics = dict(epoch=run.epoch + 1, **run.train_epoch(progress))
+    if evaluated_after(run.epoch + 1, cfg.epochs, cfg.eval_every):
+        metrics.update(run.evaluate())
+    if epoch_hook is not None and d.main:
+        metrics.update(epoch_hook(run.model))
+    run.epoch += 1
+    run.wall_time += time.perf_counter() - t0
+    metrics['wall_time_s'] = round(run.wall_time, 1)
+    # CPU seconds of this process (all its threads): the cost in core time, whatever else shared the machine
+    metrics['cpu_time_s'] = round(time.process_time() - c0, 1)
+    run.history.append(metrics)
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`train`, saying where the run stopped; still a KeyboardInterrupt, so it ends a program."""
+
+    def __init__(self, epoch: Optional[int], epochs: int, saved: Optional[int], checkpoint: Path, main: bool = True):
+        self.epoch, self.saved, self.checkpoint, self.main = epoch, saved, checkpoint, main
+        where = f'during epoch {epoch} of {epochs}' if epoch else 'while exporting the finished run'
+        kept = (f'{checkpoint} holds the run after epoch {saved}' if saved else
+                'no epoch of this run had finished, so nothing was saved')
+        super().__init__(f'interrupted {where}; {kept}')
+
+
+LOCK_NAME = '.train.lock'  # not '.lock': stm-lab ablations holds that one around the trainer it starts
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``<run folder>/.train.lock`` while a run trains there: a second run on the folder
+    is refused. Rank 0 takes it and every rank learns the outcome. The kernel drops the lock when its process dies,
+    so a killed run never blocks the next one; the file says who holds it, and goes when the run ends."""
+
+    def __init__(self, folder: Path, d: Dist, command: Optional[str] = None):
+        self.folder, self.d, self.command = Path(folder), d, command
+        self.path = self.folder / LOCK_NAME
+        self.fd: Optional[int] = None
+        self.created = False
+
+    def __enter__(self) -> 'RunLock':
+        holder = None
+        if self.d.main:
+            self.created = not self.folder.exists()
+            self.folder.mkdir(parents=True, exist_ok=True)
+            who = f'pid {os.getpid()} on {socket.gethostname()} since {time.strftime("%Y-%m-%d %H:%M:%S")}'
+            self.fd, holder = take_lock(self.path, who + (f': {self.command}' if self.command else ''))
+        ok = self.fd is not None or not self.d.main
+        if self.d.world > 1:
+            flag = torch.tensor([int(ok)], device=self.d.device)
+            dist.broadcast(flag, 0)
+            ok = bool(flag.item())
+        if not ok:
+            self._drop_folder()
+            raise ValueError(f'run folder {self.folder} is in use by another training run'
+                             + (f' ({holder})' if holder else '') + '; wait for it to end or use another --out. '
+                             'Nothing was changed.')
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            self.path.unlink(missing_ok=True)  # before unlocking: whoever opened this file meanwhile will retry
+            os.close(self.fd)
+            self.fd = None
+        self._drop_folder()
+
+    def _drop_folder(self) -> None:
+        if self.created:  # a folder made for a start that wrote nothing (refused early) goes again
+            try:
+                self.folder.rmdir()
+            except OSError:
+                pass
+
+
+def take_lock(path: Path, who: str) -> Tuple[Optional[int], Optional[str]]:
+    """``(fd, None)``: an exclusive flock on ``path``, with ``who`` written in the file; ``(None, holder)`` if
+    another open file holds it (``holder``: what its owner wrote)."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 4096).decode(errors='replace').strip()
+            os.close(fd)
+            return None, holder
+        try:
+            current = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            os.ftruncate(fd, 0)
+            os.write(fd, (who + '\n').encode())
+            return fd, None
+        os.close(fd)  # the previous holder removed the file after we opened it: lock the new one
 
 
 def _log(d: Dist, msg: str) -> None:
@@ -614,16 +842,19 @@ def export_result(run: Run, out: Path, command: Optional[str] = None, results_su
     cfg, final = run.cfg, dict(run.history[-1])
     use_ema = run.ema is not None and final.get('ema_top1', -1) > final.get('top1', -1)
     model = run.ema.module if use_ema else run.model
-    half = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    half = {k: (v.half() if v.is_floating_point() else v).detach().cpu().contiguous()
+            for k, v in model.state_dict().items()}
     where = f'{cfg.profile}/{results_subdir}' if results_subdir else cfg.profile
     dest = results.RESULTS_DIR / where / f'{cfg.model}.safetensors'
     state = weights_state(cfg, model.config.to_dict(), run.classes, 'ema' if use_ema else 'model', final)
-    write_checkpoint(dest, half, state)
-    check = load_model(dest)[0].to(run.d.device)
+    check = model_from_tensors(state['model_config'], half, dest).to(run.d.device)  # as load_model rebuilds it
     loader = torch.utils.data.DataLoader(run.val_set, 256, sampler=run.val_indices)  # all of it, on this process
     fp16 = evaluate_models({'': check}, loader, run.finish_val, Dist(device=run.d.device), run.autocast)
     final.update(weights=state['weights'], top1_fp16=fp16['top1'], top5_fp16=fp16['top5'],
-                 checkpoint=str(dest.relative_to(ROOT) if dest.is_relative_to(ROOT) else dest))
+                 checkpoint=str(dest.relative_to(ROOT) if dest.is_relative_to(ROOT) else dest),
+                 weights_sha256=_tensor_digest(half))
+    # two files, two renames: the result JSON's last record repeats the weights' metrics (and digest), so a kill
+    # between the writes leaves a pair that check_export refuses; exporting the finished run again repairs it
     write_checkpoint(dest, half, dict(state, metrics=final))
     records = run.history[:-1] + [final]
     train_speed = [h['train_img_per_s'] for h in run.history]
@@ -657,7 +888,8 @@ def weights_state(cfg: TrainConfig, model_config: dict, classes: List[str], weig
 
 def load_model(path, weights: str = 'auto') -> Tuple[UnifiedNet, dict]:
     """Rebuild a model from a checkpoint (exported weights or a run's ``last.safetensors``), in float32 eval mode.
-    ``weights``: for run checkpoints, 'model', 'ema', or 'auto' (the one with the higher last top-1)."""
+    ``weights``: for run checkpoints, 'model', 'ema', or 'auto' (the one with the higher last top-1). Exported
+    weights that do not pair with the result JSON beside them are refused (:func:`check_export`)."""
     tensors, state = read_checkpoint(path)
     if state['kind'] == 'train_state':
         cfg = TrainConfig.from_dict(state['config'])
@@ -668,17 +900,49 @@ def load_model(path, weights: str = 'auto') -> Tuple[UnifiedNet, dict]:
         if not tensors:
             raise ValueError(f'checkpoint {path} holds no {weights!r} weights')
         state = weights_state(cfg, state['model_config'], state['classes'], weights, last)
-    model = UnifiedNet(**state['model_config'])
+    else:
+        check_export(path, state)
+    return model_from_tensors(state['model_config'], tensors, path), state
+
+
+def model_from_tensors(model_config: dict, tensors: Dict[str, torch.Tensor], path) -> UnifiedNet:
+    """The model a checkpoint records, with these (possibly half-precision) weights, in float32 eval mode."""
+    model = UnifiedNet(**model_config)
     try:
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
     except RuntimeError as e:
         raise ValueError(f'checkpoint {path}: weights do not fit the recorded model config ({e})') from None
-    return model.eval(), state
+    return model.eval()
+
+
+def check_export(weights, state: Optional[dict] = None) -> None:
+    """Refuse exported weights whose ``train_<model>.json`` beside them comes from another export (a kill between
+    the export's two writes): the JSON's last record must be the metrics the weights file records, and name its
+    digest where it has one (exports before the digest are paired by their metrics alone). No JSON: nothing to
+    pair."""
+    weights = Path(weights)
+    if state is None:
+        state = read_checkpoint(weights, tensors=False)[1]
+    doc_path = weights.parent / f'train_{state.get("model")}.json'
+    if not doc_path.exists():
+        return
+    try:
+        last = json.loads(doc_path.read_text())['records'][-1]
+    except (ValueError, KeyError, IndexError, TypeError) as e:
+        raise ValueError(f'result {doc_path} is damaged ({type(e).__name__}: {e}); export the run again') from None
+    if last != state.get('metrics') or last.get('weights_sha256', state['tensors_sha256']) != state['tensors_sha256']:
+        raise ValueError(f'{weights} and {doc_path.name} beside it come from different exports (one was interrupted '
+                         f'between its two writes); run the training command of {state.get("model")} again: its '
+                         f'finished run exports again')
 
 
 def evaluate_checkpoint(path, dataset: Optional[str] = None, split: str = 'val', limit: Optional[int] = None,
                         batch_size: int = 256, weights: str = 'auto', data_dir: Optional[str] = None) -> dict:
-    """Top-1/top-5 of a checkpoint on a split, with the input pipeline it records (size, crop, normalization)."""
+    """Top-1/top-5 of a checkpoint on a split, with the input pipeline it records (size, crop, normalization).
+    ``limit``: a fixed seeded subset of that many images (None: all of them)."""
+    if limit is not None:
+        _positive('--limit', limit)
+    _positive('--batch-size', batch_size)
     model, state = load_model(path, weights)
     rec = state['data']
     dcfg = DataConfig(dataset=dataset or rec['dataset'], img_size=rec['img_size'], crop_pct=rec['crop_pct'],
@@ -759,15 +1023,26 @@ def recipe_table(columns: Dict[str, TrainConfig]) -> List[dict]:
 
 # -------------------------------------------------------------------------------------------- summary
 
-def summary(profile: str = 'cpu', models=MICRO_MODELS) -> List[dict]:
-    """Top-1 of the trained models beside the paper's Table III (ImageNet-1k at 224)."""
+def profile_models(profile: str) -> Tuple[str, ...]:
+    """The models a profile trains for Table III (``profile`` may name a sub-folder, 'cpu/epochs24'): the
+    ``*_test`` models at smoke, the micro models at cpu, Table III's twenty at paper."""
+    from .paper import TABLE3
+    return {'smoke': SMOKE_MODELS, 'paper': tuple(TABLE3)}.get(profile.split('/')[0], MICRO_MODELS)
+
+
+def summary(profile: str = 'cpu', models=None) -> List[dict]:
+    """Top-1 of the trained models (default: :func:`profile_models`) beside the paper's Table III (ImageNet-1k at
+    224). An exported weights file that does not pair with its result JSON is refused (:func:`check_export`)."""
     from .paper import TABLE3
     rows = []
-    for name in models:
+    for name in models or profile_models(profile):
         try:
             doc = results.load_result(profile, f'train_{name}')
         except FileNotFoundError:
             continue
+        weights = results.RESULTS_DIR / profile / f'{name}.safetensors'
+        if weights.exists():
+            check_export(weights)
         f = doc['records'][-1]
         rows.append(dict(model=name, top1=f['top1_fp16'], top5=f['top5_fp16'], weights=f['weights'],
                          top1_last=f['top1'], ema_top1_last=f.get('ema_top1'), epochs=f['epoch'],
@@ -849,20 +1124,26 @@ def torchrun_command(cfg: TrainConfig, data_dir: Optional[str]) -> str:
     return ' '.join(a if a == '$IMAGENET' else shlex.quote(a) for a in args)
 
 
-def _coerce(text: str, current, key: str):
-    """``text`` as the type of a config field's current value (None for 'none' or '' where the field allows it)."""
-    if text.lower() in ('none', '') and (current is None or isinstance(current, str)):
-        return None
-    if isinstance(current, bool):
+def _coerce(text: str, hint, key: str):
+    """``text`` as a value of a config field's declared type ``hint``: 'none' (or nothing) for an Optional field is
+    None, a tuple is comma-separated with as many values as the type has."""
+    if typing.get_origin(hint) is typing.Union:  # Optional[X]
+        if text.strip().lower() in ('none', ''):
+            return None
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    if typing.get_origin(hint) is tuple:
+        args, parts = typing.get_args(hint), text.split(',')
+        if len(parts) != len(args):
+            raise ValueError(f'--set {key}: expected {len(args)} comma-separated values, got {text!r}')
+        return tuple(_coerce(part.strip(), a, key) for part, a in zip(parts, args))
+    if hint is bool:
         if text.lower() not in ('true', 'false', '1', '0'):
             raise ValueError(f'--set {key}: expected true or false, got {text!r}')
         return text.lower() in ('true', '1')
-    if isinstance(current, (tuple, list)):
-        return tuple(type(current[0])(v) for v in text.split(','))
     try:
-        return type(current)(text) if current is not None else text
+        return hint(text)
     except ValueError:
-        raise ValueError(f'--set {key}: {text!r} is not of type {type(current).__name__}') from None
+        raise ValueError(f'--set {key}: {text!r} is not of type {hint.__name__}') from None
 
 
 def apply_settings(cfg: TrainConfig, settings: List[str]) -> TrainConfig:
@@ -879,7 +1160,7 @@ def apply_settings(cfg: TrainConfig, settings: List[str]) -> TrainConfig:
         if name not in valid or name in ('data', 'model', 'profile'):
             raise ValueError(f'--set: unknown key {key!r}; valid: {", ".join(v for v in valid if v != "data")}'
                              + ('' if obj is cfg.data else ', data.<field>'))
-        target[name] = _coerce(value, getattr(obj, name), key)
+        target[name] = _coerce(value, typing.get_type_hints(type(obj))[name], key)
     return replace(cfg, data=replace(cfg.data, **data), **top)
 
 
@@ -903,7 +1184,13 @@ def cmd_train(args) -> int:
     try:
         final = train(cfg, Path(args.out) if args.out else None, resume=args.resume, progress=not args.no_progress,
                       stop_after=args.stop_after, command=command, results_subdir=args.results_subdir,
-                      epoch_hook=hook)
+                      epoch_hook=hook, threads=args.threads)
+    except RunInterrupted as e:  # where the run stopped, in one line instead of a traceback
+        if e.main:
+            again = ' without --resume ' + shlex.quote(args.resume) if args.resume != 'auto' else ''
+            print(f'stm-lab train: {e}' + (f'; run the same command again{again} to continue' if e.saved or not
+                                            e.epoch else ''), file=sys.stderr)
+        return 130
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -946,8 +1233,9 @@ def cmd_bench(args) -> int:
 def cmd_summary(args) -> int:
     rows = summary(args.profile)
     if not rows:
+        example = next(m for m in profile_models(args.profile) if 'dwconv' in m)
         raise FileNotFoundError(f'no trained models under {results.RESULTS_DIR / args.profile}; train them first '
-                                f'(python -m stm_lab.train train --model u_dwconv_micro --profile {args.profile})')
+                                f'(python -m stm_lab.train train --model {example} --profile {args.profile})')
     table = format_summary(rows, args.profile)
     print(table)
     if args.save:
@@ -983,6 +1271,11 @@ def summary_readme(rows: List[dict], table: str, profile: str) -> str:
     for folder in folders:
         docs = training_results(profile, folder)
         lines += ['', f'### `{folder}/`', '']
+        if not docs:  # other models than the main set: the ablation variants, tabulated by `stm-lab ablations`
+            names = sorted(p.stem[len('train_'):] for p in (results.RESULTS_DIR / profile / folder).glob('train_*.json'))
+            lines.append(f'{len(names)} runs of other models ({", ".join(f"`{n}`" for n in names)}); their tables '
+                         'are on the book\'s Ablations page (`stm-lab ablations list` prints each command).')
+            continue
         for m, doc in docs.items():
             try:
                 changes = config_changes(results.load_result(profile, f'train_{m}'), doc)
@@ -1001,9 +1294,16 @@ def _command_at(doc: dict) -> str:
     return f'Command: `{prov["command"]}` (at commit {str(prov.get("git_sha"))[:7]}{dirty})'
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors in one line (the usage of ``train`` alone is a dozen lines); ``--help`` shows the rest."""
+
+    def error(self, message):
+        self.exit(2, f'{self.prog}: error: {message} (see --help)\n')
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog='python -m stm_lab.train', description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog='python -m stm_lab.train', description=__doc__,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest='command', required=True)
     s = sub.add_parser('train', help='train a model at a profile (resumes from the run folder by default)')
     s.add_argument('--model', required=True)
@@ -1064,13 +1364,16 @@ def main(argv=None) -> int:
     if argv and argv[0] not in SUBCOMMANDS and argv[0] not in ('-h', '--help'):
         argv = ['train', *argv]
     args = build_parser().parse_args(argv)
-    if getattr(args, 'threads', None):
-        torch.set_num_threads(args.threads)
     try:
+        if getattr(args, 'threads', None) is not None:
+            torch.set_num_threads(_positive('--threads', args.threads))
         return args.func(args)
     except (KeyError, ValueError, FileNotFoundError, FloatingPointError) as e:
         print(f'stm-lab {args.command}: error: {e.args[0] if e.args else e}', file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f'stm-lab {args.command}: interrupted', file=sys.stderr)
+        return 130
 
 
 def train_main(argv=None) -> int:

@@ -7,7 +7,7 @@ import timm
 import torch
 
 import stm_lab  # noqa: F401
-from stm_lab import ablations, backbone
+from stm_lab import ablations, backbone, results
 from stm_lab.analysis.complexity import count_params
 from stm_lab.train import main as train_main, profile_config
 
@@ -116,7 +116,7 @@ def _result(folder, model, top1, n=1000, params=100):
 
 def test_rows_and_noise_from_results(tmp_path, monkeypatch):
     """Known answers: the seed spread from two seeds, the noise of a difference, the sign of a claim."""
-    monkeypatch.setattr(ablations, 'RESULTS_DIR', tmp_path)
+    monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path)
     base, seed1, abl = tmp_path / 'cpu/epochs12', tmp_path / 'cpu/seed1', tmp_path / 'cpu/ablations'
     for f, d in zip(ablations.MAIN_FAMILIES, (1.0, -1.0, 1.0, -1.0, 1.0)):
         _result(base, f'u_{f}_micro', 50.0)
@@ -173,6 +173,6 @@ def test_ablations_page_builds_at_the_smoke_profile(tmp_path):
     from stm_lab import cli
     assert cli.main(['notebooks', '--profile', 'smoke', '--only', 'ablations', '--out', str(tmp_path)]) == 0
     text = (tmp_path / 'ablations.ipynb').read_text()
-    for needle in ('SR-Attn', 'Halo-Shift', 'non-overlapped stem', 'verdict', 'beyond noise?'):
+    for needle in ('SR-Attn', 'Halo-Shift', 'non-overlapped stem', 'verdict', 'beyond noise?', '± 2 sd'):
         assert needle in text
     assert 'not yet run' not in text  # at the smoke profile every run exists

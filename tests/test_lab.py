@@ -46,12 +46,15 @@ def test_bad_profile_gets_a_clear_message(tmp_path):
         lab.build('gpu', out=tmp_path)
 
 
-def test_lab_page_builds_at_the_smoke_profile(tmp_path):
+def test_lab_page_builds_at_the_smoke_profile(tmp_path, monkeypatch):
     """The lab notebook executes at the smoke profile: its page holds the lab (manifest, script, file:// message),
-    the consistency curves and the FGSM panel with the ids lab.js looks for."""
+    the consistency curves and the FGSM panel with the ids lab.js looks for; its files go where STM_LAB_LAB_DIR
+    says (the book being built), not into the source tree."""
     import nbformat
     from stm_lab import cli
+    monkeypatch.setenv('STM_LAB_LAB_DIR', str(tmp_path / 'lab'))
     assert cli.main(['notebooks', '--profile', 'smoke', '--only', 'lab', '--out', str(tmp_path)]) == 0
+    assert json.loads((tmp_path / 'lab' / 'manifest.json').read_text())['profile'] == 'smoke'
     nb = nbformat.read(tmp_path / 'lab.ipynb', as_version=4)
     page = "\n".join(''.join(o['data']['text/html']) for c in nb.cells if c.cell_type == 'code'
                      for o in c.get('outputs', []) if 'text/html' in o.get('data', {}))

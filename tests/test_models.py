@@ -201,3 +201,15 @@ def test_training_works_after_an_inference_mode_forward(name):
     with torch.inference_mode():
         model(x)
     model(x).sum().backward()
+
+
+def test_an_unbatched_image_is_refused_with_a_clear_message():
+    for name in TEST_MODELS:
+        model = create_model(name, num_classes=10, img_size=32).eval()
+        x = torch.randn(3, 32, 32)
+        for call in (model, model.forward_intermediates):
+            with pytest.raises(ValueError, match=r'expected a batch of images \(N, 3, H, W\), got shape \(3, 32, 32\); '
+                                                 r'add the batch dimension with x\[None\]'):
+                call(x)
+        with torch.no_grad():
+            assert model(x[None]).shape == (1, 10)

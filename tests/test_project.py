@@ -86,10 +86,11 @@ def test_transcribed_tables_match_the_paper_text():
         assert f'{macs:.2f} {acc}' in t7, name
     t6 = text[text.index('TABLE VI: Ablation'):text.index('TABLE VII: Ablation')]
     t6 = t6[t6.index('\nSTM A B C D E'):]
-    from stm_lab.paper import DISPLAY_STM, TABLE2_BLOCK, TABLE2_STAGE, TABLE6
+    from stm_lab.figures import stm_name  # the mixers' display_name traits are the paper's names
+    from stm_lab.paper import TABLE2_BLOCK, TABLE2_STAGE, TABLE6
     for fam, values in TABLE6.items():
         printed = ' '.join('--- -' if v is None else f'{v}' for v in values)
-        assert f'\n{DISPLAY_STM[fam]} {printed}' in t6, fam
+        assert f'\n{stm_name(fam)} {printed}' in t6, fam
     t2 = text[text.index('TABLE II:'):text.index('4.1 Stage-Level')]
     stage, block = TABLE2_STAGE, TABLE2_BLOCK  # printed side by side, one row per pair
     assert f'SW-Attn {stage["swin"][0]} {stage["swin"][1]} Halo-Attn {block["halonet"][0]} {block["halonet"][1]}' in t2

@@ -1,11 +1,16 @@
 """Results with provenance, atomic writes, and the stm-lab command's error paths."""
 import json
 import os
+import stat
+import subprocess
+import sys
+import time
 
 import nbformat
 import pytest
 
 from stm_lab import cli, results
+from stm_lab.notebook_params import check_parameters
 
 
 def test_save_and_load_round_trip_with_provenance(tmp_path, monkeypatch):
@@ -27,6 +32,39 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
         results.atomic_write_bytes(target, object())  # not bytes: the write fails midway
     assert target.read_bytes() == b'old'
     assert os.listdir(tmp_path) == ['r.json']
+
+
+def test_atomic_rewrites_keep_permissions_and_new_files_follow_the_umask(tmp_path):
+    target = tmp_path / 'r.json'
+    results.atomic_write_bytes(target, b'1')
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask  # as open() would create it (mkstemp gave 0600)
+    target.chmod(0o640)
+    results.atomic_write_bytes(target, b'2')
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640 and target.read_bytes() == b'2'
+    target.chmod(0o600)  # as the earlier writes left every file
+    results.atomic_write_bytes(target, b'3')
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask
+
+
+def test_temporaries_of_killed_writers_are_removed_and_live_ones_kept(tmp_path):
+    target = tmp_path / 'last.safetensors'
+    dead = subprocess.Popen([sys.executable, '-c', 'pass'])
+    dead.wait()  # a pid that no longer runs
+    old_style = tmp_path / '.last.safetensors.k2x9_q1a.tmp'  # mkstemp's name, before pids were recorded
+    leftovers = {'killed': tmp_path / f'.last.safetensors.{dead.pid}.00ff00ff.tmp', 'old': old_style,
+                 'live': tmp_path / f'.last.safetensors.{os.getpid()}.12345678.tmp',
+                 'recent': tmp_path / '.last.safetensors.abcdefgh.tmp',
+                 'other file': tmp_path / f'.metrics.jsonl.{dead.pid}.00ff00ff.tmp'}
+    for p in leftovers.values():
+        p.write_bytes(b'x' * 1000)
+    hours_ago = time.time() - 2 * results.LEGACY_TMP_AGE_S
+    os.utime(old_style, (hours_ago, hours_ago))
+    results.atomic_write_bytes(target, b'new')
+    left = {k for k, p in leftovers.items() if p.exists()}
+    assert left == {'live', 'recent', 'other file'} and target.read_bytes() == b'new'
+    assert results.remove_stale_temporaries(target, every=True) == 2000 and not any(tmp_path.glob('.last*'))
 
 
 def test_missing_and_corrupt_results_name_their_path(tmp_path, monkeypatch):
@@ -73,3 +111,38 @@ def test_a_failing_notebook_is_reported_and_the_others_still_run(tmp_path, capsy
     assert '1 of 2 ran' in captured.out
     executed = nbformat.read(out / 'b_works.ipynb', as_version=4)
     assert 'fine smoke' in executed.cells[-1].outputs[0]['text']
+
+
+def test_notebook_parameters_are_checked_with_a_clear_message():
+    check_parameters('training', 'cpu')
+    check_parameters('table3_complexity', 'smoke', recompute=True)
+    wrong = "training: parameter profile must be one of smoke, cpu, got "
+    for args, kw, message in ((('training', 'nope'), {}, wrong + "'nope'"),
+                              (('training', 'paper'), {}, wrong + "'paper'"),
+                              (('table3_complexity', 'cpu'), dict(recompute='yes'),
+                               "table3_complexity: parameter recompute must be True or False, got 'yes'")):
+        with pytest.raises(ValueError) as e:
+            check_parameters(*args, **kw)
+        assert str(e.value) == message
+    with pytest.raises(SystemExit):  # the command offers only the profiles every notebook runs at
+        cli.main(['notebooks', '--profile', 'paper'])
+
+
+def test_every_notebook_checks_all_its_parameters_first():
+    for path in sorted((results.ROOT / 'notebooks').glob('*.ipynb')):
+        cells = json.loads(path.read_text())['cells']
+        i = next(i for i, c in enumerate(cells) if 'parameters' in c['metadata'].get('tags', []))
+        names = [line.split('=')[0].strip() for line in ''.join(cells[i]['source']).splitlines() if '=' in line]
+        first = next(c for c in cells[i + 1:] if c['cell_type'] == 'code')
+        call = f"check_parameters('{path.stem}', profile" + ''.join(f', {n}={n}' for n in names if n != 'profile') + ')'
+        assert names[0] == 'profile' and call in ''.join(first['source']).splitlines()[:3], path.name
+
+
+def test_a_bad_papermill_parameter_stops_the_notebook_with_the_message(tmp_path):
+    import papermill as pm
+    with pytest.raises(pm.PapermillExecutionError) as e:
+        pm.execute_notebook(str(results.ROOT / 'notebooks' / 'training.ipynb'), str(tmp_path / 'out.ipynb'),
+                            parameters=dict(profile='nope'), cwd=str(results.ROOT), kernel_name='python3',
+                            progress_bar=False)
+    assert e.value.ename == 'ValueError'
+    assert e.value.evalue == "training: parameter profile must be one of smoke, cpu, got 'nope'"

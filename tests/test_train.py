@@ -1,13 +1,18 @@
 """The training engine: Table IV profile, exact resume, checkpoint safety, evaluation, and DDP gradients."""
+import fcntl
 import json
+import os
+import shutil
 import socket
+import subprocess
+import sys
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save as st_save
 
 from stm_lab import results, train
 from stm_lab.data import build_mixup
@@ -18,6 +23,10 @@ SMOKE = dict(limit_val=40, progress=False)
 
 def _cfg(**kw):
     return train.profile_config('u_swin_test', 'smoke', **kw)  # attention + relative position tables + BN head
+
+
+def _files(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
 
 
 def _numbers(history):
@@ -162,6 +171,168 @@ def test_truncated_corrupted_or_foreign_checkpoints_are_refused_and_left_in_plac
                        '--no-progress']) == 2
 
 
+def test_a_flipped_bit_in_the_checkpoint_state_or_its_digest_is_refused(smoke_run, tmp_path, monkeypatch):
+    root, _ = smoke_run
+    monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path / 'results')  # where a wrongly accepted run would export
+    good = (root / 'run' / 'last.safetensors').read_bytes()
+    run = tmp_path / 'run'
+    run.mkdir()
+    metrics = (root / 'run' / 'metrics.jsonl').read_bytes()
+    (run / 'metrics.jsonl').write_bytes(metrics)
+    ckpt = run / 'last.safetensors'
+    # the state is a JSON string inside the file's JSON header, hence the escaped quotes
+    for before, after, refusal in ((rb'\"epoch\": 2, \"steps_per_epoch\"', rb'\"epoch\": 0, \"steps_per_epoch\"',
+                                    'state does not match the recorded sha256'),  # '2' -> '0' is one bit
+                                   (b'"stm_lab_sha256"', b'"stm_lab_sha257"', 'unexpected metadata')):
+        assert good.count(before) == 1
+        flipped = good.replace(before, after)
+        assert sum(bin(a ^ b).count('1') for a, b in zip(good, flipped)) == 1
+        ckpt.write_bytes(flipped)
+        with pytest.raises(ValueError, match=refusal):
+            train.train(_cfg(), run, **SMOKE)
+        assert ckpt.read_bytes() == flipped and (run / 'metrics.jsonl').read_bytes() == metrics
+        assert sorted(p.name for p in run.iterdir()) == ['last.safetensors', 'metrics.jsonl']
+
+
+def test_a_checkpoint_written_before_the_new_fields_still_resumes_exactly(smoke_run, tmp_path, monkeypatch):
+    root, final = smoke_run
+    monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path / 'results')
+    run = tmp_path / 'run'
+    train.train(_cfg(), run, resume='none', stop_after=1, command='first', **SMOKE)
+    tensors, state = train.read_checkpoint(run / 'last.safetensors')
+    # as the code before them wrote it (format 1): no execution settings, no digest of the state
+    old = {k: v for k, v in state.items() if k != 'execution'}
+    assert old['format'] == 'stm-lab-checkpoint/1' and 'tensors_sha256' in old
+    (run / 'last.safetensors').write_bytes(st_save(tensors, metadata={'stm_lab': json.dumps(old)}))
+    resumed = train.train(_cfg(), run, command='second', **SMOKE)
+    a, b = load_file(root / 'run' / 'last.safetensors'), load_file(run / 'last.safetensors')
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed['top1_fp16'] == final['top1_fp16'] and resumed['ema_top1'] == final['ema_top1']
+    assert train.read_checkpoint(run / 'last.safetensors')[1]['execution'] == dict(world_size=1, threads=1, workers=0,
+                                                                                    device='cpu')
+
+
+def test_resume_refuses_other_workers_or_threads_and_keeps_the_recorded_threads(smoke_run, tmp_path, monkeypatch):
+    root, final = smoke_run
+    monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path / 'results')
+    run = tmp_path / 'run'
+    shutil.copytree(root / 'run', run)
+    before = _files(run)
+    with pytest.raises(ValueError, match=r'change the result \(--workers 0 there, 2 here\).*left in place'):
+        train.train(_cfg(data=dict(num_workers=2)), run, **SMOKE)
+    with pytest.raises(ValueError, match=r'change the result \(--threads 1 there, 2 here\)'):
+        train.train(_cfg(), run, threads=2, **SMOKE)
+    assert _files(run) == before and torch.get_num_threads() == 1
+    torch.set_num_threads(2)  # no --threads: the checkpoint's count is taken
+    again = train.train(_cfg(), run, **SMOKE)  # finished: exports again
+    assert torch.get_num_threads() == 1 and again['top1_fp16'] == final['top1_fp16']
+
+
+def test_a_second_run_on_a_locked_folder_is_refused_and_a_killed_holder_blocks_nothing(smoke_run, tmp_path,
+                                                                                      monkeypatch, capsys):
+    root, final = smoke_run
+    monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path / 'results')
+    run = tmp_path / 'run'
+    shutil.copytree(root / 'run', run)
+    before = _files(run)
+    lock = run / train.LOCK_NAME
+    holder = subprocess.Popen([sys.executable, '-c', 'import fcntl, sys, time\n'
+                               'f = open(sys.argv[1], "w"); fcntl.flock(f, fcntl.LOCK_EX)\n'
+                               'f.write("pid of the first run"); f.flush()\n'
+                               'print("locked", flush=True); time.sleep(60)', str(lock)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == 'locked\n'
+        with pytest.raises(ValueError, match=r'in use by another training run \(pid of the first run\)'):
+            train.train(_cfg(), run, resume='none', **SMOKE)
+        assert train.main(['train', '--model', 'u_swin_test', '--profile', 'smoke', '--out', str(run),
+                           '--no-progress']) == 2
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1
+        assert _files(run) == before | {train.LOCK_NAME: b'pid of the first run'}
+    finally:
+        holder.kill()  # as a killed run: its lock goes with it
+        holder.wait()
+    with open(run / '.lock', 'w') as runner_lock:  # stm-lab ablations holds this one around the trainer it starts
+        fcntl.flock(runner_lock, fcntl.LOCK_EX)
+        again = train.train(_cfg(), run, **SMOKE)
+    assert again['top1_fp16'] == final['top1_fp16'] and not lock.exists()
+
+
+def test_temporaries_left_in_a_run_folder_by_killed_writes_are_removed(smoke_run, tmp_path, monkeypatch, capsys):
+    root, _ = smoke_run
+    monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path / 'results')
+    run = tmp_path / 'run'
+    shutil.copytree(root / 'run', run)
+    (run / '.last.safetensors.k2x9_q1a.tmp').write_bytes(bytes(4_000_000))  # fresh, of a writer without a pid
+    (run / f'.metrics.jsonl.{os.getpid()}.0badf00d.tmp').write_bytes(bytes(1000))  # a live pid, yet no writer
+    train.train(_cfg(), run, **SMOKE)
+    assert not list(run.glob('.*.tmp')) and 'removed 4.0 MB of temporaries' in capsys.readouterr().err
+
+
+def test_ctrl_c_says_where_the_run_stopped_and_how_to_continue(tmp_path, monkeypatch, capsys, crash_in_second_epoch):
+    monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path / 'results')
+    run = tmp_path / 'run'
+    argv = ['train', '--model', 'u_swin_test', '--profile', 'smoke', '--out', str(run), '--no-progress']
+    assert train.main(argv + ['--resume', 'none']) == 130
+    err = capsys.readouterr().err
+    assert 'Traceback' not in err and err.strip().splitlines()[-1] == (
+        f'stm-lab train: interrupted during epoch 2 of 2; {run / "last.safetensors"} holds the run after epoch 1; '
+        'run the same command again without --resume none to continue')
+    assert json.loads((run / 'last.json').read_text())['epoch'] == 1 and not list(run.glob('.*'))
+
+
+def test_bad_arguments_are_one_line_messages_and_change_nothing(smoke_run, tmp_path, monkeypatch, capsys):
+    root, _ = smoke_run
+    monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path / 'results')
+    run, new = tmp_path / 'run', tmp_path / 'new'
+    shutil.copytree(root / 'run', run)  # a finished run: --resume none must not touch it before its first epoch
+    before = _files(run)
+    base = ['train', '--model', 'u_swin_test', '--profile', 'smoke', '--no-progress', '--resume', 'none']
+    for args, message in ((['--epochs', '0'], 'epochs must be an integer of at least 1, got 0'),
+                          (['--epochs', '-3'], 'epochs must be an integer of at least 1, got -3'),
+                          (['--batch-size', '0'], 'batch_size must be an integer of at least 1, got 0'),
+                          (['--batch-size', '1000'], '300 training images make no batch of 1000'),
+                          (['--set', 'data.scale=1'], "--set data.scale: expected 2 comma-separated values, got '1'"),
+                          (['--set', 'betas=0.9'], "--set betas: expected 2 comma-separated values, got '0.9'"),
+                          (['--threads', '-2'], '--threads must be at least 1, got -2'),
+                          (['--threads', '0'], '--threads must be at least 1, got 0'),
+                          (['--seed', '-1'], 'seed must be an integer of at least 0, got -1'),
+                          (['--stop-after', '0'], '--stop-after must be at least 1, got 0'),
+                          (['--workers', '-1'], 'data.num_workers must be an integer of at least 0, got -1')):
+        for out in (run, new):
+            assert train.main(base + ['--out', str(out), *args]) == 2, args
+            assert capsys.readouterr().err == f'stm-lab train: error: {message}\n'
+    assert _files(run) == before and not new.exists() and not (tmp_path / 'results').exists()
+    assert torch.get_num_threads() == 1
+    ckpt = str(root / 'run' / 'last.safetensors')
+    for limit in ('-5', '0'):  # were 95 images and the whole split
+        assert train.main(['eval', '--checkpoint', ckpt, '--limit', limit]) == 2
+        assert capsys.readouterr().err == f'stm-lab eval: error: --limit must be at least 1, got {limit}\n'
+    with pytest.raises(SystemExit) as e:  # a usage error: one line too, not the dozen lines of usage
+        train.main(base + ['--epochs', 'x'])
+    assert e.value.code == 2 and capsys.readouterr().err == (
+        "python -m stm_lab.train train: error: argument --epochs: invalid int value: 'x' (see --help)\n")
+
+
+def test_starting_over_leaves_the_old_run_whole_until_the_first_new_epoch(smoke_run, tmp_path, monkeypatch):
+    root, _ = smoke_run
+    monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path / 'results')
+    run = tmp_path / 'run'
+    shutil.copytree(root / 'run', run)
+    before = _files(run)
+    step = train.Run.step
+
+    def interrupted(self, x, y, global_step):
+        if global_step == 3:
+            raise KeyboardInterrupt
+        return step(self, x, y, global_step)
+    monkeypatch.setattr(train.Run, 'step', interrupted)
+    with pytest.raises(train.RunInterrupted, match='during epoch 1 of 2; no epoch of this run had finished, so '
+                                                   'nothing was saved'):
+        train.train(_cfg(), run, resume='none', **SMOKE)
+    assert _files(run) == before  # metrics.jsonl still agrees with last.safetensors
+
+
 def test_exported_half_precision_weights_evaluate_from_what_they_record(smoke_run, capsys):
     root, final = smoke_run
     path = root / 'results' / 'smoke' / 'u_swin_test.safetensors'
@@ -179,6 +350,41 @@ def test_exported_half_precision_weights_evaluate_from_what_they_record(smoke_ru
     assert train.main(['eval', '--checkpoint', str(root / 'nothing.safetensors')]) == 2
 
 
+def test_a_kill_between_the_two_export_writes_is_detected_and_exporting_again_repairs_it(smoke_run, tmp_path,
+                                                                                          monkeypatch):
+    root, final = smoke_run
+    monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path / 'results')
+    shutil.copytree(root / 'results', tmp_path / 'results')  # an earlier export of the same model
+    weights = tmp_path / 'results' / 'smoke' / 'u_swin_test.safetensors'
+    assert train.summary('smoke', models=('u_swin_test',))[0]['top1'] == final['top1_fp16']
+    save_result = results.save_result
+
+    def killed(*args, **kw):  # the kill lands after the weights are written, before the result JSON
+        raise KeyboardInterrupt
+    monkeypatch.setattr(results, 'save_result', killed)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(_cfg(epochs=1), tmp_path / 'run', resume='none', **SMOKE)  # other weights, same file names
+    monkeypatch.setattr(results, 'save_result', save_result)
+    for read in (lambda: train.summary('smoke', models=('u_swin_test',)), lambda: train.load_model(weights),
+                 lambda: train.evaluate_checkpoint(weights, limit=8)):
+        with pytest.raises(ValueError, match='come from different exports'):
+            read()
+    again = train.train(_cfg(epochs=1), tmp_path / 'run', **SMOKE)  # the finished run exports again
+    assert again['weights_sha256'] != final['weights_sha256']  # the interrupted export had other weights
+    assert train.summary('smoke', models=('u_swin_test',))[0]['top1'] == again['top1_fp16']
+    assert train.load_model(weights)[1]['metrics'] == again
+
+
+def test_exports_written_before_the_weights_digest_pair_by_their_metrics():
+    committed = sorted((results.ROOT / 'results' / 'cpu').glob('u_*_micro.safetensors'))
+    if not committed:
+        pytest.skip('no committed cpu weights')
+    for path in committed:
+        state = train.read_checkpoint(path, tensors=False)[1]
+        assert 'weights_sha256' not in state['metrics']
+        train.check_export(path, state)
+
+
 def test_summary_puts_top1_beside_the_paper(smoke_run, monkeypatch):
     root, final = smoke_run
     monkeypatch.setattr(results, 'RESULTS_DIR', root / 'results')
@@ -187,6 +393,16 @@ def test_summary_puts_top1_beside_the_paper(smoke_run, monkeypatch):
     readme = train.summary_readme(rows, train.format_summary(rows, 'smoke'), 'smoke')
     assert '| u_swin_test |' in readme and 'window=' in readme
     assert train.summary('smoke', models=('u_swin_micro',)) == [] and train.format_summary([], 'cpu').count('\n') == 1
+
+
+def test_summary_command_reads_the_profiles_own_models(smoke_run, monkeypatch, capsys):
+    root, final = smoke_run
+    monkeypatch.setattr(results, 'RESULTS_DIR', root / 'results')
+    assert train.main(['summary', '--profile', 'smoke']) == 0  # looked only for micro models before
+    assert '| u_swin_test | ' in capsys.readouterr().out and train.profile_models('smoke/again') == train.SMOKE_MODELS
+    monkeypatch.setattr(results, 'RESULTS_DIR', root / 'nothing')
+    assert train.main(['summary', '--profile', 'smoke']) == 2
+    assert '--model u_dwconv_test --profile smoke' in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------ DDP gradient equivalence
@@ -223,16 +439,77 @@ def _ddp_worker(rank, world, port, out):
 
 
 def test_two_gloo_processes_average_the_same_gradients_as_one_process(tmp_path):
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
-    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path / 'g.pt')), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path / 'g.pt')), nprocs=2, join=True)
     ddp_grads = torch.load(tmp_path / 'g.pt', weights_only=True)
     model = _tiny_model().eval()
     _loss(model, *_batch()).backward()
     assert ddp_grads.keys() == {n for n, _ in model.named_parameters()}
     for n, p in model.named_parameters():
         torch.testing.assert_close(ddp_grads[n], p.grad, rtol=1e-5, atol=1e-7, msg=n)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def _two_process_run_worker(rank, world, port, root):
+    """A tiny two-process training run (rank 0's digests of the model and EMA at each evaluation, and every rank's),
+    then a one-process checkpoint resumed by both processes."""
+    import os
+    from pathlib import Path
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    root = Path(root)
+    results.RESULTS_DIR = root / 'results'
+    seen = []
+    evaluate = train.Run.evaluate
+
+    def spy(self):  # what each process evaluates: every tensor of the weights and of the EMA
+        out = evaluate(self)
+        seen.append([train._tensor_digest(self.model.state_dict()), train._tensor_digest(self.ema.module.state_dict())])
+        return out
+    train.Run.evaluate = spy
+    train.train(_cfg(epochs=1), root / 'two', resume='none', limit_train=128, limit_val=40, progress=False)
+    try:
+        train.train(_cfg(), root / 'one', limit_val=40, progress=False)
+        refused = None
+    except ValueError as e:
+        refused = str(e)
+    (root / f'rank{rank}.json').write_text(json.dumps(dict(seen=seen, refused=refused)))
+    dist.destroy_process_group()
+
+
+@pytest.fixture(scope='module')
+def two_process_run(smoke_run, tmp_path_factory):
+    root = tmp_path_factory.mktemp('two')
+    shutil.copytree(smoke_run[0] / 'run', root / 'one')  # written by one process
+    mp.spawn(_two_process_run_worker, args=(2, _free_port(), str(root)), nprocs=2, join=True)
+    return root, [json.loads((root / f'rank{r}.json').read_text()) for r in range(2)]
+
+
+def test_two_processes_evaluate_the_one_model_they_checkpoint(two_process_run):
+    root, ranks = two_process_run
+    assert len(ranks[0]['seen']) == 1 and ranks[0]['seen'] == ranks[1]['seen']  # weights, BN statistics, EMA
+    state = train.read_checkpoint(root / 'two' / 'last.safetensors')[1]
+    assert state['execution']['world_size'] == 2
+    last = state['history'][-1]
+    run = train.Run(_cfg(epochs=1), train.Dist(), limit_val=40)  # the same 40 images, scored by one process
+    for weights, prefix in (('model', ''), ('ema', 'ema_')):
+        scored = train.evaluate_models({'': train.load_model(root / 'two' / 'last.safetensors', weights)[0]},
+                                       run.val_loader, run.finish_val, run.d, run.autocast)
+        assert (scored['top1'], scored['top5']) == (last[f'{prefix}top1'], last[f'{prefix}top5'])
+
+
+def test_a_checkpoint_resumed_under_another_number_of_processes_is_refused(two_process_run, tmp_path, monkeypatch):
+    root, ranks = two_process_run
+    for r in ranks:  # both processes refuse (neither waits for the other) and the checkpoint is as it was
+        assert 'would change the result (1 process(es) there, 2 here)' in r['refused']
+    monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path)
+    with pytest.raises(ValueError, match=r'change the result \(2 process\(es\) there, 1 here\)'):
+        train.train(_cfg(epochs=1), root / 'two', **SMOKE)
 
 
 def test_a_finished_run_exports_again_into_a_results_subdir(smoke_run, tmp_path, monkeypatch):
@@ -262,6 +539,20 @@ def test_settings_override_config_fields_with_their_types():
         train.apply_settings(cfg, ['seed'])
     with pytest.raises(ValueError, match="unknown key 'model'"):
         train.apply_settings(cfg, ['model=u_swin_micro'])
+    # fields whose default is None take their declared type; 'none' stays a word where the field is a string
+    cfg = train.apply_settings(cfg, ['drop_path_rate=0.1', 'amp=none', 'betas=0.8, 0.99'])
+    assert (cfg.drop_path_rate, cfg.amp, cfg.betas) == (0.1, 'none', (0.8, 0.99))
+    assert train.apply_settings(cfg, ['drop_path_rate=none']).drop_path_rate is None
+    for setting, message in (('betas=0.9', "--set betas: expected 2 comma-separated values, got '0.9'"),
+                             ('data.scale=1', "--set data.scale: expected 2 comma-separated values, got '1'"),
+                             ('drop_path_rate=x', "--set drop_path_rate: 'x' is not of type float"),
+                             ('drop_path_rate=1.5', "drop_path_rate must be a number in [0, 1), or none for the "
+                                                    "model's own, got 1.5"),
+                             ('data.scale=0.5,0.2', 'data.scale must be two numbers lo,hi with 0 < lo <= hi <= 1, '
+                                                    'got (0.5, 0.2)')):
+        with pytest.raises(ValueError) as e:
+            train.apply_settings(cfg, [setting])
+        assert str(e.value) == message
 
 
 def test_light_recipe_trains_with_plain_label_smoothing(tmp_path, monkeypatch):

@@ -29,10 +29,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..mixers import mixer_trait
 from .common import Data, PixelSpace, eval_frozen, iter_batches, model_device
 
 # mixers whose sampling locations depend on the input: no fixed theoretical receptive field
-DYNAMIC_SAMPLING_MIXERS = {'dcnv3'}
 THRESHOLDS = (0.2, 0.3, 0.5, 0.99)  # printed by the paper's analysis script; ERF@50 is t = 0.5
 
 
@@ -174,11 +174,11 @@ def theoretical_rf(model: nn.Module, img_size: int, stages: Sequence[int] = (0, 
     ``{'side_px', 'side_ratio', 'area_ratio'}`` of the smallest square centred on the unit that holds the
     support (side capped at ``img_size``; 1.0: the unit sees the whole image, as with global attention), and
     its ``extent`` (:func:`support_extent`). ``None`` for every stage of a model whose mixer samples
-    input-dependent locations (DCNv3): no fixed receptive field exists. (For a user's mixer of that kind the
+    input-dependent locations (its ``dynamic_sampling`` trait: DCNv3 here): no fixed receptive field exists. (For a user's mixer of that kind the
     result is only the support at the random probe input.)"""
     mixer = getattr(getattr(model, 'config', None), 'mixer', None)
     stages = sorted({int(s) for s in stages})
-    if mixer in DYNAMIC_SAMPLING_MIXERS:
+    if mixer is not None and mixer_trait(mixer, 'dynamic_sampling'):
         return dict.fromkeys(stages)
     probe = copy.deepcopy(model).double()  # float64: tiny dependencies (layer scale 1e-6) stay non-zero
     gen = torch.Generator().manual_seed(seed)

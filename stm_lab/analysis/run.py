@@ -401,51 +401,57 @@ def _ranked(scores: Dict[str, float]) -> List[str]:
     return sorted(scores, key=lambda m: -scores[m])
 
 
-def paper_claims(invariance: Sequence[dict], fgsm: Sequence[dict]) -> Dict[str, dict]:
-    """The qualitative claims of Sec. 6.2-6.3, each checked against our numbers:
-    ``{claim_id: {'paper': text, 'metric': text, 'best': display name, 'worst': ..., 'scores': {model: value},
-    'agrees': bool, 'verdict': 'agrees' | 'does not agree', 'gap': float, 'stderr': float | None,
-    'separable': bool | None, 'noise': text, 'sentence': text}}``. A claim is only checked when the models it
-    names were analysed (otherwise it is absent).
+def rank_claim(paper: str, metric: str, scores: Dict[str, float], n: Dict[str, int], claimed: set,
+               at: str) -> Optional[dict]:
+    """Check a claim that the models of the families ``claimed`` rank at the ``at`` ('top' or 'bottom') of
+    ``scores`` (model -> a proportion measured on ``n[model]`` images); None when a claimed family was not measured.
+    Returns ``{'paper', 'metric', 'best', 'worst', 'ranking', 'scores', 'agrees', 'verdict', 'gap', 'stderr',
+    'separable', 'noise', 'sentence'}``.
 
     ``gap``: how far the deciding pair of models is apart (the claimed models' worst score against the best of the
     others, for a claim about the top; mirrored for the bottom). ``stderr``: the standard error of that difference
     from image sampling, taking each score as a proportion over its ``n`` images (an upper bound for a mean over
     several transforms of the same images) and the two models as independent; ``separable``: |gap| > 2 stderr."""
+    if not scores or not claimed <= {family(m) for m in scores}:
+        return None
+    ranked = _ranked(scores)
+    k = len(claimed)
+    ok = {family(m) for m in (ranked[:k] if at == 'top' else ranked[-k:])} == claimed
+    inside = [m for m in ranked if family(m) in claimed]
+    outside = [m for m in ranked if family(m) not in claimed]
+    if at == 'top':
+        a, b = min(inside, key=scores.get), max(outside, key=scores.get)
+    else:
+        a, b = min(outside, key=scores.get), max(inside, key=scores.get)
+    gap = scores[a] - scores[b]
+    se = None
+    if n.get(a) and n.get(b):
+        se = math.sqrt(sum(scores[m] * (1 - scores[m]) / n[m] for m in (a, b)))
+    separable = None if se is None else abs(gap) > 2 * se
+    noise = ('' if se is None else
+             f'(deciding gap {_display(a)} - {_display(b)} = {(round(gap, 3) or 0.0):+.3f}, standard error about '
+             f'{se:.3f}: ' + ('separable on these images)' if separable else 'within two standard errors, so these '
+                              'images cannot separate the two)'))
+    verdict = 'agrees' if ok else 'does not agree'
+    order = ', '.join(f'{_display(m)} {scores[m]:.3f}' for m in ranked)
+    return dict(paper=paper, metric=metric, best=_display(ranked[0]), worst=_display(ranked[-1]), ranking=order,
+                scores=scores, agrees=ok, verdict=verdict, gap=gap, stderr=se, separable=separable, noise=noise,
+                sentence=f'Ours, {metric}: {order}. This {verdict} with the paper' + (f' {noise}.' if noise else '.'))
+
+
+def paper_claims(invariance: Sequence[dict], fgsm: Sequence[dict]) -> Dict[str, dict]:
+    """The qualitative claims of Sec. 6.2-6.3, each checked against our numbers by :func:`rank_claim`:
+    ``{claim_id: rank_claim(...)}``. A claim is only checked when the models it names were analysed (otherwise it
+    is absent)."""
     out = {}
     models = {r['model'] for r in invariance} | {r['model'] for r in fgsm}
-    fams = {family(m) for m in models}
 
-    def add(cid, paper, metric, scores, n, claimed, at):
-        if not scores or not claimed <= {family(m) for m in scores}:
-            return
-        ranked = _ranked(scores)
-        k = len(claimed)
-        ok = {family(m) for m in (ranked[:k] if at == 'top' else ranked[-k:])} == claimed
-        inside = [m for m in ranked if family(m) in claimed]
-        outside = [m for m in ranked if family(m) not in claimed]
-        if at == 'top':
-            a, b = min(inside, key=scores.get), max(outside, key=scores.get)
-        else:
-            a, b = min(outside, key=scores.get), max(inside, key=scores.get)
-        gap = scores[a] - scores[b]
-        se = None
-        if n.get(a) and n.get(b):
-            se = math.sqrt(sum(scores[m] * (1 - scores[m]) / n[m] for m in (a, b)))
-        separable = None if se is None else abs(gap) > 2 * se
-        noise = ('' if se is None else
-                 f'(deciding gap {_display(a)} - {_display(b)} = {gap:+.3f}, standard error about {se:.3f}: '
-                 + ('separable on these images)' if separable else 'within two standard errors, so these images '
-                    'cannot separate the two)'))
-        verdict = 'agrees' if ok else 'does not agree'
-        order = ', '.join(f'{_display(m)} {scores[m]:.3f}' for m in ranked)
-        out[cid] = dict(paper=paper, metric=metric, best=_display(ranked[0]), worst=_display(ranked[-1]),
-                        ranking=order, scores=scores, agrees=ok, verdict=verdict, gap=gap, stderr=se,
-                        separable=separable, noise=noise,
-                        sentence=f'Ours, {metric}: {order}. This {verdict} with the paper' +
-                                 (f' {noise}.' if noise else '.'))
+    def add(cid, *args):
+        claim = rank_claim(*args)
+        if claim is not None:
+            out[cid] = claim
 
-    if fams:
+    if models:
         def pick(records, key, where):
             return mean_by_model(records, key, where), images_by_model(records, where)
         shift = pick(invariance, 'consistency', lambda r: r['transform'] == 'shift' and r['magnitude'] > 0)

@@ -18,7 +18,7 @@ from typing import Callable, Dict, Type
 
 import torch.nn as nn
 
-from .base import TokenMixer
+from .base import TokenMixer, stage_sides
 
 MIXERS: Dict[str, Type[nn.Module]] = {}
 
@@ -42,6 +42,25 @@ def get_mixer_class(name: str) -> Type[nn.Module]:
         return MIXERS[name]
     except KeyError:
         raise KeyError(f'unknown mixer {name!r}; valid mixers: {", ".join(sorted(MIXERS))}') from None
+
+
+TRAIT_DEFAULTS = dict(recipe='transformer', dynamic_sampling=False, display_name=None, color=None)
+
+
+def mixer_trait(name: str, trait: str):
+    """A trait of a registered mixer (see ``base.py``), with the default for classes that do not declare it
+    (a user's mixer need not derive from :class:`TokenMixer`); ``display_name`` falls back to the registry name."""
+    if trait not in TRAIT_DEFAULTS:
+        raise KeyError(f'unknown mixer trait {trait!r}; valid: {", ".join(TRAIT_DEFAULTS)}')
+    value = getattr(get_mixer_class(name), trait, TRAIT_DEFAULTS[trait])
+    return name if trait == 'display_name' and value is None else value
+
+
+def size_options(name: str, img_size: int, num_stages: int = 4):
+    """The input-size-dependent options of a mixer: (for every stage, per stage)."""
+    sides = stage_sides(img_size, num_stages)
+    rule = getattr(get_mixer_class(name), 'size_options', None)
+    return rule(sides) if rule is not None else ({}, tuple({} for _ in sides))
 
 
 def _accepted(cls, kwargs: dict) -> dict:
@@ -69,4 +88,5 @@ def stage_input(name: str, dim: int, feat_size, **options):
 # built-in mixers register themselves on import
 from . import identity, pooling, dwconv, halo, sr_attn, swin, dcnv3  # noqa: E402,F401
 
-__all__ = ['MIXERS', 'TokenMixer', 'register_mixer', 'get_mixer_class', 'create_mixer', 'stage_input']
+__all__ = ['MIXERS', 'TokenMixer', 'register_mixer', 'get_mixer_class', 'create_mixer', 'stage_input', 'mixer_trait',
+           'size_options', 'stage_sides']

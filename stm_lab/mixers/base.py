@@ -17,19 +17,46 @@ first block of a stage) need no special case in the backbone:
 A mixer class may also define ``stage_input(dim, feat_size, **options) -> nn.Module`` (a classmethod): the
 backbone applies the returned module to the stage's input, before its first block (PVT's absolute position
 embedding). Default: none.
+
+A mixer carries its traits as class attributes, read generically (``stm_lab.mixers.mixer_trait``) by training,
+the analyses and the book, so that nothing outside ``mixers/`` keeps lists of mixer names:
+
+- ``recipe``: the Table IV column its models train with, ``'transformer'`` or ``'cnn'`` (convolution);
+- ``dynamic_sampling``: whether it samples input-dependent locations (then no fixed receptive field exists);
+- ``display_name`` and ``color``: its name in the paper's tables and its colour in every figure;
+- ``size_options(sides)`` (a classmethod): the options that follow the input size (window, halo block, reduction
+  ratio), from the side of each stage's feature map (:func:`stage_sides`); default none.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch.nn as nn
 
 
+def stage_sides(img_size: int, num_stages: int = 4) -> Tuple[int, ...]:
+    """Side of each stage's feature map for a square input: stride 4 after the stem, then 2 per transition, each
+    rounding up (3x3 stride-2 convolutions with padding 1, and patch layers padded to a multiple of their stride)."""
+    return tuple(-(-img_size // 2 ** (i + 2)) for i in range(num_stages))
+
+
 class TokenMixer(nn.Module):
-    """Base class: validates ``dim``/``num_heads`` and keeps the context keywords."""
+    """Base class: validates ``dim``/``num_heads``, keeps the context keywords and declares the traits."""
 
     #: whether ``dim`` must be divisible by ``num_heads`` (False for mixers that ignore heads)
     uses_heads: bool = True
+    #: Table IV column the mixer's models are trained with: 'transformer' or 'cnn'
+    recipe: str = 'transformer'
+    #: whether the mixer samples input-dependent locations (no fixed theoretical receptive field)
+    dynamic_sampling: bool = False
+    #: name in the paper's tables (None: the registry name) and colour in the book's figures (None: a fallback)
+    display_name: Optional[str] = None
+    color: Optional[str] = None
+
+    @classmethod
+    def size_options(cls, sides: Sequence[int]) -> Tuple[dict, Tuple[dict, ...]]:
+        """Options that follow the input size, from each stage's map side: (for every stage, per stage)."""
+        return {}, tuple({} for _ in sides)
 
     def __init__(
             self,

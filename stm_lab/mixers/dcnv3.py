@@ -24,6 +24,7 @@ from . import register_mixer
 
 @register_mixer('dcnv3')
 class DCNv3Mixer(TokenMixer):
+    recipe, dynamic_sampling, display_name, color = 'cnn', True, 'DCNv3', '#9467bd'
     """DCNv3 token mixer; ``num_heads`` is the number of groups ``G`` (each with its own offsets and mask).
 
     Args:

@@ -16,6 +16,7 @@ from . import register_mixer
 @register_mixer('dw_conv')
 class DWConvMixer(TokenMixer):
     uses_heads = False
+    recipe, display_name, color = 'cnn', 'DW-Conv', '#d62728'
 
     def __init__(self, dim, num_heads=1, *, kernel_size: int = 7, padding_mode: str = 'zeros', **context):
         super().__init__(dim, num_heads, **context)

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 
 from .base import TokenMixer
 from . import register_mixer
-from .swin import window_attention
+from .swin import window_attention, window_for_side
 
 
 def _pad(x: torch.Tensor, pad) -> torch.Tensor:
@@ -110,6 +110,13 @@ class _Axis(NamedTuple):
 class HaloAttention(TokenMixer):
     _MAX_CACHED_MASKS = 8
     no_weight_decay_keys = ('height_rel', 'width_rel')  # position tables: no weight decay
+    display_name, color = 'Halo-Attn', '#1f77b4'
+
+    @classmethod
+    def size_options(cls, sides):
+        """The query block follows the first stage as Swin's window does; the halo is half a block (224: 7/3)."""
+        block = window_for_side(sides[0])
+        return dict(block=block, halo=block // 2), tuple({} for _ in sides)
 
     def __init__(self, dim, num_heads=1, *, block: int = 7, halo: int = 3, centric: bool = True,
                  switch: bool = False, **context):

@@ -12,6 +12,7 @@ from . import register_mixer
 @register_mixer('pooling')
 class PoolingMixer(TokenMixer):
     uses_heads = False
+    recipe, display_name, color = 'cnn', 'Pooling', '#8c564b'  # PoolFormer's mixer, trained like U-DWConv
 
     def __init__(self, dim, num_heads=1, *, pool_size: int = 3, **context):
         super().__init__(dim, num_heads, **context)

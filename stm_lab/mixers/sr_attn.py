@@ -49,6 +49,19 @@ class AbsolutePositionEmbedding(nn.Module):
 
 @register_mixer('sr_attn')
 class SpatialReductionAttention(TokenMixer):
+    display_name, color = 'SR-Attn', '#ff7f0e'
+    PAPER_SR_RATIOS = (8, 4, 2, 1)  # per stage at 224 (PVT v1)
+
+    @classmethod
+    def size_options(cls, sides):
+        """Per stage, the paper's reduction ratio halved until the reduced map keeps at least 7 tokens per side (or
+        down to 1): 224 -> (8, 4, 2, 1), 64 -> (2, 1, 1, 1)."""
+        ratios = []
+        for side, r in zip(sides, cls.PAPER_SR_RATIOS + (1,) * max(0, len(sides) - len(cls.PAPER_SR_RATIOS))):
+            while r > 1 and side // r < 7:
+                r //= 2
+            ratios.append(dict(sr_ratio=r))
+        return {}, tuple(ratios)
 
     def __init__(self, dim, num_heads, *, sr_ratio: int = 1, qkv_bias: bool = True, pos_embed: bool = True,
                  **context):

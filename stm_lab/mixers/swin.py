@@ -168,10 +168,24 @@ class _Geometry:
             self.forbidden = (label[:, :, None] != label[:, None, :])[:, None]
 
 
+def window_for_side(side: int) -> int:
+    """Window (and HaloNet's query block) for a first-stage map of ``side`` pixels: 7, as in the paper, when 7
+    divides the side (224 -> 56); else the largest divisor in 6..4 (64 -> 16 -> 4, 96 -> 24 -> 6); else 7 (the
+    maps are then padded)."""
+    if side % 7 == 0:
+        return 7
+    return next((w for w in (6, 5, 4) if side % w == 0), 7)
+
+
 @register_mixer('sw_attn')
 class ShiftedWindowAttention(TokenMixer):
     no_weight_decay_keys = ('relative_position_bias_table',)  # excluded from weight decay, as in the paper
     _MAX_CACHED = 16
+    display_name, color = 'SW-Attn', '#2ca02c'
+
+    @classmethod
+    def size_options(cls, sides):
+        return dict(window=window_for_side(sides[0])), tuple({} for _ in sides)
 
     def __init__(self, dim, num_heads, *, window: int = 7, shift: Optional[int] = None,
                  qkv_bias: bool = True, **context):

@@ -1,0 +1,22 @@
+"""The book notebooks' papermill parameters, checked in each notebook's first cell after its parameters cell.
+
+    papermill notebooks/training.ipynb out.ipynb -p profile cpu
+    stm-lab notebooks --profile cpu
+
+``paper`` is not a notebook profile: no model is trained at that profile here, so the pages that read trained
+models would fail.
+"""
+from __future__ import annotations
+
+NOTEBOOK_PROFILES = ('smoke', 'cpu')
+
+
+def check_parameters(notebook: str, profile, **flags) -> None:
+    """Raise one clear ValueError for a bad ``profile`` or a flag that is not True/False (instead of a bare
+    ``StopIteration`` cells later)."""
+    if profile not in NOTEBOOK_PROFILES:
+        raise ValueError(f'{notebook}: parameter profile must be one of {", ".join(NOTEBOOK_PROFILES)}, '
+                         f'got {profile!r}')
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise ValueError(f'{notebook}: parameter {name} must be True or False, got {value!r}')

@@ -1,0 +1,63 @@
+"""The Findings page: verdicts follow the numbers (known answers), every claim has one, missing results say so."""
+import json
+
+import pytest
+
+from stm_lab import findings, results
+from stm_lab.analysis.run import rank_claim
+
+
+def _train_doc(folder, model, top1, n=4000):
+    folder.mkdir(parents=True, exist_ok=True)
+    doc = dict(provenance=dict(wall_time_s=60, train_img_per_s_median=100), config=dict(params=1e6),
+               records=[dict(epoch=12, top1=top1, top5=99.0, top1_fp16=top1, top5_fp16=99.0, weights='model',
+                             val_images=n)])
+    (folder / f'train_{model}.json').write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize('scores,expected', [
+    # U-HaloNet first by 10 points on 4000 images each: far beyond two standard errors
+    ({'halonet': 0.80, 'pvt': 0.60, 'swin': 0.70, 'dwconv': 0.65, 'internimage': 0.68}, ('agrees', 'agrees')),
+    # U-HaloNet last and U-PVT first, by 10 points: the paper's order reversed beyond the noise
+    ({'halonet': 0.60, 'pvt': 0.80, 'swin': 0.70, 'dwconv': 0.65, 'internimage': 0.68},
+     ('does not agree', 'does not agree')),
+    # 0.5 points apart: within the noise either way
+    ({'halonet': 0.701, 'pvt': 0.695, 'swin': 0.699, 'dwconv': 0.698, 'internimage': 0.697},
+     ('cannot tell at this scale', 'cannot tell at this scale')),
+])
+def test_accuracy_verdicts_follow_the_numbers(tmp_path, monkeypatch, scores, expected):
+    monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path)
+    for fam, s in scores.items():
+        _train_doc(tmp_path / 'cpu', f'u_{fam}_micro', 100 * s)
+    best, worst = findings.accuracy_findings('cpu')
+    assert (best['verdict'], worst['verdict']) == expected
+    assert 'U-HaloNet' in best['ours'] and 'standard error' in best['noise']
+
+
+def test_rank_claim_gap_and_standard_error():
+    c = rank_claim('p', 'm', {'u_pvt_micro': 0.5, 'u_swin_micro': 0.6}, {'u_pvt_micro': 100, 'u_swin_micro': 100},
+                   {'pvt'}, 'bottom')
+    assert c['agrees'] and c['gap'] == pytest.approx(0.1)
+    assert c['stderr'] == pytest.approx((0.25 / 100 + 0.24 / 100) ** 0.5)  # sqrt(p(1-p)/n) of each, added
+    assert c['separable'] is False  # 0.1 < 2 x 0.07
+
+
+def test_missing_results_are_not_yet_measured(tmp_path, monkeypatch):
+    monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path)
+    rows = findings.findings('cpu')
+    assert rows and all(r['verdict'] in findings.VERDICTS for r in rows)
+    assert all(r['verdict'] == findings.NOT_YET for r in rows)  # nothing measured in an empty results folder
+    assert {r['page'] for r in rows} >= {'Training', 'Ablations', 'Speed', 'Robustness', 'Detection'}
+    cover = findings.coverage()
+    assert all(c['status'] == 'not yet here' for c in cover)
+    (tmp_path / 'cpu').mkdir()
+    (tmp_path / 'cpu' / 'erf.json').write_text('{}')
+    assert next(c for c in findings.coverage() if c['item'] == 'Fig. 6')['status'] == 'here'
+
+
+def test_committed_results_give_a_verdict_for_every_measured_claim():
+    rows = findings.findings('cpu')
+    measured = [r for r in rows if r['page'] in ('Training', 'Robustness', 'Speed')]
+    assert measured and all(r['verdict'] != findings.NOT_YET for r in measured)
+    if not (results.RESULTS_DIR / 'cpu' / 'detection.json').exists():
+        assert all(r['verdict'] == findings.NOT_YET for r in rows if r['page'] == 'Detection')
