@@ -1,4 +1,5 @@
-"""The ``stm-lab`` command.
+"""The ``stm-lab`` command. ``stm-lab --import my_mixers <command> ...`` first imports a module that registers your own
+mixers and model families (also for the notebook kernels and training runs the command starts).
 
     stm-lab models [PATTERN]             list the registered models (timm names) with their parameter counts
     stm-lab mixers                       list the registered spatial token mixers
@@ -176,8 +177,34 @@ def _passthrough(argv):
     return None
 
 
+def _take_imports(argv: list) -> list:
+    """Remove leading ``--import MODULE`` / ``--import=MODULE`` options from ``argv``; returns the modules."""
+    modules = []
+    while argv and argv[0].startswith('--import'):
+        opt = argv.pop(0)
+        if '=' in opt:
+            modules.append(opt.split('=', 1)[1])
+        elif argv:
+            modules.append(argv.pop(0))
+        else:
+            raise SystemExit('stm-lab: error: --import needs a module name')
+    return modules
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    modules = _take_imports(argv)
+    if modules:
+        import os
+        from .mixers import IMPORT_ENV, import_user_modules
+        try:
+            import_user_modules(modules)
+        except ImportError as e:
+            print(f'stm-lab: error: {e}', file=sys.stderr)
+            return 2
+        # processes this command starts (notebook kernels, training runs) import them too
+        os.environ[IMPORT_ENV] = ','.join(dict.fromkeys(filter(None, [*os.environ.get(IMPORT_ENV, '').split(','),
+                                                                        *modules])))
     target = _passthrough(argv)
     if target is not None:
         import importlib
