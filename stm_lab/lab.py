@@ -34,9 +34,8 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
-import numpy as np
 import torch
 
 from . import results
@@ -114,7 +113,7 @@ def build(profile: str = 'cpu', models: Optional[Sequence[str]] = None, weights:
     returns the manifest."""
     from .analysis.adversarial import fgsm_direction
     from .analysis.invariance import CROP_PCTS, default_shifts
-    from .analysis.run import PROFILES, demo_images, family, iter_models
+    from .analysis.run import PROFILES, demo_images, iter_models
     from .data import demo_photos
     from .export import export_onnx, save
     from .figures import _display, color_of

@@ -4,7 +4,8 @@ local HTTP server, with every request that is not to that server blocked (and re
 ``results/<profile>/lab_browser.json``.
 
 Playwright cannot download its own browsers here (``playwright install`` needs the internet): it drives the
-system's Chromium through ``executable_path`` (:func:`find_chromium`; ``STM_LAB_CHROMIUM`` overrides).
+system's Chromium through ``executable_path`` (:func:`stm_lab.book_check.chromium_path`; ``STM_LAB_CHROMIUM``
+overrides).
 """
 from __future__ import annotations
 
@@ -22,21 +23,10 @@ from pathlib import Path
 from typing import Iterator, List, Optional
 
 from . import results
+from .book_check import chromium_path
 
-CHROMIUM_NAMES = ('chromium', 'chromium-browser', 'google-chrome', 'google-chrome-stable')
 CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
                  '--disable-component-update', '--disable-sync', '--disable-dev-shm-usage']
-
-
-def find_chromium() -> Optional[str]:
-    env = os.environ.get('STM_LAB_CHROMIUM')
-    if env:
-        return env if Path(env).exists() else None
-    for name in CHROMIUM_NAMES:
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
 
 
 def why_no_browser() -> Optional[str]:
@@ -45,16 +35,12 @@ def why_no_browser() -> Optional[str]:
         import playwright.sync_api  # noqa: F401
     except ImportError:
         return "Playwright's Python package is not installed (pip install -e '.[test]')"
-    if find_chromium() is None:
+    if chromium_path() is None:
         return 'no Chromium found (apt-get install chromium, or set STM_LAB_CHROMIUM); .ci/run installs it'
     return None
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
-    extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map,
-                      '.mjs': 'text/javascript', '.js': 'text/javascript', '.wasm': 'application/wasm',
-                      '.onnx': 'application/octet-stream', '.bin': 'application/octet-stream'}
-
     def log_message(self, *args):  # quiet
         pass
 
@@ -84,7 +70,7 @@ class Browser:
         self._dir = tempfile.mkdtemp(prefix='stm-lab-chromium-')
         try:
             self.context = self._pw.chromium.launch_persistent_context(
-                self._dir, executable_path=find_chromium(), headless=True, args=CHROMIUM_ARGS)
+                self._dir, executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS)
         except Exception:
             self._pw.stop()
             raise
@@ -93,7 +79,7 @@ class Browser:
 
     def _version(self) -> str:
         try:
-            out = subprocess.run([find_chromium(), '--version'], capture_output=True, text=True, timeout=30)
+            out = subprocess.run([chromium_path(), '--version'], capture_output=True, text=True, timeout=30)
             return out.stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return 'chromium'

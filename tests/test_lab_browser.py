@@ -5,7 +5,6 @@ works and a dropped non-image gets a clear message, and a page opened from file:
 Skipped, with the reason, without Playwright's Python package, Chromium or the npm-installed runtime (.ci/run
 installs what is missing)."""
 import io
-import json
 
 import numpy as np
 import pytest

@@ -87,6 +87,7 @@ function session(m) {
     const t0 = performance.now();
     sessions.set(m.name, loadRuntime().then(o => o.InferenceSession.create(new URL(m.file, BASE).href,
       {executionProviders: ['wasm'], graphOptimizationLevel: 'all',
+       logSeverityLevel: 3,  // errors only: the folded int8 initializers are otherwise reported one by one
        // fold the int8 weights' DequantizeLinear into float32 constants at load, as stm_lab.export.SESSION_CONFIG
        // (otherwise the products run in int8, and slower)
        extra: {session: {disable_quant_qdq: '1'}}})).then(s => {
