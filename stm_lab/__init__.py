@@ -15,3 +15,6 @@ from . import mixers  # noqa: F401  (registers the mixers)
 from .backbone import UnifiedConfig, UnifiedNet  # noqa: F401
 from .mixers import MIXERS, TokenMixer, register_mixer  # noqa: F401
 from .models import create_model, register_family  # noqa: F401  (registers the models with timm)
+
+if _os.environ.get(mixers.IMPORT_ENV):  # a user's mixers, for processes started by `stm-lab --import ...`
+    mixers.import_user_modules()

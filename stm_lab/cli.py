@@ -1,4 +1,5 @@
-"""The ``stm-lab`` command.
+"""The ``stm-lab`` command. ``stm-lab --import my_mixers <command> ...`` first imports a module that registers your own
+mixers and model families (also for the notebook kernels and training runs the command starts).
 
     stm-lab models [PATTERN]             list the registered models (timm names) with their parameter counts
     stm-lab mixers                       list the registered spatial token mixers
@@ -8,6 +9,7 @@
     stm-lab analyze {erf,invariance,fgsm,demo,all} --profile P   ERF, invariance, FGSM, rotate-a-photo demo
     stm-lab ablations {list,run}         Tables II, VI, VII and the second seed at CPU scale (resumable queue)
     stm-lab detect {data,train,evaluate,bench,run,commands}   Mask R-CNN on the unified backbones (Table V, Fig. 5)
+    stm-lab lab {runtime,build,check,measure}   the book's in-browser lab: ONNX models, parity, browser speed
     stm-lab bench dcnv3                  DCNv3 core and U-InternImage training speed, compiled vs pure PyTorch
     stm-lab bench train-speed            training/inference images/s of the micro models and timm's Swin
     stm-lab bench train-profile          where a training step goes: parts (stem, stages, head), top operators
@@ -138,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
                        ('summary', 'trained top-1 beside Table III'), ('bench', 'benchmarks (see the list above)'),
                        ('analyze', 'Sec. 6 analyses: erf, invariance, fgsm, demo (see stm-lab analyze --help)'),
                        ('ablations', 'the ablation runs at CPU scale (see stm-lab ablations --help)'),
-                       ('detect', 'detection: Mask R-CNN, Table V, Fig. 5 (see stm-lab detect --help)')):
+                       ('detect', 'detection: Mask R-CNN, Table V, Fig. 5 (see stm-lab detect --help)'),
+                       ('lab', "the book's in-browser lab: ONNX export, checks, speed (see stm-lab lab --help)")):
         sub.add_parser(name, help=text)  # listed for --help; handled by _passthrough
     s = sub.add_parser('notebooks', help='execute the notebooks into book/generated/')
     s.add_argument('--profile', default='smoke', choices=NOTEBOOK_PROFILES,
@@ -162,6 +165,8 @@ def _passthrough(argv):
         return 'stm_lab.ablations', argv[1:]
     if argv[0] == 'detect':
         return 'stm_lab.detection.run', argv[1:]
+    if argv[0] == 'lab':
+        return 'stm_lab.lab', argv[1:]
     if argv[0] == 'bench' and len(argv) > 1:
         what, rest = argv[1], argv[2:]
         table = {'dcnv3': ('stm_lab.bench', ['dcnv3', *rest]),
@@ -176,8 +181,34 @@ def _passthrough(argv):
     return None
 
 
+def _take_imports(argv: list) -> list:
+    """Remove leading ``--import MODULE`` / ``--import=MODULE`` options from ``argv``; returns the modules."""
+    modules = []
+    while argv and argv[0].startswith('--import'):
+        opt = argv.pop(0)
+        if '=' in opt:
+            modules.append(opt.split('=', 1)[1])
+        elif argv:
+            modules.append(argv.pop(0))
+        else:
+            raise SystemExit('stm-lab: error: --import needs a module name')
+    return modules
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    modules = _take_imports(argv)
+    if modules:
+        import os
+        from .mixers import IMPORT_ENV, import_user_modules
+        try:
+            import_user_modules(modules)
+        except ImportError as e:
+            print(f'stm-lab: error: {e}', file=sys.stderr)
+            return 2
+        # processes this command starts (notebook kernels, training runs) import them too
+        os.environ[IMPORT_ENV] = ','.join(dict.fromkeys(filter(None, [*os.environ.get(IMPORT_ENV, '').split(','),
+                                                                        *modules])))
     target = _passthrough(argv)
     if target is not None:
         import importlib

@@ -54,7 +54,8 @@ class _BookRenderer(pio.base_renderers.MimetypeRenderer):
 
     def to_mimebundle(self, fig_dict):
         html = pio.to_html(fig_dict, include_plotlyjs=False, include_mathjax=False, full_html=False,
-                           default_width='100%', default_height=480, config=dict(responsive=True))
+                           default_width='100%', default_height=480, config=dict(responsive=True),
+                           auto_play=False)  # figures with frames wait for their slider
         return {'text/html': html}
 
 
@@ -743,3 +744,148 @@ def findings_table_markdown(rows: Iterable[dict]) -> str:
         ours = r['ours'] if r['noise'] in ('-', '') else f"{r['ours']} ({r['noise']})"
         lines.append(f"| {r['claim']} | {r['paper']} | {ours} | **{r['verdict']}** |")
     return '\n'.join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ the lab
+
+def _marker(axis: int, x: float) -> dict:
+    suffix = '' if axis == 1 else str(axis)
+    return dict(type='line', xref=f'x{suffix}', yref=f'y{suffix} domain', x0=x, x1=x, y0=0, y1=1,
+                line=dict(color='black', width=2, dash='dot'))
+
+
+def lab_consistency_figure(records: Iterable[dict], crop_pct: float = 0.875) -> go.Figure:
+    """The invariance sweeps' consistency (``invariance.json`` records), one panel per transform, with a dotted
+    marker per panel (shapes 0, 1, 2: shift, rotation, crop ratio) that the in-browser lab moves to its current
+    setting (``book/_static/lab/lab.js``)."""
+    from plotly.subplots import make_subplots
+    records = list(records)
+    transforms = ('shift', 'rotation', 'scale')
+    fig = make_subplots(rows=1, cols=3, shared_yaxes=True, horizontal_spacing=0.04,
+                        subplot_titles=['consistency vs shift', 'vs rotation', 'vs crop ratio'])
+    for m in _models_in_order(records):
+        for j, tr in enumerate(transforms, 1):
+            rs = sorted((r for r in records if r['model'] == m and r['transform'] == tr), key=lambda r: r['magnitude'])
+            fig.add_scatter(x=[r['magnitude'] for r in rs], y=[r['consistency'] for r in rs], mode='lines+markers',
+                            name=_display(m), legendgroup=m, showlegend=j == 1, marker=dict(size=4),
+                            line=dict(color=color_of(m), width=1.5),
+                            hovertemplate=f'{tr} %{{x}}: consistency %{{y:.3f}}<extra>{_display(m)}</extra>',
+                            row=1, col=j)
+    for j, tr in enumerate(transforms, 1):
+        fig.update_xaxes(title_text=INVARIANCE_AXES[tr].split(' (')[0] if tr != 'scale' else 'crop ratio', row=1, col=j)
+    fig.update_yaxes(title_text='consistency', row=1, col=1)
+    fig.update_layout(template='plotly_white', height=330, margin=dict(l=60, r=20, t=40, b=50),
+                      shapes=[_marker(1, 0), _marker(2, 0), _marker(3, crop_pct)],
+                      legend=dict(orientation='h', y=-0.3))
+    return fig
+
+
+def lab_fgsm_figure(records: Iterable[dict]) -> go.Figure:
+    """:func:`fgsm_curves` with a dotted marker (shape 0) that the lab's epsilon slider moves."""
+    fig = fgsm_curves(records)
+    fig.update_layout(height=330, shapes=[_marker(1, 0)], xaxis=dict(range=[-0.2, 8.2]))
+    return fig
+
+
+def figure_html(fig: go.Figure, div_id: str) -> str:
+    """A figure as an HTML fragment with a known element id, using the page's plotly.js."""
+    return fig.to_html(full_html=False, include_plotlyjs=False, include_mathjax=False, auto_play=False, div_id=div_id)
+
+
+# ------------------------------------------------------------------------------------------------ ERF, Fig. 6
+
+def map_uri(score, cmap: str = 'viridis') -> str:
+    """A [0, 1] map as a colour-mapped PNG data URI (for ``go.Image``: a few kB, where a heatmap's numbers cost
+    tens of kB per 64x64 map)."""
+    import base64
+    import io
+    import numpy as np
+    from matplotlib import colormaps
+    from PIL import Image
+    rgb = (colormaps[cmap](np.clip(np.asarray(score, float), 0, 1))[..., :3] * 255).round().astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format='PNG', optimize=True)
+    return 'data:image/png;base64,' + base64.b64encode(buf.getvalue()).decode()
+
+
+def erf_fig6(records: Iterable[dict], stages: Tuple[int, ...] = (3, 4), t: float = 0.5) -> go.Figure:
+    """The paper's Fig. 6 view: the (average) ERF score maps of the last two stages, one column per model, side by
+    side (``erf.json`` records); the title of each map gives its ERF@t side ratio."""
+    from plotly.subplots import make_subplots
+    records = [r for r in records if r['stage'] in stages]
+    models = _models_in_order(records)
+    if not models:
+        raise ValueError(f'erf_fig6: no records of stages {stages}')
+    index = {(r['model'], r['stage']): r for r in records}
+    titles = []
+    for s in stages:
+        for m in models:
+            r = index.get((m, s))
+            side = next((a['side_ratio'] for a in r['erf_at'] if a['t'] == t), None) if r else None
+            titles.append(f'{_display(m)}<br>stage {s}' + (f', ERF@{round(100 * t)} {side:.2f}' if side else ''))
+    fig = make_subplots(rows=len(stages), cols=len(models), subplot_titles=titles, horizontal_spacing=0.01,
+                        vertical_spacing=0.08)
+    for i, s in enumerate(stages, 1):
+        for j, m in enumerate(models, 1):
+            r = index.get((m, s))
+            if r:
+                fig.add_trace(go.Image(source=map_uri(r['score_map']), hoverinfo='skip'), row=i, col=j)
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    fig.update_annotations(font_size=10)
+    fig.update_layout(template='plotly_white', height=180 * len(stages) + 80, margin=dict(l=10, r=10, t=50, b=10))
+    return fig
+
+
+def erf_photo_figure(photo_records: Iterable[dict], avg_records: Iterable[dict], photo_uris: Dict[str, str],
+                     photos: list) -> go.Figure:
+    """One demo photo at a time (slider): per model (rows), the photo as the models saw it, then for each stage
+    the ERF map of that photo beside the average map (``erf_photos.json`` and ``erf.json`` records);
+    ``photo_uris``: file -> data URI of the photo resized to the model input."""
+    from plotly.subplots import make_subplots
+    from .analysis.run import erf_photo_score
+    photo_records = list(photo_records)
+    stages = sorted({r['stage'] for r in photo_records})
+    models = _models_in_order(photo_records)
+    avg = {(r['model'], r['stage']): r for r in avg_records}
+    per = {(r['model'], r['photo'], r['stage']): r for r in photo_records}
+    cols = ['photo'] + [c for s in stages for c in (f'stage {s}: this photo', f'stage {s}: average')]
+    fig = make_subplots(rows=len(models), cols=len(cols), column_titles=cols, row_titles=[_display(m) for m in models],
+                        horizontal_spacing=0.01, vertical_spacing=0.02)
+    blank = map_uri([[0.0]])
+
+    def photo_traces(f):
+        out = []
+        for m in models:
+            out.append(go.Image(source=photo_uris[f], hoverinfo='skip'))
+            for s in stages:
+                r = per.get((m, f, s))
+                out.append(go.Image(source=map_uri(erf_photo_score(r)) if r else blank, hoverinfo='skip'))
+        return out
+
+    first = photos[0]['file']
+    moving = []  # trace indices that change with the photo
+    k = 0
+    for i, m in enumerate(models, 1):
+        fig.add_trace(go.Image(source=photo_uris[first], hoverinfo='skip'), row=i, col=1)
+        moving.append(k)
+        k += 1
+        for j, s in enumerate(stages):
+            r = per.get((m, first, s))
+            fig.add_trace(go.Image(source=map_uri(erf_photo_score(r)) if r else blank, hoverinfo='skip'),
+                          row=i, col=2 + 2 * j)
+            moving.append(k)
+            a = avg.get((m, s))
+            fig.add_trace(go.Image(source=map_uri(a['score_map']) if a else blank, hoverinfo='skip'),
+                          row=i, col=3 + 2 * j)
+            k += 2
+    fig.frames = [go.Frame(data=photo_traces(p['file']), traces=moving, name=p['file']) for p in photos]
+    anim = dict(mode='immediate', frame=dict(duration=0, redraw=True), transition=dict(duration=0))
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    fig.update_annotations(font_size=10)
+    fig.update_layout(
+        template='plotly_white', height=130 * len(models) + 150, margin=dict(l=10, r=110, t=40, b=80),
+        sliders=[dict(active=0, currentvalue=dict(prefix='photo: '), pad=dict(t=10),
+                      steps=[dict(method='animate', label=p['class'], args=[[p['file']], anim]) for p in photos])])
+    return fig

@@ -51,7 +51,7 @@ from timm.utils import ModelEmaV3
 from . import results
 from .backbone import UnifiedNet
 from .data import BatchFinish, DataConfig, build_mixup, image_transform, load_dataset
-from .mixers import mixer_trait
+from .mixers import ensure_mixer, mixer_module, mixer_trait
 from .models import FAMILIES, create_model
 from .results import ROOT, atomic_write_bytes, remove_stale_temporaries
 
@@ -513,6 +513,7 @@ class Run:
         opt_tensors, groups = _optimizer_tensors(self.opt)
         tensors.update(opt_tensors)
         state = dict(kind='train_state', config=self.cfg.to_dict(), model_config=self.model.config.to_dict(),
+                     mixer_module=mixer_module(self.model.config.mixer),
                      classes=self.classes, epoch=self.epoch, steps_per_epoch=self.steps_per_epoch,
                      global_step=self.epoch * self.steps_per_epoch, optimizer_param_groups=groups,
                      scheduler=_jsonable(self.sched.state_dict()),
@@ -881,6 +882,7 @@ def export_result(run: Run, out: Path, command: Optional[str] = None, results_su
 def weights_state(cfg: TrainConfig, model_config: dict, classes: List[str], weights: str, metrics: dict) -> dict:
     """What a weights file records so that evaluation can rebuild everything (model, input, normalization)."""
     return dict(kind='weights', model=cfg.model, model_config=model_config, classes=classes, weights=weights,
+                mixer_module=mixer_module(model_config['mixer']),
                 data=dict(dataset=cfg.data.dataset, img_size=cfg.data.img_size, crop_pct=cfg.data.crop_pct,
                           interpolation=cfg.data.interpolation, mean=list(cfg.data.mean), std=list(cfg.data.std)),
                 train_config=cfg.to_dict(), metrics=metrics)
@@ -891,6 +893,7 @@ def load_model(path, weights: str = 'auto') -> Tuple[UnifiedNet, dict]:
     ``weights``: for run checkpoints, 'model', 'ema', or 'auto' (the one with the higher last top-1). Exported
     weights that do not pair with the result JSON beside them are refused (:func:`check_export`)."""
     tensors, state = read_checkpoint(path)
+    ensure_mixer(state['model_config']['mixer'], state.get('mixer_module'))  # a user's mixer: import its module
     if state['kind'] == 'train_state':
         cfg = TrainConfig.from_dict(state['config'])
         last = state['history'][-1] if state['history'] else {}

@@ -95,3 +95,21 @@ def test_reusing_the_gradient_gives_the_same_records_as_one_attack_per_epsilon()
         assert abs(ra['loss'] - rb['loss']) < 1e-5
     assert set(a[0]) == {'model_name', 'attack', 'epsilon', 'epsilon_255', 'top1', 'clean_top1', 'loss', 'n'}
     assert [r['epsilon_255'] for r in a] == [0, 0.5, 2, 8]
+
+
+def test_fgsm_direction_of_a_linear_model():
+    """Known answer: for logits W x' + b with x' = (x - mean) / std, the input gradient of the cross-entropy is
+    W^T (softmax - onehot) / std, so the direction is the sign of that."""
+    from stm_lab.analysis.adversarial import fgsm_direction
+    torch.manual_seed(0)
+    model = Linear(side=8)
+    x, y = batch(n=4, side=8)
+    mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+    d = fgsm_direction(model, x, y, mean=mean, std=std)
+    m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        p = torch.softmax(model((x - m) / s), -1)
+        g = ((p - F.one_hot(y, 10).float()) @ model.fc.weight).view_as(x) / s
+    assert torch.equal(d, torch.sign(g))
+    # and FGSM at any epsilon is x + epsilon * direction, clamped
+    assert torch.allclose(fgsm_perturb(model, x, y, 3 / 255, mean=mean, std=std), (x + 3 / 255 * d).clamp(0, 1))

@@ -16,7 +16,7 @@ def results_dir(tmp_path, monkeypatch):
 
 @pytest.fixture(scope='module')
 def smoke(tmp_path_factory):
-    """All four analyses at the smoke profile (two models, fewest images), saved into a temporary results dir."""
+    """All the analyses at the smoke profile (two models, fewest images), saved into a temporary results dir."""
     mp = pytest.MonkeyPatch()
     tmp = tmp_path_factory.mktemp('results')
     mp.setattr(results, 'RESULTS_DIR', tmp)
@@ -24,7 +24,7 @@ def smoke(tmp_path_factory):
     for what in run.ANALYSES:
         assert run.main([what, '--profile', 'smoke', '--models', *models, '--limit', '4', '--threads', '1']) == 0
     docs = {name: json.loads((tmp / 'smoke' / f'{name}.json').read_text())
-            for name in ('erf', 'invariance', 'fgsm', 'demo_rotation')}
+            for name in ('erf', 'invariance', 'fgsm', 'demo_rotation', 'erf_photos')}
     mp.undo()
     return docs
 
@@ -54,6 +54,10 @@ def test_smoke_records_have_the_schema(smoke):
     assert len(demo) == 2 * 10 * len(run.DEMO_ANGLES)
     assert all(COMMON | {'photo', 'angle', 'pred_class', 'prob', 'true_prob', 'correct', 'img_size'} <= set(r)
                for r in demo)
+    photos = smoke['erf_photos']['records']
+    assert len(photos) == 2 * 10 * len(run.ERF_PHOTO_STAGES) and {r['stage'] for r in photos} == {3, 4}
+    assert all(COMMON | {'photo', 'label', 'stage', 'img_size', 'centre', 'score_u8'} <= set(r) for r in photos)
+    assert all(run.erf_photo_score(r).shape == (r['img_size'],) * 2 for r in photos)
     for doc in smoke.values():
         assert doc['config']['trained'] is False and doc['provenance']['profile'] == 'smoke'
 

@@ -24,8 +24,13 @@ def smoke_book(tmp_path_factory):
     install_book_assets()
     for name in ('_config.yml', '_toc.yml'):
         shutil.copy(ROOT / name, root / name)
-    shutil.copytree(ROOT / 'book', root / 'book', ignore=shutil.ignore_patterns('generated'))
-    assert cli.main(['notebooks', '--profile', 'smoke', '--out', str(root / 'book' / 'generated')]) == 0
+    shutil.copytree(ROOT / 'book', root / 'book', ignore=shutil.ignore_patterns('generated', 'node_modules'))
+    mp = pytest.MonkeyPatch()
+    mp.setenv('STM_LAB_LAB_DIR', str(root / 'book' / '_static' / 'lab'))  # the lab's models for this copy
+    try:
+        assert cli.main(['notebooks', '--profile', 'smoke', '--out', str(root / 'book' / 'generated')]) == 0
+    finally:
+        mp.undo()
     jb = [str(Path(sys.executable).parent / 'jupyter-book'), 'build', str(root), '-W', '--keep-going']
     out = subprocess.run(jb, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]

@@ -106,3 +106,41 @@ def test_loss_label_names_the_loss_the_runs_trained_with():
     assert figures.loss_label([doc(0.0, 0.0), doc(0.8, 1.0)]) == 'training loss (its own recipe)'
     assert figures.loss_label([doc(0.0, 0.0, 0.1), doc(0.0, 0.0, 0.2)]) == 'training loss (its own recipe)'
     assert figures.loss_label([{}]) == 'training loss (its own recipe)'  # no recorded configuration
+
+
+def test_book_figures_load_nothing_from_other_sites():
+    """The book's figure renderer writes no script from a CDN (plotly's own HTML renderer adds MathJax's)."""
+    import plotly.graph_objects as go
+    import plotly.io as pio
+    from stm_lab.figures import use_book_renderer
+    use_book_renderer()
+    fig = go.Figure(go.Scatter(x=[1, 2], y=[3, 4]), frames=[go.Frame(data=[go.Scatter(x=[1, 2], y=[4, 3])])])
+    html = pio.renderers['stm_book'].to_mimebundle(fig.to_dict())['text/html']
+    assert 'Plotly.newPlot' in html and '<script' in html
+    assert 'src="http' not in html and 'cdn' not in html.lower()
+    assert 'Plotly.animate' not in html  # figures with frames wait for their slider (no auto-play)
+
+
+def test_erf_fig6_and_photo_figure():
+    """Fig. 6 view: one image per (stage, model); the photo figure: a frame per photo that changes the photo column
+    and the per-photo maps only (the average maps stay)."""
+    import base64
+    import numpy as np
+    from stm_lab.figures import erf_fig6, erf_photo_figure
+    rng = np.random.default_rng(0)
+    models = ['u_swin_micro', 'u_halonet_micro']
+    avg = [dict(model=m, stage=s, score_map=rng.random((8, 8)).tolist(), erf_at=[dict(t=0.5, side_ratio=0.5)])
+           for m in models for s in (1, 2, 3, 4)]
+    fig = erf_fig6(avg)
+    assert len(fig.data) == 4 and all(d.type == 'image' for d in fig.data)
+    assert 'U-Swin Transformer<br>stage 3, ERF@50 0.50' in [a.text for a in fig.layout.annotations]
+    photos = [dict(file=f'{i}.jpg', **{'class': f'c{i}'}) for i in range(3)]
+    per = [dict(model=m, photo=p['file'], stage=s, img_size=8,
+                score_u8=base64.b64encode(rng.integers(0, 256, 64, dtype=np.uint8).tobytes()).decode())
+           for m in models for p in photos for s in (3, 4)]
+    uris = {p['file']: f'data:image/jpeg;base64,{i}' for i, p in enumerate(photos)}
+    fig = erf_photo_figure(per, avg, uris, photos)
+    assert len(fig.data) == 2 * 5 and len(fig.frames) == 3
+    assert list(fig.frames[1].traces) == [0, 1, 3, 5, 6, 8]  # photo, stage-3 map, stage-4 map of each model
+    assert fig.frames[2].data[0].source == uris['2.jpg'] and fig.data[0].source == uris['0.jpg']
+    assert fig.frames[1].data[1].source != fig.frames[2].data[1].source

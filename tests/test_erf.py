@@ -1,4 +1,5 @@
 """Effective receptive field: known answers on hand-built models and on the unified models' geometry."""
+import numpy as np
 import pytest
 import timm
 import torch
@@ -136,3 +137,25 @@ def test_erf_records_are_tidy():
     assert all(r['model'] == 'stack' and r['analysis'] == 'erf' and r['n_images'] == 2 for r in rows)
     assert rows[1]['side_px'] == 3 and rows[3]['side_px'] == 5
     assert rows[0]['theoretical_side_ratio'] == 3 / 15 and rows[2]['theoretical_side_ratio'] == 5 / 15
+
+
+def test_erf_photo_records_hold_one_photo_each():
+    """erf_photos: one map per (model, photo, stage), each the ERF of that photo alone, stored as 8-bit scores."""
+    import timm
+    import stm_lab  # noqa: F401
+    from stm_lab.analysis.erf import erf_maps
+    from stm_lab.analysis.run import Loaded, demo_images, erf_photo_score, run_erf_photos
+    torch.manual_seed(0)
+    model = timm.create_model('u_dwconv_test', num_classes=10, img_size=32).eval()
+    m = Loaded('u_dwconv_test', model, 32, 0.875, (0.5,) * 3, (0.25,) * 3, [str(i) for i in range(10)], False, 'test')
+    rows = run_erf_photos(m, stages=(3, 4))
+    x, photos = demo_images()
+    assert len(rows) == 2 * len(photos)
+    r = next(r for r in rows if r['photo'] == photos[2]['file'] and r['stage'] == 3)
+    alone = erf_maps(model, x[2:3], [2], img_size=32, mean=(0.5,) * 3, std=(0.25,) * 3, progress=False)[2]
+    want = alone.score().float().numpy()
+    got = erf_photo_score(r)
+    assert got.shape == (32, 32) and np.abs(got - want).max() <= 0.5 / 255 + 1e-6
+    # a different photo has a different map
+    other = next(r for r in rows if r['photo'] == photos[5]['file'] and r['stage'] == 3)
+    assert not np.array_equal(erf_photo_score(other), got)

@@ -188,3 +188,37 @@ def test_gradients_reach_all_parameters():
     m(torch.randn(2, 5, 4, 8)).square().sum().backward()
     for name, p in m.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize('centric', [True, False])
+@pytest.mark.parametrize('block,halo', [(7, 3), (4, 1), (4, 0), (3, 2), (8, 0)])
+def test_key_mask_decision_needs_no_tensor(block, halo, centric):
+    """Whether any key falls outside the image is decided from the geometry (Python integers, so that torch.export
+    can trace the mixer): it agrees with the mask tensors, found by brute force over every kept window position."""
+    m = HaloAttention(8, 2, block=block, halo=halo, centric=centric)
+    for H in range(1, 20):
+        for W in (1, 5, block, 2 * block, 2 * block + 1):
+            for trim in (True, False):
+                outside = False
+                for n in (H, W):
+                    a = m._axis(n, trim)
+                    outside |= any(not 0 <= b * block + j - m._top_pad < n
+                                   for b in range(a.n_blocks) for j in range(a.first, a.first + a.k))
+                mask = m._key_mask(H, W, 'cpu', trim)
+                assert (mask is not None) == outside, (H, W, trim)
+                if mask is not None:
+                    assert bool(mask[0].any() or mask[1].any())
+
+
+def test_halo_model_exports_to_onnx():
+    """torch.export traces the halo mixer (no data-dependent branch) and ONNX Runtime gives PyTorch's outputs."""
+    pytest.importorskip('onnxscript')
+    pytest.importorskip('onnxruntime')
+    import timm
+    from stm_lab.export import OnnxClassifier, export_onnx, torch_logits
+    torch.manual_seed(0)
+    model = timm.create_model('u_halonet_test', num_classes=10, img_size=32).eval()
+    x = torch.rand(3, 3, 32, 32)
+    got = OnnxClassifier(export_onnx(model, 32, weights='fp32').SerializeToString())(x)
+    assert abs(got - torch_logits(model, x, None, None)).max() < 1e-4
+    model(torch.randn(1, 3, 32, 32))  # the mask cache still works after a trace (no traced tensors cached)

@@ -1,4 +1,5 @@
 """Invariance sweeps: known answers (identity transforms, input-blind and exactly shift-invariant models)."""
+import pytest
 import timm
 import torch
 import torch.nn as nn
@@ -118,3 +119,34 @@ def test_zhang_consistency_with_a_single_offset_is_one():
     model = timm.create_model('u_swin_test', num_classes=10, img_size=S)
     r = zhang_consistency(model, data(n=6)[0], img_size=S, max_offset=1, progress=False)
     assert r == dict(transform='zhang_shift', magnitude=1, consistency=1.0, top1=None, n=6)
+
+
+def test_view_combines_the_sweeps_views():
+    """invariance.view (the in-browser lab's geometry) gives each sweep's own view when the other two transforms
+    are at their defaults, and moves content the way it says."""
+    import torchvision.transforms.v2.functional as TF
+    from stm_lab.analysis.invariance import view
+    x, _ = data(n=2, side=48)
+    x = x[:, :, :, :40]  # not square: the long side is rounded as in resize_short
+    R = int(S / 0.875)
+    ref = resize_short(x, R)
+    assert torch.equal(view(x, S), crop(ref, S))
+    assert torch.equal(view(x, S, crop_pct=0.45), crop(resize_short(x, int(S / 0.45)), S))
+    rotated = TF.rotate(ref, 25.0, interpolation=TF.InterpolationMode.BILINEAR, fill=0.0)
+    assert torch.equal(view(x, S, angle=25), crop(rotated, S))
+    assert torch.equal(view(x, S, shift=(3, -2)), crop(ref, S, -3, 2))
+    # content moves by (dy, dx): one bright pixel of a black image lands 3 rows lower and 2 columns to the left
+    img = torch.zeros(1, 3, R, R)
+    img[..., 20, 20] = 1
+    before, after = view(img, S), view(img, S, shift=(3, -2))
+    (y0, x0), (y1, x1) = (torch.nonzero(v[0, 0] == v[0, 0].max())[0].tolist() for v in (before, after))
+    assert (y1 - y0, x1 - x0) == (3, -2)
+    # rotation is counter-clockwise: in the 36x36 resized image (centre 17.5), the pixel at row 18, column 28
+    # (10.5 right of the centre, 0.5 below) turns to row 7, column 18; the centre 32x32 crop starts at (2, 2)
+    assert R == 36
+    img = torch.zeros(1, 3, R, R)
+    img[..., 18, 28] = 1
+    rot = view(img, S, angle=90)[0, 0]
+    assert torch.nonzero(rot).tolist() == [[5, 16]]
+    with pytest.raises(ValueError, match='whole pixels'):
+        view(x, S, shift=(0.5, 0))

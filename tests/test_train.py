@@ -212,12 +212,17 @@ def test_a_checkpoint_written_before_the_new_fields_still_resumes_exactly(smoke_
                                                                                     device='cpu')
 
 
-def test_resume_refuses_other_workers_or_threads_and_keeps_the_recorded_threads(smoke_run, tmp_path, monkeypatch):
+def _copy_of_finished_run(smoke_run, tmp_path, monkeypatch):
+    """A copy of the finished smoke run, results redirected under tmp_path: (run folder, final metrics, its files)."""
     root, final = smoke_run
     monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path / 'results')
     run = tmp_path / 'run'
     shutil.copytree(root / 'run', run)
-    before = _files(run)
+    return run, final, _files(run)
+
+
+def test_resume_refuses_other_workers_or_threads_and_keeps_the_recorded_threads(smoke_run, tmp_path, monkeypatch):
+    run, final, before = _copy_of_finished_run(smoke_run, tmp_path, monkeypatch)
     with pytest.raises(ValueError, match=r'change the result \(--workers 0 there, 2 here\).*left in place'):
         train.train(_cfg(data=dict(num_workers=2)), run, **SMOKE)
     with pytest.raises(ValueError, match=r'change the result \(--threads 1 there, 2 here\)'):
@@ -230,11 +235,7 @@ def test_resume_refuses_other_workers_or_threads_and_keeps_the_recorded_threads(
 
 def test_a_second_run_on_a_locked_folder_is_refused_and_a_killed_holder_blocks_nothing(smoke_run, tmp_path,
                                                                                       monkeypatch, capsys):
-    root, final = smoke_run
-    monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path / 'results')
-    run = tmp_path / 'run'
-    shutil.copytree(root / 'run', run)
-    before = _files(run)
+    run, final, before = _copy_of_finished_run(smoke_run, tmp_path, monkeypatch)
     lock = run / train.LOCK_NAME
     holder = subprocess.Popen([sys.executable, '-c', 'import fcntl, sys, time\n'
                                'f = open(sys.argv[1], "w"); fcntl.flock(f, fcntl.LOCK_EX)\n'
@@ -259,10 +260,7 @@ def test_a_second_run_on_a_locked_folder_is_refused_and_a_killed_holder_blocks_n
 
 
 def test_temporaries_left_in_a_run_folder_by_killed_writes_are_removed(smoke_run, tmp_path, monkeypatch, capsys):
-    root, _ = smoke_run
-    monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path / 'results')
-    run = tmp_path / 'run'
-    shutil.copytree(root / 'run', run)
+    run, _, _ = _copy_of_finished_run(smoke_run, tmp_path, monkeypatch)
     (run / '.last.safetensors.k2x9_q1a.tmp').write_bytes(bytes(4_000_000))  # fresh, of a writer without a pid
     (run / f'.metrics.jsonl.{os.getpid()}.0badf00d.tmp').write_bytes(bytes(1000))  # a live pid, yet no writer
     train.train(_cfg(), run, **SMOKE)
@@ -282,11 +280,9 @@ def test_ctrl_c_says_where_the_run_stopped_and_how_to_continue(tmp_path, monkeyp
 
 
 def test_bad_arguments_are_one_line_messages_and_change_nothing(smoke_run, tmp_path, monkeypatch, capsys):
-    root, _ = smoke_run
-    monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path / 'results')
-    run, new = tmp_path / 'run', tmp_path / 'new'
-    shutil.copytree(root / 'run', run)  # a finished run: --resume none must not touch it before its first epoch
-    before = _files(run)
+    # a finished run: --resume none must not touch it before its first epoch
+    run, _, before = _copy_of_finished_run(smoke_run, tmp_path, monkeypatch)
+    new = tmp_path / 'new'
     base = ['train', '--model', 'u_swin_test', '--profile', 'smoke', '--no-progress', '--resume', 'none']
     for args, message in ((['--epochs', '0'], 'epochs must be an integer of at least 1, got 0'),
                           (['--epochs', '-3'], 'epochs must be an integer of at least 1, got -3'),
@@ -304,7 +300,7 @@ def test_bad_arguments_are_one_line_messages_and_change_nothing(smoke_run, tmp_p
             assert capsys.readouterr().err == f'stm-lab train: error: {message}\n'
     assert _files(run) == before and not new.exists() and not (tmp_path / 'results').exists()
     assert torch.get_num_threads() == 1
-    ckpt = str(root / 'run' / 'last.safetensors')
+    ckpt = str(smoke_run[0] / 'run' / 'last.safetensors')
     for limit in ('-5', '0'):  # were 95 images and the whole split
         assert train.main(['eval', '--checkpoint', ckpt, '--limit', limit]) == 2
         assert capsys.readouterr().err == f'stm-lab eval: error: --limit must be at least 1, got {limit}\n'
@@ -315,11 +311,7 @@ def test_bad_arguments_are_one_line_messages_and_change_nothing(smoke_run, tmp_p
 
 
 def test_starting_over_leaves_the_old_run_whole_until_the_first_new_epoch(smoke_run, tmp_path, monkeypatch):
-    root, _ = smoke_run
-    monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path / 'results')
-    run = tmp_path / 'run'
-    shutil.copytree(root / 'run', run)
-    before = _files(run)
+    run, _, before = _copy_of_finished_run(smoke_run, tmp_path, monkeypatch)
     step = train.Run.step
 
     def interrupted(self, x, y, global_step):

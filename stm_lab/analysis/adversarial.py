@@ -55,6 +55,29 @@ def fgsm_perturb(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, e
         return _perturb(_attack(net), x, epsilon, labels.to(x.device))
 
 
+def _direction(net: nn.Module, x: torch.Tensor, y: torch.Tensor):
+    """sign(grad_x CE(net(x), y)) from captum's step at epsilon 1, unbounded, and the clean logits of that forward."""
+    seen = {}
+
+    def forward(inp):  # keeps the clean logits of captum's own forward pass
+        seen['logits'] = out = net(inp)
+        return out
+
+    direction = torch.sign(_perturb(_attack(forward, bounded=False), x, 1.0, y) - x)
+    return direction, seen['logits'].detach()
+
+
+def fgsm_direction(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, mean=None,
+                   std=None) -> torch.Tensor:
+    """The FGSM direction sign(grad) of each image (-1, 0 or 1, same shape as ``images``): it does not depend on
+    epsilon, so ``(images + epsilon * direction).clamp(0, 1)`` is the FGSM image at any epsilon (what
+    :func:`fgsm_sweep` and the book's in-browser lab do)."""
+    net = PixelSpace(model, mean, std).to(model_device(model))
+    with eval_frozen(model):
+        x = images.to(model_device(model), torch.float32)
+        return _direction(net, x, labels.to(x.device))[0]
+
+
 @torch.no_grad()
 def _logits(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return net(x)
@@ -84,14 +107,7 @@ def fgsm_sweep(model: nn.Module, data: Data, /, epsilons: Sequence[float] = PAPE
                 raise ValueError('fgsm_sweep needs labels: pass (images, labels) or batches of them')
             x, y = x.to(device, torch.float32), y.to(device)
             if reuse_gradient:
-                seen = {}
-
-                def forward(inp):  # keeps the clean logits of captum's own forward pass
-                    seen['logits'] = out = net(inp)
-                    return out
-
-                direction = torch.sign(_perturb(_attack(forward, bounded=False), x, 1.0, y) - x)
-                clean = seen['logits'].detach()
+                direction, clean = _direction(net, x, y)
             else:
                 clean = _logits(net, x)
             clean_correct += (clean.argmax(-1) == y).sum().item()

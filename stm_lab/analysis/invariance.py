@@ -65,6 +65,24 @@ def crop(x: torch.Tensor, size: int, dy: int = 0, dx: int = 0) -> torch.Tensor:
     return x[..., top:top + size, left:left + size]
 
 
+def view(x: torch.Tensor, img_size: int = 64, *, crop_pct: float = 0.875, angle: float = 0.0,
+         shift: Tuple[int, int] = (0, 0)) -> torch.Tensor:
+    """One view with the three sweeps' transforms combined, in this order: the short side resized to
+    ``int(img_size / crop_pct)`` (the scale sweep's crop ratio), rotated counter-clockwise by ``angle`` degrees
+    about the resized image's centre (bilinear, black corners), then the ``img_size`` window taken with the
+    content moved by ``shift = (dy, dx)`` integer pixels (down, right; the window moves the other way, black
+    outside). With two of them at their defaults it is the third sweep's view (the scale sweep at ``crop_pct``,
+    :func:`rotation_sweep` at ``angle``, :func:`translation_sweep` with fill ``'zeros'`` at a shift); the book's
+    in-browser lab computes the same view (``book/_static/lab/geometry.js``)."""
+    dy, dx = shift
+    if int(dy) != dy or int(dx) != dx:
+        raise ValueError(f'shift must be whole pixels, got {shift}')
+    x = resize_short(x, int(img_size / crop_pct))
+    if angle:
+        x = TF.rotate(x, float(angle), interpolation=TF.InterpolationMode.BILINEAR, fill=0.0)
+    return crop(x, img_size, -int(dy), -int(dx))
+
+
 # ----------------------------------------------------------------------------- sweeps
 
 def default_shifts(img_size: int) -> Tuple[int, ...]:

@@ -1,6 +1,6 @@
 """Run the Sec. 6 analyses on a profile's models and save their results (``stm-lab analyze``).
 
-    stm-lab analyze erf|invariance|fgsm|demo|all --profile smoke|cpu [--models ...] [--limit N] [--threads 1]
+    stm-lab analyze erf|invariance|fgsm|demo|erf_photos|all --profile smoke|cpu [--models ...] [--limit N] [--threads 1]
 
 Profiles:
 
@@ -23,6 +23,9 @@ Outputs (``results/<profile>/``), one record schema for both profiles:
 - ``demo_rotation.json``: one record per (model, photo, angle): the model's top-1 on a demo photo
   (``data/demo``) rotated by 0..45 degrees then centre-cropped (the rotation sweep's views), for the book's
   "rotate a photo" figure; :func:`demo_views` rebuilds the views the models saw.
+- ``erf_photos.json``: one record per (model, demo photo, stage 3 or 4): the ERF score map of that one photo
+  (the procedure of ``erf.json`` with a single image), stored as 8-bit (``score_u8``: base64 of S x S bytes,
+  score x 255 rounded; :func:`erf_photo_score` decodes it), for the ERF page's per-photo maps beside the average.
 
 :func:`paper_claims` compares the qualitative claims of Sec. 6.2-6.3 with the saved numbers.
 """
@@ -48,7 +51,8 @@ from .invariance import ANGLES, CROP_PCTS, crop, resize_short
 
 MICRO = ('u_halonet_micro', 'u_pvt_micro', 'u_swin_micro', 'u_dwconv_micro', 'u_internimage_micro')
 TEST = tuple(m.replace('_micro', '_test') for m in MICRO)
-ANALYSES = ('erf', 'invariance', 'fgsm', 'demo')
+ANALYSES = ('erf', 'invariance', 'fgsm', 'demo', 'erf_photos')
+ERF_PHOTO_STAGES = (3, 4)  # the last two stages, as in the paper's Fig. 6
 FGSM_EPSILONS_255 = (0, 0.5, 1, 2, 4, 8)
 DEMO_ANGLES = tuple(range(0, 50, 5))
 SEED = 0
@@ -253,6 +257,29 @@ def demo_views(img_size: int, crop_pct: float = 0.875, angles: Sequence[float] =
             for a in angles}
 
 
+def run_erf_photos(m: Loaded, stages: Sequence[int] = ERF_PHOTO_STAGES) -> List[dict]:
+    """ERF score maps of each demo photo alone (``erf_maps`` with one image), for the given stages (1-based)."""
+    from .erf import erf_maps
+    x, photos = demo_images()
+    rows = []
+    for i, ph in enumerate(photos):
+        maps = erf_maps(m.model, x[i:i + 1], [s - 1 for s in stages], img_size=m.img_size, batch_size=1,
+                        mean=m.mean, std=m.std, progress=False)
+        for s, e in sorted(maps.items()):
+            u8 = (e.score().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+            rows.append(dict(model=m.name, family=family(m.name), trained=m.trained, photo=ph['file'],
+                             label=ph['label'], label_class=ph['class'], stage=s + 1, img_size=m.img_size,
+                             feat_size=list(e.feat_size), centre=list(e.centre), n_images=e.n_images,
+                             score_u8=base64.b64encode(u8.tobytes()).decode()))
+    return rows
+
+
+def erf_photo_score(record: dict) -> np.ndarray:
+    """The score map of an ``erf_photos.json`` record, float in [0, 1], (S, S)."""
+    s = record['img_size']
+    return np.frombuffer(base64.b64decode(record['score_u8']), np.uint8).reshape(s, s) / 255.0
+
+
 @torch.no_grad()
 def run_demo(m: Loaded, angles: Sequence[float] = DEMO_ANGLES) -> List[dict]:
     from .common import PixelSpace
@@ -282,7 +309,8 @@ def analyze(what: str, profile: str, models: Optional[Sequence[str]] = None, lim
     if profile not in PROFILES:
         raise ValueError(f'unknown profile {profile!r}; valid: {", ".join(PROFILES)}')
     prof = PROFILES[profile]
-    n = dict(erf=prof.erf_images, invariance=prof.invariance_images, fgsm=prof.fgsm_images, demo=None)[what]
+    n = dict(erf=prof.erf_images, invariance=prof.invariance_images, fgsm=prof.fgsm_images, demo=None,
+             erf_photos=None)[what]
     if limit is not None and n is not None:
         n = min(n, limit)
     t_all = time.time()
@@ -290,7 +318,7 @@ def analyze(what: str, profile: str, models: Optional[Sequence[str]] = None, lim
     records, done = [], []
     for m in iter_models(prof, models, log):
         t0 = time.time()
-        if what != 'demo':
+        if what not in ('demo', 'erf_photos'):
             if data is None:
                 data = load_images(prof, n)
             images, labels, classes = data
@@ -307,6 +335,9 @@ def analyze(what: str, profile: str, models: Optional[Sequence[str]] = None, lim
         elif what == 'fgsm':
             rows = run_fgsm(m, images, labels, prof.batch_size)
             summary = ', '.join(f'{r["epsilon_255"]:g}/255: {r["top1"]:.3f}' for r in rows)
+        elif what == 'erf_photos':
+            rows = run_erf_photos(m)
+            summary = f'{len(rows)} maps'
         else:
             rows = run_demo(m)
             summary = f'{np.mean([r["correct"] for r in rows]):.2f} of photo x angle views correct'
@@ -318,10 +349,11 @@ def analyze(what: str, profile: str, models: Optional[Sequence[str]] = None, lim
         return records
     if save:
         name = 'demo_rotation' if what == 'demo' else what
-        config = dict(analysis=what, models=done, dataset='demo photos' if what == 'demo' else prof.dataset,
-                      split=None if what == 'demo' else prof.split, n_images=None if what == 'demo' else len(data[1]),
+        on_demo = what in ('demo', 'erf_photos')
+        config = dict(analysis=what, models=done, dataset='demo photos' if on_demo else prof.dataset,
+                      split=None if on_demo else prof.split, n_images=None if on_demo else len(data[1]),
                       trained=prof.trained, seed=SEED, img_size=sorted({r['img_size'] for r in records})
-                      if what == 'erf' else None,
+                      if what in ('erf', 'erf_photos') else None,
                       epsilons_255=list(FGSM_EPSILONS_255) if what == 'fgsm' else None,
                       angles=list(DEMO_ANGLES) if what == 'demo' else None)
         prov = results.provenance(profile, SEED, wall_time_s=round(time.time() - t_all, 1),
@@ -457,6 +489,14 @@ def image_data_uri(img: np.ndarray, quality: int = 90) -> str:
     buf = io.BytesIO()
     Image.fromarray(np.asarray(img, np.uint8)).save(buf, format='JPEG', quality=quality)
     return 'data:image/jpeg;base64,' + base64.b64encode(buf.getvalue()).decode()
+
+
+def erf_photo_uris(img_size: int) -> Dict[str, str]:
+    """file -> data URI of each demo photo resized whole to ``img_size`` (what the ERF maps are computed on)."""
+    x, photos = demo_images()
+    x = F.interpolate(x, size=(img_size, img_size), mode='bicubic', antialias=True, align_corners=False).clamp(0, 1)
+    arr = (x * 255).round().byte().permute(0, 2, 3, 1).numpy()
+    return {p['file']: image_data_uri(a) for p, a in zip(photos, arr)}
 
 
 def demo_view_uris(img_size: int, crop_pct: float = 0.875, angles: Sequence[float] = DEMO_ANGLES) -> Dict[float, List[str]]:

@@ -14,7 +14,7 @@ and it can be used in the unified backbone (``UnifiedNet(mixer='my_mixer', ...)`
 from __future__ import annotations
 
 import inspect
-from typing import Callable, Dict, Type
+from typing import Callable, Dict, List, Optional, Type
 
 import torch.nn as nn
 
@@ -83,6 +83,53 @@ def stage_input(name: str, dim: int, feat_size, **options):
     """The module a mixer wants applied at the start of each stage, or None."""
     hook = getattr(get_mixer_class(name), 'stage_input', None)
     return hook(dim, feat_size, **options) if hook is not None else None
+
+
+IMPORT_ENV = 'STM_LAB_IMPORT'  # comma-separated modules that register a user's mixers and models
+
+
+def import_user_modules(modules=()) -> List[str]:
+    """Import the modules that register a user's mixers (and families): ``modules``, those listed in
+    ``$STM_LAB_IMPORT``, and every ``stm_lab.mixers`` entry point of installed packages. The current folder is
+    searched first, as ``python -m`` does. Returns the modules imported; a module that cannot be imported is one
+    clear ImportError."""
+    import importlib
+    import os
+    import sys
+    from importlib.metadata import entry_points
+    names = [*modules, *filter(None, os.environ.get(IMPORT_ENV, '').split(','))]
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    done = []
+    for name in dict.fromkeys(n.strip() for n in names):
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise ImportError(f'cannot import {name!r} (from --import or ${IMPORT_ENV}): {e}') from None
+        done.append(name)
+    for ep in entry_points(group='stm_lab.mixers'):
+        ep.load()
+        done.append(ep.value)
+    return done
+
+
+def mixer_module(name: str) -> str:
+    """The module that defines a registered mixer (recorded in checkpoints, so a user's mixer can be rebuilt)."""
+    return get_mixer_class(name).__module__
+
+
+def ensure_mixer(name: str, module: Optional[str] = None) -> None:
+    """Make sure mixer ``name`` is registered, importing ``module`` (as recorded in a checkpoint) if it is not."""
+    if name in MIXERS or not module:
+        get_mixer_class(name)  # raises with the list of valid names
+        return
+    import importlib
+    try:
+        importlib.import_module(module)
+    except ImportError as e:
+        raise KeyError(f'mixer {name!r} comes from module {module!r}, which cannot be imported ({e}); '
+                       f'put it on the path or pass --import') from None
+    get_mixer_class(name)
 
 
 # built-in mixers register themselves on import

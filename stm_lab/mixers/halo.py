@@ -167,21 +167,29 @@ class HaloAttention(TokenMixer):
         """Which window rows / columns lie outside the real image: bool ``(nby, ky)`` and ``(nbx, kx)``, or
         None if no key is outside. A key is outside iff its row or its column is, so the mask is applied to the
         (small) per-axis relative logits instead of the full logits. Depends only on the size: cached."""
+        def outside(n):  # (n_blocks, k): image row/col of each kept window position is not in [0, n)
+            a = self._axis(n, trim)
+            pos = (torch.arange(a.n_blocks, device=device)[:, None] * self.block
+                   + torch.arange(a.first, a.first + a.k, device=device)[None, :] - self._top_pad)
+            return (pos < 0) | (pos >= n)
+
+        def any_outside(n):  # the same question from the geometry alone: no data-dependent branch (exportable)
+            a = self._axis(n, trim)
+            lo = a.first - self._top_pad
+            return lo < 0 or (a.n_blocks - 1) * self.block + lo + a.k - 1 >= n
+
+        def make():
+            # every window contains its block's first pixel, which is real, so no query row is all masked
+            return (outside(H), outside(W)) if any_outside(H) or any_outside(W) else None
+
+        if torch.compiler.is_compiling():  # tracing (torch.export / ONNX): tensors of the trace are not cached
+            return make()
         # tensors made under inference_mode cannot be saved for a later backward: keep them apart
         key = (H, W, str(device), trim, torch.is_inference_mode_enabled())
         if key not in self._mask_cache:
-            def outside(n):  # (n_blocks, k): image row/col of each kept window position is not in [0, n)
-                a = self._axis(n, trim)
-                pos = (torch.arange(a.n_blocks, device=device)[:, None] * self.block
-                       + torch.arange(a.first, a.first + a.k, device=device)[None, :] - self._top_pad)
-                return (pos < 0) | (pos >= n)
-
-            rows, cols = outside(H), outside(W)
-            # every window contains its block's first pixel, which is real, so no query row is all masked
-            mask = (rows, cols) if bool(rows.any() or cols.any()) else None
             if len(self._mask_cache) >= self._MAX_CACHED_MASKS:
                 self._mask_cache.clear()
-            self._mask_cache[key] = mask
+            self._mask_cache[key] = make()
         return self._mask_cache[key]
 
     # ------------------------------------------------------------------ attention pieces
