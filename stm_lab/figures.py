@@ -637,14 +637,15 @@ def _num(v, digits: int = 3) -> str:
 
 def detection_markdown(records: Iterable[dict]) -> str:
     """Table V: box and mask AP per model (``kind == 'ap'`` records of ``detection.json``), the bootstrap standard
-    error of box AP, and the paper's micro row (COCO at 800 px, in percent)."""
-    out = ['| model | box AP (± se) | AP50 | AP_S | AP_M | AP_L | mask AP | paper box AP | paper mask AP |',
-           '|---|---:|---:|---:|---:|---:|---:|---:|---:|']
+    error of box AP, and the paper's micro row (COCO at 800 px, in percent). Six columns, so that it fits a phone."""
+    out = ['| model | box AP (± se) | AP50 | AP small / medium / large | mask AP | paper box / mask AP |',
+           '|---|---:|---:|---:|---:|---:|']
     for r in records:
         se = f' ± {r["se_box_AP"]:.3f}' if r.get('se_box_AP') is not None else ''
-        out.append(f'| {_display(r["model"])} | {_num(r["box_AP"])}{se} | {_num(r["box_AP50"])} | '
-                   f'{_num(r["box_APs"])} | {_num(r["box_APm"])} | {_num(r["box_APl"])} | {_num(r["mask_AP"])} | '
-                   f'{r.get("paper_box_AP", "-")} | {r.get("paper_mask_AP", "-")} |')
+        sml = ' / '.join(_num(r[f'box_AP{k}']) for k in 'sml')
+        paper = f'{r["paper_box_AP"]} / {r["paper_mask_AP"]}' if 'paper_box_AP' in r else '-'
+        out.append(f'| {_display(r["model"])} | {_num(r["box_AP"])}{se} | {_num(r["box_AP50"])} | {sml} | '
+                   f'{_num(r["mask_AP"])} | {paper} |')
     return '\n'.join(out)
 
 

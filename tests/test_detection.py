@@ -525,6 +525,7 @@ def test_detection_page_builds_at_the_smoke_profile(tmp_path, monkeypatch):
     assert cli.main(['notebooks', '--profile', 'smoke', '--only', 'detection', '--out', str(tmp_path)]) == 0
     text = _outputs(tmp_path / 'detection.ipynb')
     for needle in ('Table V, micro (COCO box AP)', 'cannot tell at this scale', 'input scale: ', 'box AP (± se)',
+                   'AP small / medium / large', '40.3 / 37.3',
                    'stm-lab detect run --profile smoke'):
         assert needle in text, needle
     assert 'have not been made yet' not in text
