@@ -51,8 +51,9 @@ def family_and_scale(model: str) -> Tuple[str, str]:
 
 @dataclass
 class DetectorConfig:
-    """The detector around the backbone (torchvision's Mask R-CNN defaults are the paper's: mmdetection's
-    ``mask_rcnn_r50_fpn``). ``img_size``: the input size the backbone's windows and reduction ratios are built for
+    """The detector around the backbone. The defaults are torchvision's Mask R-CNN, which has the sizes of the
+    paper's mmdetection ``mask_rcnn_r50_fpn`` (FPN 256, anchors 32-512 at three ratios, RoIAlign 7 / 14, 512 and 256
+    sampled RoIs / anchors, a 1024-wide box head, four 256-channel mask convolutions). ``img_size``: the input size the backbone's windows and reduction ratios are built for
     (the generated set's side; COCO's shorter side, 800). ``resize``: let torchvision resize every image to
     ``min_size``/``max_size`` (COCO); False: images arrive at the size the model should see (the generated set,
     and the scale sweep, which resizes them itself)."""
