@@ -124,3 +124,21 @@ def test_paper_claims_say_when_the_deciding_gap_is_within_sampling_noise():
     worst = run.paper_claims([dict(model=f'u_{f}_micro', transform='shift', magnitude=2, consistency=c, n=400)
                               for f, c in (('pvt', 0.7), ('swin', 0.5))], [])['shift_pvt_worst']
     assert not worst['agrees'] and worst['gap'] == pytest.approx(-0.2) and worst['separable']
+
+
+def test_analysing_one_model_adds_to_the_saved_result(results_dir):
+    """Running one model keeps the other models' records (and the provenance they were computed under); settings
+    that make records incomparable refuse the merge."""
+    def saved():
+        return json.loads((results_dir / 'smoke' / 'fgsm.json').read_text())
+    assert run.main(['fgsm', '--profile', 'smoke', '--models', 'u_swin_test', 'u_dwconv_test', '--limit', '4']) == 0
+    first = saved()
+    swin_before = [r for r in first['records'] if r['model'] == 'u_swin_test']
+    assert run.main(['fgsm', '--profile', 'smoke', '--models', 'u_dwconv_test', '--limit', '4']) == 0
+    after = saved()
+    assert after['config']['models'] == ['u_swin_test', 'u_dwconv_test']
+    assert [r for r in after['records'] if r['model'] == 'u_swin_test'] == swin_before
+    assert len(after['records']) == len(first['records'])
+    assert after['provenance']['earlier'][0]['created'] == first['provenance']['created']
+    with pytest.raises(ValueError, match='other settings'):
+        run.analyze('fgsm', 'smoke', models=['u_dwconv_test'], limit=3)
