@@ -40,10 +40,10 @@ import math
 
 from . import results
 from .results import ROOT
-from .train import MICRO_MODELS, RUNS_DIR
+from .models import MAIN_FAMILIES  # the roster
+from .train import RUNS_DIR
 
 PROFILE, EPOCHS = 'cpu', 12
-MAIN_FAMILIES = tuple(m[2:].rsplit('_', 1)[0] for m in MICRO_MODELS)  # the roster of the main set, in its order
 SCALE = {'cpu': 'micro', 'smoke': 'test'}
 BASELINE_DIR = {'cpu': 'epochs12', 'smoke': ''}  # where the A models (seed 0) are: the same budget as the ablations
 

@@ -105,6 +105,9 @@ FAMILIES: Dict[str, Family] = {
     'pooling': Family('pooling', {'micro': _DWCONV['micro']}, 1e-6),
 }
 
+# the five families the paper compares, in its order (the book's roster: :func:`main_models`)
+MAIN_FAMILIES = ('halonet', 'pvt', 'swin', 'dwconv', 'internimage')
+
 # Table VI (Fig. 4): A is the unified model; B adds LN after pooling; C also drops stage norms;
 # D uses the ConvNeXt-style single-residual block; E = D with C's norms
 ABLATIONS = {
@@ -228,14 +231,20 @@ def create_model(name: str, **kwargs):
     return timm.create_model(name, **kwargs)
 
 
+def main_models(scale: str = 'micro') -> list:
+    """The roster: the five models the book compares, in the paper's order, at a scale (``test``: the smoke
+    profile's layouts). Training, analyses, benchmarks, figures and tests read it from here."""
+    return [f'u_{f}_{scale}' for f in MAIN_FAMILIES]
+
+
 def paper_model_names() -> list:
     """The 20 models of Table III, in its order (scale-major)."""
-    return [f'u_{f}_{s}' for s in SCALES for f in ('halonet', 'pvt', 'swin', 'dwconv', 'internimage')]
+    return [m for s in SCALES for m in main_models(s)]
 
 
 for _family in list(FAMILIES):
     _register_scales(_family)
-for _family in ('halonet', 'pvt', 'swin', 'dwconv', 'internimage'):
+for _family in MAIN_FAMILIES:
     for _scale in ABLATION_SCALES['table6']:
         for _letter, _switch in ABLATIONS.items():
             _register(f'u_{_family}_{_scale}_{_letter}', _family, _scale, _switch, _default_size(_scale))

@@ -52,13 +52,13 @@ from . import results
 from .backbone import UnifiedNet
 from .data import BatchFinish, DataConfig, build_mixup, image_transform, load_dataset
 from .mixers import ensure_mixer, mixer_module, mixer_trait
-from .models import FAMILIES, create_model
+from .models import FAMILIES, create_model, main_models
 from .results import ROOT, atomic_write_bytes, remove_stale_temporaries
 
 FORMAT = 'stm-lab-checkpoint/1'
 RUNS_DIR = Path(os.environ.get('STM_LAB_RUNS', ROOT / 'runs'))
-MICRO_MODELS = ('u_halonet_micro', 'u_pvt_micro', 'u_swin_micro', 'u_dwconv_micro', 'u_internimage_micro')
-SMOKE_MODELS = tuple(m.replace('_micro', '_test') for m in MICRO_MODELS)  # what the smoke profile trains
+MICRO_MODELS = tuple(main_models('micro'))  # the roster at the cpu profile's scale
+SMOKE_MODELS = tuple(main_models('test'))  # what the smoke profile trains
 IMAGENET_TRAIN_IMAGES = 1281167
 
 # ------------------------------------------------------------------------------------------------ configs

@@ -8,7 +8,7 @@ import torch
 import stm_lab
 from stm_lab import backbone
 from stm_lab.analysis.complexity import count_params, count_position_params
-from stm_lab.models import (ABLATIONS, FAMILIES, HALO_VARIANTS, SCALES, adapt_to_img_size, create_model,
+from stm_lab.models import (ABLATIONS, FAMILIES, HALO_VARIANTS, MAIN_FAMILIES, SCALES, adapt_to_img_size, create_model,
                             paper_model_names)
 from stm_lab.paper import TABLE3
 
@@ -18,7 +18,7 @@ TEST_MODELS = timm.list_models('u_*_test')
 def test_registry_lists_every_model():
     names = set(timm.list_models('u_*'))
     expected = {f'u_{f}_{s}' for f, fam in FAMILIES.items() for s in [*fam.layouts, 'test']}
-    expected |= {f'u_{f}_small_{v}' for f in ('halonet', 'pvt', 'swin', 'dwconv', 'internimage') for v in ABLATIONS}
+    expected |= {f'u_{f}_small_{v}' for f in MAIN_FAMILIES for v in ABLATIONS}
     expected |= {f'u_halonet_small_{v}' for v in HALO_VARIANTS}
     assert expected <= names
     assert set(paper_model_names()) <= names and len(paper_model_names()) == 20
@@ -153,7 +153,7 @@ def test_small_variants_are_registered_with_their_switches():
 @pytest.mark.parametrize('scale', SCALES)
 def test_parameters_within_3_percent_of_table3(scale):
     """Position tables left out, as the paper's counter (thop) does: see the Table III page."""
-    for fam in ('halonet', 'pvt', 'swin', 'dwconv', 'internimage'):
+    for fam in MAIN_FAMILIES:
         name = f'u_{fam}_{scale}'
         with torch.device('meta'):  # no memory, no init cost: only shapes matter
             model = timm.create_model(name)

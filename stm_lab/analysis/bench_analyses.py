@@ -20,7 +20,9 @@ import time
 
 import torch
 
-FIVE = ('u_halonet_micro', 'u_pvt_micro', 'u_swin_micro', 'u_dwconv_micro', 'u_internimage_micro')
+from ..models import main_models
+
+FIVE = tuple(main_models('micro'))
 ERF_TARGET_S, FGSM_TARGET_S = 300, 600
 
 

@@ -47,10 +47,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import results
+from ..models import main_models
 from .invariance import ANGLES, CROP_PCTS, crop, resize_short
 
-MICRO = ('u_halonet_micro', 'u_pvt_micro', 'u_swin_micro', 'u_dwconv_micro', 'u_internimage_micro')
-TEST = tuple(m.replace('_micro', '_test') for m in MICRO)
+MICRO = tuple(main_models('micro'))
+TEST = tuple(main_models('test'))
 ANALYSES = ('erf', 'invariance', 'fgsm', 'demo', 'erf_photos')
 ERF_PHOTO_STAGES = (3, 4)  # the last two stages, as in the paper's Fig. 6
 FGSM_EPSILONS_255 = (0, 0.5, 1, 2, 4, 8)

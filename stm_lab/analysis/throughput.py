@@ -43,7 +43,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-MICRO_MODELS = ('u_halonet_micro', 'u_pvt_micro', 'u_swin_micro', 'u_dwconv_micro', 'u_internimage_micro')
+from ..models import main_models
+
+MICRO_MODELS = tuple(main_models('micro'))
 TIMM_SWIN = 'timm_swin_micro'  # timm's Swin with U-Swin micro's widths, depths, heads and window
 BASELINE = 'u_dwconv_micro'
 AMP_DTYPES = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
