@@ -14,7 +14,7 @@ from . import ablations, results
 from .paper import TABLE3, TABLE8, DISPLAY
 
 VERDICTS = ('agrees', 'does not agree', 'cannot tell at this scale', 'not yet measured',
-            'agrees (no difference beyond the noise)')
+            ablations.NO_LOSS)
 NOT_YET = 'not yet measured'
 
 

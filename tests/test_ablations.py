@@ -101,8 +101,8 @@ def test_train_dry_run_accepts_every_new_name(capsys):
 @pytest.mark.parametrize('est,noise,claim,expected', [
     (1.0, 0.4, '>0', 'agrees'), (-1.0, 0.4, '>0', 'does not agree'), (0.7, 0.4, '>0', 'cannot tell at this scale'),
     (-1.3, 0.5, '<0', 'agrees'), (None, None, '<0', 'not yet measured'),
-    (0.1, 0.4, '~0', 'agrees (no difference beyond the noise)'), (0.1, 0.6, '~0', 'cannot tell at this scale'),
-    (-1.0, 0.4, '~0', 'does not agree')])
+    (0.1, 0.4, 'no loss', ablations.NO_LOSS), (0.1, 0.6, 'no loss', 'cannot tell at this scale'),
+    (-1.0, 0.4, 'no loss', 'does not agree'), (3.13, 1.51, 'no loss', ablations.NO_LOSS)])
 def test_verdict_rule(est, noise, claim, expected):
     assert ablations.verdict(est, noise, claim) == expected
 
