@@ -630,6 +630,17 @@ def evaluate_models(models: Dict[str, nn.Module], loader, finish, d: Dist, autoc
     return out
 
 
+def resume_source(ckpt: Path, resume: str) -> Optional[Path]:
+    """The checkpoint a run continues from: None for 'none', the run folder's ``ckpt`` for 'auto' (used only if it
+    exists), else the given path, which must exist."""
+    if resume == 'none':
+        return None
+    source = ckpt if resume == 'auto' else Path(resume)
+    if resume != 'auto' and not source.exists():
+        raise FileNotFoundError(f'--resume {source}: no such checkpoint')
+    return source
+
+
 def run_dir(cfg: TrainConfig) -> Path:
     return RUNS_DIR / cfg.profile / cfg.model
 
@@ -664,9 +675,7 @@ def train(cfg: TrainConfig, out_dir: Optional[Path] = None, resume: str = 'auto'
     check_setup(cfg, d)
     out = Path(out_dir) if out_dir else run_dir(cfg)
     ckpt = out / 'last.safetensors'
-    source = None if resume == 'none' else (ckpt if resume == 'auto' else Path(resume))
-    if source is not None and resume != 'auto' and not source.exists():
-        raise FileNotFoundError(f'--resume {source}: no such checkpoint')
+    source = resume_source(ckpt, resume)
     with RunLock(out, d, command):
         if d.main:  # under the lock no other writer is active here: every temporary is a leftover
             freed = sum(remove_stale_temporaries(out / name, every=True) for name in RUN_FILES)
@@ -1367,15 +1376,22 @@ def main(argv=None) -> int:
     if argv and argv[0] not in SUBCOMMANDS and argv[0] not in ('-h', '--help'):
         argv = ['train', *argv]
     args = build_parser().parse_args(argv)
-    try:
+    def run():
         if getattr(args, 'threads', None) is not None:
             torch.set_num_threads(_positive('--threads', args.threads))
         return args.func(args)
+    return guarded(f'stm-lab {args.command}', run)
+
+
+def guarded(prog: str, fn: Callable[[], int], interrupted: str = 'interrupted') -> int:
+    """Run a command: bad input is one line on stderr and exit 2, Ctrl-C one line and exit 130 (no traceback)."""
+    try:
+        return fn()
     except (KeyError, ValueError, FileNotFoundError, FloatingPointError) as e:
-        print(f'stm-lab {args.command}: error: {e.args[0] if e.args else e}', file=sys.stderr)
+        print(f'{prog}: error: {e.args[0] if e.args else e}', file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f'stm-lab {args.command}: interrupted', file=sys.stderr)
+        print(f'{prog}: {interrupted}', file=sys.stderr)
         return 130
 
 

@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 
 @pytest.fixture
@@ -14,3 +15,12 @@ def crash_in_second_epoch(monkeypatch):
         return step(self, x, y, global_step)
     monkeypatch.setattr(train.Run, 'step', crash)
     return lambda: monkeypatch.setattr(train.Run, 'step', step)
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test (timings and kernels that vary with the thread count), restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

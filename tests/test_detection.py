@@ -26,12 +26,7 @@ TINY = shapes.ShapesConfig(img_size=48, train_images=3, val_images=2, photos='fi
                            min_side=6.0, max_side=40.0, seed=3)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')  # tests/conftest.py
 
 
 def _tiny_detector(model='u_dwconv_test', img_size=64, **kw):

@@ -9,12 +9,7 @@ import stm_lab  # noqa: F401  (registers the models)
 from stm_lab.analysis import throughput as T
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures('one_thread')  # tests/conftest.py
 
 
 def test_single_model_figures_are_positive():

@@ -29,6 +29,7 @@ import torch
 
 from .. import results
 from ..paper import DISPLAY, TABLE5_COLUMNS, TABLE5_MICRO
+from ..train import guarded
 from . import coco_eval, scale, shapes
 from .data import collate
 from .model import family_and_scale
@@ -479,55 +480,53 @@ def torchrun_command(cfg: DetTrainConfig, data_dir: Optional[str]) -> str:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    try:
-        if args.threads is not None:
-            if args.threads < 1:
-                raise ValueError(f'--threads must be at least 1, got {args.threads}')
-            torch.set_num_threads(args.threads)
-        if args.command == 'data':
-            cfg = profile_config(profile_models(args.profile)[0], args.profile)
-            folder = shapes.ensure(cfg.shapes)
-            for split in shapes.SPLITS:
-                doc = json.loads(shapes.split_paths(folder, split)[1].read_text())
-                print(f'{split}: {len(doc["images"])} images, {len(doc["annotations"])} instances, by COCO size: '
-                      f'{shapes.bucket_counts(doc)} ({folder})')
-        elif args.command == 'train':
-            over = {k: v for k, v in dict(epochs=args.epochs, pretrained=args.pretrained,
-                                          data_dir=args.data_dir).items() if v is not None}
-            cfg = profile_config(args.model, args.profile, **over)
-            if args.dry_run:
-                print(json.dumps(cfg.to_dict(), indent=1))
-                from ..models import model_config
-                fam, sc = family_and_scale(cfg.model)
-                mc = model_config(fam, sc, img_size=cfg.detector.img_size)
-                print(f'backbone built for {cfg.detector.img_size} px (the classification rule): mixer options '
-                      f'{mc["mixer_options"]}, per stage {list(mc["stage_mixer_options"])}')
-                print(f'per process: {cfg.batch_size // cfg.nproc} images on each of {cfg.nproc} processes')
-                print(torchrun_command(cfg, args.data_dir))
-                return 0
-            if args.stop_after is not None and args.stop_after < 1:
-                raise ValueError(f'--stop-after must be at least 1, got {args.stop_after}')
-            train(cfg, resume=args.resume, stop_after=args.stop_after, command=_command(),
-                  out_dir=Path(args.out) if args.out else None)
-        elif args.command == 'evaluate':
-            evaluate_profile(args.profile, args.models)
-        elif args.command == 'bench':
-            recs = bench(args.profile, args.models, args.steps)
-            if args.save:
-                prov = dict(results.provenance(args.profile, 0, loadavg=[round(v, 2) for v in os.getloadavg()]),
-                            command=_command())
-                results.save_result(args.profile, 'detection_throughput', recs,
-                                    config=dict(steps=args.steps, core_hours=core_hours(args.profile, recs)), prov=prov)
-        elif args.command == 'run':
-            smoke_run()
-        elif args.command == 'commands':
-            print('\n'.join(commands(args.profile)))
-    except (KeyError, ValueError, FileNotFoundError, FloatingPointError) as e:
-        print(f'stm-lab detect {args.command}: error: {e.args[0] if e.args else e}', file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f'stm-lab detect {args.command}: interrupted; run the same command again to continue', file=sys.stderr)
-        return 130
+    return guarded(f'stm-lab detect {args.command}', lambda: _dispatch(args),
+                   interrupted='interrupted; run the same command again to continue')
+
+
+def _dispatch(args) -> int:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f'--threads must be at least 1, got {args.threads}')
+        torch.set_num_threads(args.threads)
+    if args.command == 'data':
+        cfg = profile_config(profile_models(args.profile)[0], args.profile)
+        folder = shapes.ensure(cfg.shapes)
+        for split in shapes.SPLITS:
+            doc = json.loads(shapes.split_paths(folder, split)[1].read_text())
+            print(f'{split}: {len(doc["images"])} images, {len(doc["annotations"])} instances, by COCO size: '
+                  f'{shapes.bucket_counts(doc)} ({folder})')
+    elif args.command == 'train':
+        over = {k: v for k, v in dict(epochs=args.epochs, pretrained=args.pretrained,
+                                      data_dir=args.data_dir).items() if v is not None}
+        cfg = profile_config(args.model, args.profile, **over)
+        if args.dry_run:
+            print(json.dumps(cfg.to_dict(), indent=1))
+            from ..models import model_config
+            fam, sc = family_and_scale(cfg.model)
+            mc = model_config(fam, sc, img_size=cfg.detector.img_size)
+            print(f'backbone built for {cfg.detector.img_size} px (the classification rule): mixer options '
+                  f'{mc["mixer_options"]}, per stage {list(mc["stage_mixer_options"])}')
+            print(f'per process: {cfg.batch_size // cfg.nproc} images on each of {cfg.nproc} processes')
+            print(torchrun_command(cfg, args.data_dir))
+            return 0
+        if args.stop_after is not None and args.stop_after < 1:
+            raise ValueError(f'--stop-after must be at least 1, got {args.stop_after}')
+        train(cfg, resume=args.resume, stop_after=args.stop_after, command=_command(),
+              out_dir=Path(args.out) if args.out else None)
+    elif args.command == 'evaluate':
+        evaluate_profile(args.profile, args.models)
+    elif args.command == 'bench':
+        recs = bench(args.profile, args.models, args.steps)
+        if args.save:
+            prov = dict(results.provenance(args.profile, 0, loadavg=[round(v, 2) for v in os.getloadavg()]),
+                        command=_command())
+            results.save_result(args.profile, 'detection_throughput', recs,
+                                config=dict(steps=args.steps, core_hours=core_hours(args.profile, recs)), prov=prov)
+    elif args.command == 'run':
+        smoke_run()
+    elif args.command == 'commands':
+        print('\n'.join(commands(args.profile)))
     return 0
 
 

@@ -43,7 +43,7 @@ from timm.optim import param_groups_weight_decay
 
 from .. import results
 from ..train import (MICRO_MODELS, RUNS_DIR, SMOKE_MODELS, RunLock, _load_optimizer, _optimizer_tensors, _prefixed,
-                     _tensor_digest, init_distributed, read_checkpoint, seed_everything, write_checkpoint)
+                     _tensor_digest, init_distributed, read_checkpoint, resume_source, seed_everything, write_checkpoint)
 from . import coco_eval, shapes
 from .data import DetectionSet, collate
 from .model import DetectorConfig, LoadReport, build_detector, family_and_scale, load_backbone
@@ -287,9 +287,7 @@ def train(cfg: DetTrainConfig, resume: str = 'auto', stop_after: Optional[int] =
     d = init_distributed()
     out = Path(out_dir) if out_dir else run_dir(cfg)
     ckpt = out / 'last.safetensors'
-    source = None if resume == 'none' else (ckpt if resume == 'auto' else Path(resume))
-    if source is not None and resume != 'auto' and not source.exists():
-        raise FileNotFoundError(f'--resume {source}: no such checkpoint')
+    source = resume_source(ckpt, resume)
     with RunLock(out, d, command):
         loaded = read_checkpoint(source) if source is not None and source.exists() else None
         if loaded is not None:
