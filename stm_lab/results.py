@@ -165,3 +165,34 @@ def load_result(profile: str, name: str) -> dict:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f'result file {path} is not valid JSON ({e}); delete it and regenerate it') from None
+
+
+def save_merged(profile: str, name: str, records: list, config: dict, prov: dict, done: list,
+                same: tuple = ()) -> tuple:
+    """Save a result computed for the models ``done`` so that it adds to the saved one instead of replacing it:
+    the other models' records stay, with the provenance they were computed under (``prov['earlier']``). Settings
+    named in ``same`` make records incomparable and must match, or the merge is refused. An exclusive lock on
+    ``<name>.json.lock`` makes concurrent merges (two evaluations at once) read-modify-write one after the other.
+    Returns ``(path, records, config)`` as saved."""
+    import fcntl
+    path = result_path(profile, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f'.{path.name}.lock', 'w') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.exists():
+            old = load_result(profile, name)
+            differ = [k for k in same if old['config'].get(k) != config.get(k)]
+            if differ:
+                raise ValueError(f'the saved {name} result at {path} was computed with other settings '
+                                 f'({", ".join(differ)}); run it for every model (without --models) to replace it')
+            done_set = set(done)
+            # records of no model (shared, e.g. the demo photos) are kept once
+            new = {json.dumps(r, sort_keys=True) for r in records if 'model' not in r}
+            records = [r for r in old['records'] if r.get('model') not in done_set
+                       and ('model' in r or json.dumps(r, sort_keys=True) not in new)] + list(records)
+            config = dict(config, models=[m for m in old['config'].get('models', []) if m not in done_set]
+                          + list(done))
+            earlier = [old['provenance'], *old['provenance'].get('earlier', [])]
+            prov = dict(prov, earlier=[{k: v for k, v in p.items() if k != 'earlier'} for p in earlier])
+        save_result(profile, name, records, config=config, prov=prov)
+    return path, records, config

@@ -359,31 +359,16 @@ def analyze(what: str, profile: str, models: Optional[Sequence[str]] = None, lim
                       angles=list(DEMO_ANGLES) if what == 'demo' else None)
         prov = results.provenance(profile, SEED, wall_time_s=round(time.time() - t_all, 1),
                                   loadavg=[round(v, 2) for v in os.getloadavg()])
-        saved = records
-        if models and results.result_path(profile, name).exists():
-            saved, config, prov = _merged(results.load_result(profile, name), records, config, prov, done)
-        path = results.save_result(profile, name, saved, config=config, prov=prov)
+        if models:
+            path, saved, config = results.save_merged(profile, name, records, config, prov, done, SAME_SETTINGS)
+        else:
+            path, saved = results.save_result(profile, name, records, config=config, prov=prov), records
         log(f'[analyze] saved {_rel(path)} ({len(saved)} records of {len(config["models"])} models, '
             f'{time.time() - t_all:.0f} s)')
     return records
 
 
 SAME_SETTINGS = ('analysis', 'dataset', 'split', 'n_images', 'trained', 'seed', 'epsilons_255', 'angles')
-
-
-def _merged(old: dict, records: List[dict], config: dict, prov: dict, done: List[str]):
-    """An analysis of some models adds to the saved result instead of replacing it: the other models' records stay,
-    with the provenance they were computed under (``prov['earlier']``). Settings that make records incomparable
-    (images, seed, epsilons) must match, or the merge is refused."""
-    differ = [k for k in SAME_SETTINGS if old['config'].get(k) != config.get(k)]
-    if differ:
-        raise ValueError(f'the saved {config["analysis"]} result was computed with other settings ({", ".join(differ)}); '
-                         f'run it for every model (without --models) to replace it')
-    kept = [r for r in old['records'] if r['model'] not in done]
-    config = dict(config, models=[m for m in old['config']['models'] if m not in done] + list(done))
-    earlier = [p for p in [old['provenance'], *old['provenance'].get('earlier', [])]]
-    prov = dict(prov, earlier=[{k: v for k, v in p.items() if k != 'earlier'} for p in earlier])
-    return kept + records, config, prov
 
 
 def load_or_compute(what: str, profile: str) -> dict:

@@ -160,6 +160,11 @@ def demo_images(profile: str, ids: Sequence[int]) -> List[dict]:
     return out
 
 
+# settings that make two models' detection records incomparable
+MERGE_SAME = ('scales', 'reference_min_score', 'demo_min_score', 'upscales', 'sweep_images', 'bootstrap',
+              'sweep_bootstrap', 'demo_images')
+
+
 def evaluate_profile(profile: str, models: Optional[Sequence[str]] = None, save: bool = True, log=_log,
                      command: Optional[str] = None) -> List[dict]:
     """Evaluate every trained detector of the profile; write ``results/<profile>/detection.json``."""
@@ -187,8 +192,13 @@ def evaluate_profile(profile: str, models: Optional[Sequence[str]] = None, save:
         prov = results.provenance(profile, 0, wall_time_s=round(time.time() - t0, 1),
                                   loadavg=[round(v, 2) for v in os.getloadavg()])
         prov['command'] = command or _command()
-        path = results.save_result(profile, 'detection', records, config=config, prov=prov)
-        log(f'[detect] saved {_rel(path)} ({len(records)} records, {time.time() - t0:.0f} s)')
+        if models:  # some models: add to the saved result (two evaluations may run at once)
+            path, saved, config = results.save_merged(profile, 'detection', records, config, prov, done,
+                                                      same=MERGE_SAME)
+        else:
+            path, saved = results.save_result(profile, 'detection', records, config=config, prov=prov), records
+        log(f'[detect] saved {_rel(path)} ({len(saved)} records of {len(config["models"])} models, '
+            f'{time.time() - t0:.0f} s)')
     return records
 
 
