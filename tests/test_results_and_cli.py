@@ -146,3 +146,36 @@ def test_a_bad_papermill_parameter_stops_the_notebook_with_the_message(tmp_path)
                             progress_bar=False)
     assert e.value.ename == 'ValueError'
     assert e.value.evalue == "training: parameter profile must be one of smoke, cpu, got 'nope'"
+
+
+def _merge_in(profile, model, value, prov_note='x'):
+    return results.save_merged(profile, 'r', [dict(model=model, v=value), dict(photo=1)],
+                               dict(models=[model], seed=0), dict(note=prov_note), [model], same=('seed',))
+
+
+def test_merged_saves_add_models_replace_their_own_and_keep_shared_records_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path)
+    _merge_in('p', 'a', 1, 'first')
+    _merge_in('p', 'b', 2)
+    _, recs, config = _merge_in('p', 'a', 3)  # a again: its old record goes
+    doc = results.load_result('p', 'r')
+    assert doc['records'] == recs
+    assert sorted((r['model'], r['v']) for r in recs if 'model' in r) == [('a', 3), ('b', 2)]
+    assert [r for r in recs if 'model' not in r] == [dict(photo=1)]  # the shared record is not duplicated
+    assert config['models'] == ['b', 'a']
+    assert [p['note'] for p in doc['provenance']['earlier']] == ['x', 'first']
+    with pytest.raises(ValueError, match='other settings'):
+        results.save_merged('p', 'r', [], dict(models=['c'], seed=1), {}, ['c'], same=('seed',))
+    assert results.load_result('p', 'r')['records'] == recs  # the refused merge wrote nothing
+
+
+def test_concurrent_merges_lose_no_model(tmp_path):
+    # four processes merge one model each into one result at the same time: the lock serializes them
+    code = ('import sys; from stm_lab import results; m = sys.argv[1]; '
+            "results.save_merged('p', 'r', [dict(model=m)], dict(models=[m]), {}, [m])")
+    env = dict(os.environ, STM_LAB_RESULTS=str(tmp_path))
+    procs = [subprocess.Popen([sys.executable, '-c', code, f'm{i}'], env=env) for i in range(4)]
+    assert all(p.wait() == 0 for p in procs)
+    doc = json.loads((tmp_path / 'p' / 'r.json').read_text())
+    assert sorted(r['model'] for r in doc['records']) == [f'm{i}' for i in range(4)]
+    assert sorted(doc['config']['models']) == [f'm{i}' for i in range(4)]
