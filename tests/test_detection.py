@@ -560,3 +560,37 @@ def test_a_stopped_detection_run_resumes_exactly(tmp_path, monkeypatch):
     assert [h['loss'] for h in sa['history']] == [h['loss'] for h in sb['history']]
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_a_schedule_may_change_on_resume_only_where_the_past_learning_rates_agree():
+    from stm_lab.detection.train import schedule_prefix_equal
+    long, short = profile_config('u_swin_micro', 'cpu', epochs=12), profile_config('u_swin_micro', 'cpu', epochs=5)
+    assert (long.lr_steps, short.lr_steps) == ((8, 11), (3, 5))
+    assert schedule_prefix_equal(long, short, 3, 250)  # the first drop comes after epoch 3 in the short one
+    assert not schedule_prefix_equal(long, short, 4, 250)  # epoch 4 ran at the full rate in the long one only
+    assert not schedule_prefix_equal(short, long, 6, 250)  # more epochs done than the new schedule has
+
+
+def test_a_run_continued_under_a_shorter_schedule_equals_a_fresh_run_of_it(tmp_path, monkeypatch):
+    from stm_lab.detection import train as det_train
+    from stm_lab.train import read_checkpoint
+    monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path / 'results')
+    short = profile_config('u_swin_test', 'smoke', epochs=2, lr_steps=(1,))
+    long = profile_config('u_swin_test', 'smoke', epochs=3, lr_steps=(1, 2))
+    quiet = dict(log=lambda m: None, export=False)
+    det_train.train(short, out_dir=tmp_path / 'fresh', resume='none', **quiet)
+    det_train.train(long, out_dir=tmp_path / 'switched', resume='none', stop_after=1, **quiet)
+    det_train.train(short, out_dir=tmp_path / 'switched', **quiet)
+    a, sa = read_checkpoint(tmp_path / 'fresh' / 'last.safetensors')
+    b, sb = read_checkpoint(tmp_path / 'switched' / 'last.safetensors')
+    assert sb['schedule_changes'] == [dict(after_epoch=1, epochs=3, lr_steps=[1, 2])]
+    assert [h['loss'] for h in sa['history']] == [h['loss'] for h in sb['history']]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # a schedule whose past learning rates differ is refused, the checkpoint left alone
+    det_train.train(long, out_dir=tmp_path / 'late', resume='none', stop_after=2, **quiet)
+    before = (tmp_path / 'late' / 'last.safetensors').read_bytes()
+    with pytest.raises(ValueError, match='other learning rates'):
+        det_train.train(profile_config('u_swin_test', 'smoke', epochs=2, lr_steps=(2,)), out_dir=tmp_path / 'late',
+                        **quiet)
+    assert (tmp_path / 'late' / 'last.safetensors').read_bytes() == before

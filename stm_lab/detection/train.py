@@ -118,7 +118,7 @@ class DetTrainConfig:
 
 # the cpu profile (sized in data/README.md from `stm-lab detect bench --profile cpu`): 160 px images, heads a
 # quarter of the paper's widths, 2000 training images
-CPU_EPOCHS = 12
+CPU_EPOCHS = 5
 CPU = dict(img_size=160, train_images=2000, val_images=500, batch_size=8, lr=2e-4, warmup_iters=100)
 
 
@@ -247,6 +247,19 @@ def lr_at(cfg: DetTrainConfig, step: int, steps_per_epoch: int) -> float:
     return lr
 
 
+# a run may continue under another length of schedule when the learning rates of its finished steps were the same
+SCHEDULE_FIELDS = ('epochs', 'lr_steps')
+
+
+def schedule_prefix_equal(was: DetTrainConfig, now: DetTrainConfig, epochs_done: int, steps_per_epoch: int) -> bool:
+    """Whether ``now`` gives every step of the first ``epochs_done`` epochs the learning rate ``was`` gave it (the
+    data order and augmentation are seeded per epoch, so the continued run equals a fresh run of ``now``)."""
+    if epochs_done > now.epochs:
+        return False
+    return all(lr_at(was, s, steps_per_epoch) == lr_at(now, s, steps_per_epoch)
+               for s in range(epochs_done * steps_per_epoch))
+
+
 # ---------------------------------------------------------------------------------------------- training
 
 def run_dir(cfg: DetTrainConfig) -> Path:
@@ -290,10 +303,11 @@ def train(cfg: DetTrainConfig, resume: str = 'auto', stop_after: Optional[int] =
     source = resume_source(ckpt, resume)
     with RunLock(out, d, command):
         loaded = read_checkpoint(source) if source is not None and source.exists() else None
+        was = None
         if loaded is not None:
             was = DetTrainConfig.from_dict(loaded[1]['config'])
-            if was.to_dict() != cfg.to_dict():
-                diff = [k for k in cfg.to_dict() if cfg.to_dict()[k] != was.to_dict()[k]]
+            diff = [k for k in cfg.to_dict() if cfg.to_dict()[k] != was.to_dict()[k]]
+            if set(diff) - set(SCHEDULE_FIELDS):
                 raise ValueError(f'checkpoint {source} was trained with another configuration ({", ".join(diff)} '
                                  f'differ); resume with it, or start over with --resume none. It was left in place.')
         train_set = dataset(cfg, 'train', train=True)
@@ -311,9 +325,22 @@ def train(cfg: DetTrainConfig, resume: str = 'auto', stop_after: Optional[int] =
         steps_per_epoch = len(loader)
         if steps_per_epoch == 0:
             raise ValueError(f'{len(train_set)} training images make no batch of {per_process}')
-        epoch, history, wall, commands = 0, [], 0.0, []
+        epoch, history, wall, commands, changes = 0, [], 0.0, [], []
         if loaded is not None:
             tensors, state = loaded
+            changes = list(state.get('schedule_changes', []))
+            if was.to_dict() != cfg.to_dict():
+                same_past = schedule_prefix_equal(was, cfg, state['epoch'], steps_per_epoch)
+                if not same_past:
+                    raise ValueError(
+                        f'checkpoint {source} was trained for {was.epochs} epochs with lr steps {list(was.lr_steps)}; '
+                        f'{cfg.epochs} epochs with steps {list(cfg.lr_steps)} would have used other learning rates '
+                        f'in its {state["epoch"]} epochs. Resume with its schedule, or start over with --resume none. '
+                        f'It was left in place.')
+                changes.append(dict(after_epoch=state['epoch'], epochs=was.epochs, lr_steps=list(was.lr_steps)))
+                log(f'[detect] {cfg.model}: schedule now {cfg.epochs} epochs, lr steps {list(cfg.lr_steps)} (was '
+                    f'{was.epochs}, {list(was.lr_steps)}); its {state["epoch"]} epochs used the same learning rates, '
+                    f'so the run is the one a fresh start with this schedule makes')
             det.load_state_dict(_prefixed('model/', tensors))
             _load_optimizer(opt, tensors, state['optimizer_param_groups'])
             epoch, history, wall = state['epoch'], state['history'], state['wall_time_s']
@@ -365,6 +392,7 @@ def train(cfg: DetTrainConfig, resume: str = 'auto', stop_after: Optional[int] =
             if d.main:
                 state = dict(kind='det_train_state', config=cfg.to_dict(), epoch=epoch, history=history,
                              steps_per_epoch=steps_per_epoch, wall_time_s=round(wall, 1), commands=commands,
+                             schedule_changes=changes,
                              optimizer_param_groups=_optimizer_tensors(opt)[1],
                              load_report=report.to_dict() if report else None)
                 tensors = {f'model/{k}': v for k, v in det.state_dict().items()}
@@ -378,13 +406,13 @@ def train(cfg: DetTrainConfig, resume: str = 'auto', stop_after: Optional[int] =
                 dist.barrier()
         final = history[-1] if history else {}
         if epoch == cfg.epochs and export and d.main:
-            final = export_run(cfg, det, history, wall, report, commands, command, out)
+            final = export_run(cfg, det, history, wall, report, commands, command, out, changes)
         if d.world > 1:
             dist.barrier()
     return final
 
 
-def export_run(cfg, det, history, wall, report, commands, command, out) -> dict:
+def export_run(cfg, det, history, wall, report, commands, command, out, schedule_changes=()) -> dict:
     """Final evaluation on the whole validation split; half-precision weights and ``det_train_<model>.json``."""
     val = dataset(cfg, 'val', train=False)
     metrics, _ = evaluate_detector(det, val)
@@ -400,6 +428,8 @@ def export_run(cfg, det, history, wall, report, commands, command, out) -> dict:
                               loadavg=[round(x, 2) for x in os.getloadavg()], run_folder=str(out))
     if commands or command:
         prov['command'] = commands[0] if commands else command
+    if schedule_changes:  # shortened or lengthened on resume, where the learning rates so far were the same
+        prov['schedule_changes'] = list(schedule_changes)
     results.save_result(f'{cfg.profile}/detection', f'det_train_{cfg.model}', history[:-1] + [final],
                         config=dict(train=cfg.to_dict(), params=sum(p.numel() for p in det.parameters()),
                                     backbone_params=sum(p.numel() for p in det.backbone.body.parameters()),
