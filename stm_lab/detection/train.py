@@ -118,7 +118,7 @@ class DetTrainConfig:
 
 # the cpu profile (sized in data/README.md from `stm-lab detect bench --profile cpu`): 160 px images, heads a
 # quarter of the paper's widths, 2000 training images
-CPU_EPOCHS = 5
+CPU_EPOCHS = 6
 CPU = dict(img_size=160, train_images=2000, val_images=500, batch_size=8, lr=2e-4, warmup_iters=100)
 
 
