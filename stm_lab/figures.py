@@ -14,7 +14,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 
 from .mixers import mixer_trait
-from .paper import DISPLAY
+from .models import display_name
 from .results import ROOT
 
 STATIC_DIR = ROOT / 'book' / '_static'
@@ -90,7 +90,7 @@ def table3_markdown(records: Iterable[dict]) -> str:
     for r in records:
         pp, pf = r['paper_params_m'], r['paper_gflops']
         rows.append(
-            f'| {DISPLAY.get(family_of(r["model"]), r["model"]).replace(" Transformer", "")} {scale_of(r["model"])} '
+            f'| {display_name(r["model"]).replace(" Transformer", "")} {scale_of(r["model"])} '
             f'| {pp} | {r["params_no_pos_m"]:.2f} ({r["params_m"]:.2f}) | {pct(r["params_no_pos_m"], pp)} '
             f'| {pf} | {r["gmacs"]:.2f} ({r["gmacs_no_attention"]:.2f}) '
             f'| {pct(r["gmacs"], pf)} ({pct(r["gmacs_no_attention"], pf)}) |')
@@ -103,7 +103,7 @@ def complexity_scatter(records: Iterable[dict]) -> go.Figure:
     records = list(records)
     for fam in dict.fromkeys(family_of(r['model']) for r in records):
         rs = [r for r in records if family_of(r['model']) == fam]
-        name = DISPLAY.get(fam, fam)
+        name = display_name(rs[0]['model'])
         fig.add_scatter(x=[r['params_m'] for r in rs], y=[r['gmacs'] for r in rs], mode='markers+lines',
                         name=f'{name} (ours)', marker=dict(color=family_color(fam), size=9),
                         line=dict(color=family_color(fam), width=1),
@@ -121,10 +121,6 @@ def complexity_scatter(records: Iterable[dict]) -> go.Figure:
 
 # ------------------------------------------------------------------------------------------- Sec. 6 analyses
 
-def _display(model: str) -> str:
-    return DISPLAY.get(family_of(model), model)
-
-
 def _models_in_order(records: Iterable[dict]) -> list:
     return list(dict.fromkeys(r['model'] for r in records))
 
@@ -138,7 +134,7 @@ def erf_browser(records: Iterable[dict], t: float = 0.5) -> go.Figure:
         raise ValueError('erf_browser got no records')
 
     def name(r):
-        return f'{_display(r["model"])} | stage {r["stage"]}'
+        return f'{display_name(r["model"])} | stage {r["stage"]}'
 
     def square(r):
         a = next(a for a in r['erf_at'] if a['t'] == t)
@@ -162,7 +158,7 @@ def erf_browser(records: Iterable[dict], t: float = 0.5) -> go.Figure:
     first = records[0]
     fig = go.Figure(data=[heat(first)], frames=frames)
     anim = dict(mode='immediate', frame=dict(duration=0, redraw=True), transition=dict(duration=0))
-    short = {m: _display(m).split()[0].replace('U-', '') for m in _models_in_order(records)}
+    short = {m: display_name(m).split()[0].replace('U-', '') for m in _models_in_order(records)}
     steps = [dict(method='animate', label=f'{short[r["model"]]} {r["stage"]}', args=[[name(r)], anim])
              for r in records]
     size = len(first['score_map'])
@@ -184,10 +180,10 @@ def erf_bars(rows: Iterable[dict], t: float = 0.5) -> go.Figure:
     for m in _models_in_order(rows):
         rs = sorted((r for r in rows if r['model'] == m), key=lambda r: r['stage'])
         theo = ['-' if r['theoretical_side_ratio'] is None else f'{r["theoretical_side_ratio"]:.2f}' for r in rs]
-        fig.add_bar(x=[f'stage {r["stage"]}' for r in rs], y=[r['side_ratio'] for r in rs], name=_display(m),
+        fig.add_bar(x=[f'stage {r["stage"]}' for r in rs], y=[r['side_ratio'] for r in rs], name=display_name(m),
                     marker_color=color_of(m), customdata=theo,
                     hovertemplate='%{x}: ERF@' + str(round(100 * t)) + ' %{y:.3f} (theoretical RF %{customdata})'
-                                  '<extra>' + _display(m) + '</extra>')
+                                  '<extra>' + display_name(m) + '</extra>')
     fig.update_layout(barmode='group', template='plotly_white', height=420, margin=dict(l=60, r=20, t=30, b=40),
                       yaxis=dict(title=f'ERF@{round(100 * t)} (side / input side)', range=[0, 1.05]),
                       legend=dict(orientation='h', y=-0.12))
@@ -201,7 +197,7 @@ def erf_markdown(rows: Iterable[dict], t: float = 0.5) -> str:
     out = ['| model | ' + ' | '.join(f'stage {s}' for s in stages) + ' |', '|---|' + '---:|' * len(stages)]
     for m in _models_in_order(rows):
         cells = {r['stage']: f'{r["side_ratio"]:.2f} ({r["area_ratio"]:.3f})' for r in rows if r['model'] == m}
-        out.append(f'| {_display(m)} | ' + ' | '.join(cells.get(s, '-') for s in stages) + ' |')
+        out.append(f'| {display_name(m)} | ' + ' | '.join(cells.get(s, '-') for s in stages) + ' |')
     return '\n'.join(out)
 
 
@@ -221,9 +217,9 @@ def invariance_curves(records: Iterable[dict]) -> go.Figure:
             rs = sorted((r for r in records if r['model'] == m and r['transform'] == tr), key=lambda r: r['magnitude'])
             for i, key in enumerate(('consistency', 'top1'), 1):
                 fig.add_scatter(x=[r['magnitude'] for r in rs], y=[r[key] for r in rs], mode='lines+markers',
-                                name=_display(m), legendgroup=m, showlegend=(i == 1 and j == 1),
+                                name=display_name(m), legendgroup=m, showlegend=(i == 1 and j == 1),
                                 line=dict(color=color_of(m)), marker=dict(size=5),
-                                hovertemplate=f'{tr} %{{x}}: {key} %{{y:.3f}}<extra>{_display(m)}</extra>',
+                                hovertemplate=f'{tr} %{{x}}: {key} %{{y:.3f}}<extra>{display_name(m)}</extra>',
                                 row=i, col=j)
             fig.update_xaxes(title_text=INVARIANCE_AXES[tr], row=2, col=j)
     fig.update_yaxes(title_text='consistency', row=1, col=1)
@@ -240,8 +236,8 @@ def fgsm_curves(records: Iterable[dict]) -> go.Figure:
     for m in _models_in_order(records):
         rs = sorted((r for r in records if r['model'] == m), key=lambda r: r['epsilon'])
         fig.add_scatter(x=[r['epsilon_255'] for r in rs], y=[r['top1'] for r in rs], mode='lines+markers',
-                        name=_display(m), line=dict(color=color_of(m)),
-                        hovertemplate='epsilon %{x}/255: top-1 %{y:.3f}<extra>' + _display(m) + '</extra>')
+                        name=display_name(m), line=dict(color=color_of(m)),
+                        hovertemplate='epsilon %{x}/255: top-1 %{y:.3f}<extra>' + display_name(m) + '</extra>')
     fig.update_layout(template='plotly_white', height=440, margin=dict(l=60, r=20, t=30, b=50),
                       xaxis=dict(title='epsilon (x 1/255)'), yaxis=dict(title='top-1 on FGSM images', rangemode='tozero'),
                       legend=dict(orientation='h', y=-0.2))
@@ -267,7 +263,7 @@ def demo_rotation_figure(records: Iterable[dict], views: dict, photos: list) -> 
     fig = make_subplots(rows=n, cols=2, specs=specs, column_widths=[0.2, 0.8], horizontal_spacing=0.02,
                         vertical_spacing=0.006)
     index = {(r['model'], r['photo'], r['angle']): r for r in records}
-    names = [_display(m).replace('U-', '').replace(' Transformer', '') for m in models]
+    names = [display_name(m).replace('U-', '').replace(' Transformer', '') for m in models]
 
     def traces(a):
         out = [go.Image(source=views[a][i], hoverinfo='skip') for i in range(n)]
@@ -309,7 +305,7 @@ def accuracy_markdown(rows: Iterable[dict]) -> str:
            '|---|---:|---:|---:|---:|---|---:|---:|---:|']
     for r in rows:
         paper = f'{r["paper_top1"]}%' if r.get('paper_top1') else '-'
-        out.append(f'| {_display(r["model"]).replace(" Transformer", "")} | {r["params_m"]}M | {r["epochs"]} '
+        out.append(f'| {display_name(r["model"]).replace(" Transformer", "")} | {r["params_m"]}M | {r["epochs"]} '
                    f'| {r["top1"]:.2f}% | {r["top5"]:.2f}% | {r["weights"]} | {r["train_img_per_s"]:.0f} '
                    f'| {r["wall_time_min"]} | {paper} |')
     return '\n'.join(out)
@@ -320,7 +316,7 @@ def training_curves(docs: dict, title_suffix: str = '') -> go.Figure:
     ``docs``: model -> ``results/<profile>/train_<model>.json`` document."""
     fig = _two_panels([f'validation top-1{title_suffix}', f'training loss{title_suffix}'])
     for m, doc in docs.items():
-        recs, color, name = doc['records'], color_of(m), _display(m)
+        recs, color, name = doc['records'], color_of(m), display_name(m)
         evals = [r for r in recs if r.get('top1') is not None]
         fig.add_scatter(x=[r['epoch'] for r in evals], y=[r['top1'] for r in evals], mode='lines+markers',
                         name=name, legendgroup=m, line=dict(color=color),
@@ -369,10 +365,6 @@ def _finish_curves(fig: go.Figure, top1_title: str, loss_title: str) -> go.Figur
 
 # ------------------------------------------------------------------------------------------------ speed
 
-def _speed_name(model: str) -> str:
-    return "timm's Swin (same shape)" if model.startswith('timm_') else _display(model)
-
-
 def _speed_color(model: str) -> str:
     return '#bcbd22' if model.startswith('timm_') else color_of(model)
 
@@ -386,9 +378,9 @@ def speed_bars(records: Iterable[dict]) -> go.Figure:
     for m in _models_in_order(records):
         rs = [next((r for r in records if r['model'] == m and (r['mode'], r['img_size']) == s), None) for s in settings]
         fig.add_bar(x=[f'{mode} {size}x{size}' for mode, size in settings],
-                    y=[r['ratio_to_dwconv'] if r else None for r in rs], name=_speed_name(m),
+                    y=[r['ratio_to_dwconv'] if r else None for r in rs], name=display_name(m),
                     marker_color=_speed_color(m), customdata=[r['images_per_sec'] if r else None for r in rs],
-                    hovertemplate='%{x}: %{y:.2f}x U-DWConv (%{customdata:.0f} images/s)<extra>' + _speed_name(m)
+                    hovertemplate='%{x}: %{y:.2f}x U-DWConv (%{customdata:.0f} images/s)<extra>' + display_name(m)
                                   + '</extra>')
     fig.add_hline(y=1.0, line=dict(color='grey', dash='dash'))
     fig.update_layout(barmode='group', template='plotly_white', height=400, margin=dict(l=60, r=20, t=30, b=40),
@@ -419,7 +411,7 @@ def profile_bars(records: Iterable[dict]) -> go.Figure:
         ys, xs, fwd, bwd = [], [], [], []
         for r in records:
             parts = [p for p in r['parts'] if p['part'] != 'total' and profile_component(p['part']) == comp]
-            ys.append(_speed_name(r['model']))
+            ys.append(display_name(r['model']))
             xs.append(sum(p['ms'] for p in parts))
             fwd.append(sum(p['ms'] for p in parts if p['part'].endswith('forward')))
             bwd.append(sum(p['ms'] for p in parts if p['part'].endswith('backward')))
@@ -458,7 +450,7 @@ def table8_markdown(records: Iterable[dict]) -> str:
             i = TABLE8_SIZES.index(s) if s in TABLE8_SIZES else None
             cells.append(f'{paper[i]} ({paper[i] / paper_base[i]:.2f}x)' if paper and paper_base and i is not None
                          else '-')
-        out.append(f'| {_display(m)} | ' + ' | '.join(cells) + ' |')
+        out.append(f'| {display_name(m)} | ' + ' | '.join(cells) + ' |')
     return '\n'.join(out)
 
 
@@ -483,7 +475,7 @@ def top_operators_markdown(records: Iterable[dict], top: int = 8) -> str:
     column per model; rows are the union of each model's ``top`` first."""
     records = list(records)
     ops = list(dict.fromkeys(o['op'] for r in records for o in r['top_operators'][:top]))
-    out = ['| operator | ' + ' | '.join(_speed_name(r['model']) for r in records) + ' |',
+    out = ['| operator | ' + ' | '.join(display_name(r['model']) for r in records) + ' |',
            '|---|' + '---:|' * len(records)]
     for op in ops:
         cells = []
@@ -501,7 +493,7 @@ def comparison_curves(main: dict, other: dict, folder: str) -> go.Figure:
     fig = _two_panels(['validation top-1', 'training loss'])
     for runs, which, dash in ((main, 'main run', 'solid'), (other, folder, 'dash')):
         for m, doc in runs.items():
-            recs, color, label = doc['records'], color_of(m), f'{_display(m)}, {which}'
+            recs, color, label = doc['records'], color_of(m), f'{display_name(m)}, {which}'
             evals = [r for r in recs if r.get('top1') is not None]
             fig.add_scatter(x=[r['epoch'] for r in evals], y=[max(r['top1'], r.get('ema_top1') or 0) for r in evals],
                             mode='lines+markers', name=label, legendgroup=label, line=dict(color=color, dash=dash),
@@ -599,9 +591,9 @@ def consistency_over_training(docs: dict) -> go.Figure:
         recs = [r for r in doc['records'] if 'consistency_shift' in r]
         for row, key in ((1, 'consistency_shift'), (2, 'consistency_rotation')):
             fig.add_scatter(x=[r['epoch'] for r in recs], y=[100 * r[key] for r in recs], mode='lines+markers',
-                            name=_display(m), legendgroup=m, showlegend=row == 1,
+                            name=display_name(m), legendgroup=m, showlegend=row == 1,
                             line=dict(color=color_of(m)),
-                            hovertemplate='epoch %{x}: %{y:.1f}%<extra>' + _display(m) + '</extra>', row=row, col=1)
+                            hovertemplate='epoch %{x}: %{y:.1f}%<extra>' + display_name(m) + '</extra>', row=row, col=1)
     fig.update_xaxes(title_text='epoch', row=2, col=1)
     fig.update_yaxes(title_text='mean consistency (%)')
     fig.update_layout(template='plotly_white', height=600, margin=dict(l=60, r=20, t=40, b=50),
@@ -644,7 +636,7 @@ def detection_markdown(records: Iterable[dict]) -> str:
         se = f' ± {r["se_box_AP"]:.3f}' if r.get('se_box_AP') is not None else ''
         sml = ' / '.join(_num(r[f'box_AP{k}']) for k in 'sml')
         paper = f'{r["paper_box_AP"]} / {r["paper_mask_AP"]}' if 'paper_box_AP' in r else '-'
-        out.append(f'| {_display(r["model"])} | {_num(r["box_AP"])}{se} | {_num(r["box_AP50"])} | {sml} | '
+        out.append(f'| {display_name(r["model"])} | {_num(r["box_AP"])}{se} | {_num(r["box_AP50"])} | {sml} | '
                    f'{_num(r["mask_AP"])} | {paper} |')
     return '\n'.join(out)
 
@@ -660,10 +652,10 @@ def fig5_scatter(rows: Iterable[dict]) -> go.Figure:
     for r in rows:
         for j, (key, name) in enumerate(buckets, 1):
             se = r.get(f'se_{key}')
-            fig.add_scatter(x=[r['erf50']], y=[r[key]], mode='markers', name=_display(r['model']),
+            fig.add_scatter(x=[r['erf50']], y=[r[key]], mode='markers', name=display_name(r['model']),
                             legendgroup=r['model'], showlegend=j == 1, marker=dict(size=11, color=color_of(r['model'])),
                             error_y=dict(type='data', array=[2 * se], visible=True) if se else None,
-                            hovertemplate=f'ERF@50 %{{x:.2f}}: {name} box AP %{{y:.3f}}<extra>{_display(r["model"])}'
+                            hovertemplate=f'ERF@50 %{{x:.2f}}: {name} box AP %{{y:.3f}}<extra>{display_name(r["model"])}'
                                           '</extra>', row=1, col=j)
         fig.update_xaxes(title_text='ERF@50 (last stage)', row=1, col=j)
     fig.update_yaxes(title_text='box AP', row=1, col=1)
@@ -681,8 +673,8 @@ def detection_scale_curves(records: Iterable[dict]) -> go.Figure:
         rs = sorted((r for r in records if r['model'] == m), key=lambda r: r['scale'])
         for row, key in ((1, 'consistency_AP'), (2, 'box_AP')):
             fig.add_scatter(x=[r['scale'] for r in rs], y=[r[key] for r in rs], mode='lines+markers',
-                            name=_display(m), legendgroup=m, showlegend=row == 1, line=dict(color=color_of(m)),
-                            hovertemplate='scale %{x}: %{y:.3f}<extra>' + _display(m) + '</extra>', row=row, col=1)
+                            name=display_name(m), legendgroup=m, showlegend=row == 1, line=dict(color=color_of(m)),
+                            hovertemplate='scale %{x}: %{y:.3f}<extra>' + display_name(m) + '</extra>', row=row, col=1)
     fig.update_xaxes(title_text='input scale', row=2, col=1)
     fig.update_layout(template='plotly_white', height=600, margin=dict(l=60, r=20, t=40, b=50),
                       legend=dict(orientation='h', y=-0.12))
@@ -703,7 +695,7 @@ def detection_demo_figure(demo: Iterable[dict], images: Iterable[dict], categori
     ids = [im['image_id'] for im in images]
     scales = sorted({r['scale'] for r in demo})
     fig = make_subplots(rows=len(ids), cols=len(models), horizontal_spacing=0.01, vertical_spacing=0.01,
-                        column_titles=[_display(m).replace('U-', '').replace(' Transformer', '') for m in models])
+                        column_titles=[display_name(m).replace('U-', '').replace(' Transformer', '') for m in models])
     for i, im in enumerate(images):
         for j, m in enumerate(models):
             fig.add_trace(go.Image(source=im['uri'], hoverinfo='skip'), row=i + 1, col=j + 1)
@@ -768,9 +760,9 @@ def lab_consistency_figure(records: Iterable[dict], crop_pct: float = 0.875) -> 
         for j, tr in enumerate(transforms, 1):
             rs = sorted((r for r in records if r['model'] == m and r['transform'] == tr), key=lambda r: r['magnitude'])
             fig.add_scatter(x=[r['magnitude'] for r in rs], y=[r['consistency'] for r in rs], mode='lines+markers',
-                            name=_display(m), legendgroup=m, showlegend=j == 1, marker=dict(size=4),
+                            name=display_name(m), legendgroup=m, showlegend=j == 1, marker=dict(size=4),
                             line=dict(color=color_of(m), width=1.5),
-                            hovertemplate=f'{tr} %{{x}}: consistency %{{y:.3f}}<extra>{_display(m)}</extra>',
+                            hovertemplate=f'{tr} %{{x}}: consistency %{{y:.3f}}<extra>{display_name(m)}</extra>',
                             row=1, col=j)
     for j, tr in enumerate(transforms, 1):
         fig.update_xaxes(title_text=INVARIANCE_AXES[tr].split(' (')[0] if tr != 'scale' else 'crop ratio', row=1, col=j)
@@ -823,7 +815,7 @@ def erf_fig6(records: Iterable[dict], stages: Tuple[int, ...] = (3, 4), t: float
         for m in models:
             r = index.get((m, s))
             side = next((a['side_ratio'] for a in r['erf_at'] if a['t'] == t), None) if r else None
-            titles.append(f'{_display(m)}<br>stage {s}' + (f', ERF@{round(100 * t)} {side:.2f}' if side else ''))
+            titles.append(f'{display_name(m)}<br>stage {s}' + (f', ERF@{round(100 * t)} {side:.2f}' if side else ''))
     fig = make_subplots(rows=len(stages), cols=len(models), subplot_titles=titles, horizontal_spacing=0.01,
                         vertical_spacing=0.08)
     for i, s in enumerate(stages, 1):
@@ -851,7 +843,7 @@ def erf_photo_figure(photo_records: Iterable[dict], avg_records: Iterable[dict],
     avg = {(r['model'], r['stage']): r for r in avg_records}
     per = {(r['model'], r['photo'], r['stage']): r for r in photo_records}
     cols = ['photo'] + [c for s in stages for c in (f'stage {s}: this photo', f'stage {s}: average')]
-    fig = make_subplots(rows=len(models), cols=len(cols), column_titles=cols, row_titles=[_display(m) for m in models],
+    fig = make_subplots(rows=len(models), cols=len(cols), column_titles=cols, row_titles=[display_name(m) for m in models],
                         horizontal_spacing=0.01, vertical_spacing=0.02)
     blank = map_uri([[0.0]])
 

@@ -11,7 +11,8 @@ import json
 from typing import Dict, List, Optional
 
 from . import ablations, results
-from .paper import TABLE3, TABLE8, DISPLAY
+from .models import display_name
+from .paper import TABLE3, TABLE8
 
 VERDICTS = ('agrees', 'does not agree', 'cannot tell at this scale', 'not yet measured',
             ablations.NO_LOSS)
@@ -41,7 +42,7 @@ def _from_rank(page: str, claim: Optional[dict], text: str, paper: str) -> dict:
 
 def _paper_order(scale: str, index: int, reverse: bool = True) -> str:
     models = sorted((m for m in TABLE3 if m.endswith('_' + scale)), key=lambda m: TABLE3[m][index], reverse=reverse)
-    return ', '.join(f'{DISPLAY[m.split("_")[1]]} {TABLE3[m][index]}' for m in models)
+    return ', '.join(f'{display_name(m)} {TABLE3[m][index]}' for m in models)
 
 
 def accuracy_findings(profile: str) -> List[dict]:
@@ -91,14 +92,14 @@ def speed_findings() -> List[dict]:
     paper_fast, paper_slow = max(micro, key=micro.get), min(micro, key=micro.get)
     rows = []
     for claim, paper_model, pick in (('fastest', paper_fast, max), ('slowest', paper_slow, min)):
-        text = f'{DISPLAY[paper_model.split("_")[1]]} is the {claim} micro model at 256x256 on a GPU'
-        paper = f'Table VIII (RTX 3090): {DISPLAY[paper_model.split("_")[1]]} {micro[paper_model]} img/s'
+        text = f'{display_name(paper_model)} is the {claim} micro model at 256x256 on a GPU'
+        paper = f'Table VIII (RTX 3090): {display_name(paper_model)} {micro[paper_model]} img/s'
         if doc is None:
             rows.append(_row('Speed', text, paper, '-', '-', NOT_YET))
             continue
         ours = {r['model']: r['images_per_sec'] for r in doc['records'] if r['img_size'] == 256}
         found = pick(ours, key=ours.get)
-        rows.append(_row('Speed', text, paper, f'{doc["provenance"].get("gpu")}: {DISPLAY[found.split("_")[1]]} '
+        rows.append(_row('Speed', text, paper, f'{doc["provenance"].get("gpu")}: {display_name(found)} '
                          f'{ours[found]:.0f} img/s', 'timing of one run (no sampling noise)',
                          'agrees' if found == paper_model else 'does not agree'))
     return rows
@@ -112,7 +113,7 @@ def detection_findings(profile: str = 'cpu') -> List[dict]:
     from .paper import TABLE5_MICRO
     c = claims(profile)
     order = sorted(TABLE5_MICRO, key=lambda m: -TABLE5_MICRO[m][0])
-    table5 = 'Table V, micro (COCO box AP): ' + ', '.join(f'{DISPLAY[m.split("_")[1]]} {TABLE5_MICRO[m][0]}'
+    table5 = 'Table V, micro (COCO box AP): ' + ', '.join(f'{display_name(m)} {TABLE5_MICRO[m][0]}'
                                                           for m in order)
     page = 'Detection'
     rows = [_from_rank(page, c['best'], 'DCNv3 and halo attention give the best box AP (Table V)', table5),

@@ -116,7 +116,8 @@ def build(profile: str = 'cpu', models: Optional[Sequence[str]] = None, weights:
     from .analysis.run import PROFILES, demo_images, iter_models
     from .data import demo_photos
     from .export import export_onnx, save
-    from .figures import _display, color_of
+    from .figures import color_of
+    from .models import display_name
     if profile not in PROFILES:
         raise ValueError(f'unknown profile {profile!r}; valid: {", ".join(PROFILES)}')
     prof = PROFILES[profile]
@@ -157,7 +158,7 @@ def build(profile: str = 'cpu', models: Optional[Sequence[str]] = None, weights:
         direction = fgsm_direction(m.model, views, labels, mean=m.mean, std=m.std)
         fgsm_file = out_data / f'fgsm_{m.name}.bin'
         _write(fgsm_file, direction.to(torch.int8).numpy().tobytes())
-        entries.append(dict(name=m.name, display=_display(m.name), color=color_of(m.name),
+        entries.append(dict(name=m.name, display=display_name(m.name), color=color_of(m.name),
                             file=f'models/{m.name}.onnx?v={key}', bytes=path.stat().st_size,
                             fgsm=f'data/fgsm_{m.name}.bin?v={_digest(fgsm_file)}', weights=weights,
                             trained=m.trained, source=m.source))

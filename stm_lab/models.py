@@ -36,7 +36,8 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, register_model
 
 from .backbone import UnifiedNet
-from .mixers import size_options, stage_sides
+from .mixers import mixer_trait, size_options, stage_sides
+from .paper import DISPLAY
 from .mixers.swin import window_for_side
 
 SCALES = ('micro', 'tiny', 'small', 'base')
@@ -235,6 +236,26 @@ def main_models(scale: str = 'micro') -> list:
     """The roster: the five models the book compares, in the paper's order, at a scale (``test``: the smoke
     profile's layouts). Training, analyses, benchmarks, figures and tests read it from here."""
     return [f'u_{f}_{scale}' for f in MAIN_FAMILIES]
+
+
+# models measured beside the unified ones (the speed page's reference), by their name on the pages
+REFERENCE_DISPLAY = {'timm_swin_micro': "timm's Swin (same shape)"}
+
+
+def display_name(model: str) -> str:
+    """A model's name on every page, table and figure: the paper's name of its family (``paper.DISPLAY``: U-HaloNet,
+    U-Swin Transformer, ...) at any scale or variant; a registered family the paper does not name (a user's) is
+    'U-' and its mixer's ``display_name``; a reference model its own name (:data:`REFERENCE_DISPLAY`); anything else
+    keeps its name."""
+    if model in REFERENCE_DISPLAY:
+        return REFERENCE_DISPLAY[model]
+    parts = model.split('_')
+    family = parts[1] if len(parts) > 1 else None
+    if family in DISPLAY:
+        return DISPLAY[family]
+    if model.startswith('u_') and family in FAMILIES:
+        return 'U-' + mixer_trait(FAMILIES[family].mixer, 'display_name')
+    return model
 
 
 def paper_model_names() -> list:

@@ -213,3 +213,19 @@ def test_an_unbatched_image_is_refused_with_a_clear_message():
                 call(x)
         with torch.no_grad():
             assert model(x[None]).shape == (1, 10)
+
+
+def test_display_name_is_the_paper_name_of_the_family_at_every_scale_and_variant():
+    from stm_lab.models import display_name
+    assert display_name('u_swin_micro') == 'U-Swin Transformer'
+    assert display_name('u_halonet_small_1px') == display_name('u_halonet_test') == 'U-HaloNet'
+    assert display_name('u_internimage_tiny') == 'U-InternImage'
+    assert display_name('timm_swin_micro') == "timm's Swin (same shape)"  # the speed page's reference model
+    assert display_name('something_else') == 'something_else'
+
+
+def test_display_name_of_a_family_the_paper_does_not_name_is_its_mixers_display_name():
+    from stm_lab.models import display_name
+    from stm_lab.models import register_family
+    register_family("u_displaynametest", mixer="dw_conv", layouts={"micro": FAMILIES["dwconv"].layouts["micro"]})
+    assert display_name('u_displaynametest_micro') == 'U-DW-Conv'

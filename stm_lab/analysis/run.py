@@ -47,7 +47,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import results
-from ..models import main_models
+from ..models import display_name, main_models
 from .invariance import ANGLES, CROP_PCTS, crop, resize_short
 
 MICRO = tuple(main_models('micro'))
@@ -400,11 +400,6 @@ def mean_by_model(records: Sequence[dict], key: str, where=lambda r: True) -> Di
     return {m: float(np.mean(v)) for m, v in out.items()}
 
 
-def _display(model: str) -> str:
-    from ..paper import DISPLAY
-    return DISPLAY.get(family(model), model)
-
-
 def _ranked(scores: Dict[str, float]) -> List[str]:
     return sorted(scores, key=lambda m: -scores[m])
 
@@ -437,12 +432,12 @@ def rank_claim(paper: str, metric: str, scores: Dict[str, float], n: Dict[str, i
         se = math.sqrt(sum(scores[m] * (1 - scores[m]) / n[m] for m in (a, b)))
     separable = None if se is None else abs(gap) > 2 * se
     noise = ('' if se is None else
-             f'(deciding gap {_display(a)} - {_display(b)} = {(round(gap, 3) or 0.0):+.3f}, standard error about '
+             f'(deciding gap {display_name(a)} - {display_name(b)} = {(round(gap, 3) or 0.0):+.3f}, standard error about '
              f'{se:.3f}: ' + ('separable on these images)' if separable else 'within two standard errors, so these '
                               'images cannot separate the two)'))
     verdict = 'agrees' if ok else 'does not agree'
-    order = ', '.join(f'{_display(m)} {scores[m]:.3f}' for m in ranked)
-    return dict(paper=paper, metric=metric, best=_display(ranked[0]), worst=_display(ranked[-1]), ranking=order,
+    order = ', '.join(f'{display_name(m)} {scores[m]:.3f}' for m in ranked)
+    return dict(paper=paper, metric=metric, best=display_name(ranked[0]), worst=display_name(ranked[-1]), ranking=order,
                 scores=scores, agrees=ok, verdict=verdict, gap=gap, stderr=se, separable=separable, noise=noise,
                 sentence=f'Ours, {metric}: {order}. This {verdict} with the paper' + (f' {noise}.' if noise else '.'))
 

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from .. import results
-from ..paper import DISPLAY, TABLE5_COLUMNS, TABLE5_MICRO
+from ..models import display_name
+from ..paper import TABLE5_COLUMNS, TABLE5_MICRO
 from ..train import guarded
 from . import coco_eval, scale, shapes
 from .data import collate
@@ -46,10 +47,6 @@ UPSCALES = tuple(s for s in scale.SCALES if s > 1)  # the paper's claim is about
 
 def family(model: str) -> str:
     return family_and_scale(model)[0]
-
-
-def _display(model: str) -> str:
-    return DISPLAY.get(family(model), model)
 
 
 def _spread(n: int, k: int) -> List[int]:
@@ -222,11 +219,11 @@ def _paired_claim(paper: str, metric: str, scores: Dict[str, float], boots: Dict
     se = float(np.std([x - y for x, y in pairs], ddof=1)) if len(pairs) > 1 else None
     separable = None if se is None else abs(gap) > 2 * se
     noise = ('' if se is None else
-             f'deciding gap {_display(a)} - {_display(b)} = {gap:+.3f}, bootstrap standard error {se:.3f} over '
+             f'deciding gap {display_name(a)} - {display_name(b)} = {gap:+.3f}, bootstrap standard error {se:.3f} over '
              f'{len(pairs)} resamplings of the images: ' + ('separable' if separable else 'within two standard errors'))
-    return dict(paper=paper, metric=metric, ranking=', '.join(f'{_display(m)} {scores[m]:.3f}' for m in ranked),
+    return dict(paper=paper, metric=metric, ranking=', '.join(f'{display_name(m)} {scores[m]:.3f}' for m in ranked),
                 agrees=ok, verdict='agrees' if ok else 'does not agree', gap=gap, stderr=se, separable=separable,
-                noise=noise, best=_display(ranked[0]), worst=_display(ranked[-1]))
+                noise=noise, best=display_name(ranked[0]), worst=display_name(ranked[-1]))
 
 
 def load(profile: str) -> Optional[dict]:
@@ -301,8 +298,8 @@ def erf_claim(profile: str) -> Optional[dict]:
     strong = all(r is not None and abs(r) >= 0.9 for r in rho.values())
     verdict = 'does not agree' if strong else ('agrees' if counter else 'cannot tell at this scale')
     ours = ', '.join(f'{k} {v:+.2f}' if v is not None else f'{k} n/a' for k, v in rho.items())
-    noise = (f'{_display(counter["larger"])} has the larger ERF@50 but {counter["bucket"]} lower than '
-             f'{_display(counter["smaller"])} by {counter["gap"]:.3f} (bootstrap standard error {counter["se"]:.3f})'
+    noise = (f'{display_name(counter["larger"])} has the larger ERF@50 but {counter["bucket"]} lower than '
+             f'{display_name(counter["smaller"])} by {counter["gap"]:.3f} (bootstrap standard error {counter["se"]:.3f})'
              if counter else 'no pair of models contradicts the ERF order beyond twice the bootstrap noise')
     return dict(verdict=verdict, rho=rho, counterexample=counter, ranking=f'Spearman rank correlation of ERF@50 '
                 f'(last stage) with box AP: {ours}', noise=noise)
@@ -404,7 +401,7 @@ def speed_markdown(profile: str) -> str:
            '|---|---:|---:|---:|---:|']
     for r in doc['records']:
         h = hours[r['model']]
-        out.append(f'| {_display(r["model"])} | {r["train_img_per_s"]:.1f} | {r["eval_img_per_s"]:.1f} | '
+        out.append(f'| {display_name(r["model"])} | {r["train_img_per_s"]:.1f} | {r["eval_img_per_s"]:.1f} | '
                    f'{h["train"]:.2f} | {h["evaluate"]:.2f} |')
     total = sum(h['train'] + h['evaluate'] for h in hours.values())
     load = doc['provenance'].get('loadavg')
