@@ -144,3 +144,104 @@ def by_scale_text(texts: Mapping[str, str]) -> str:
 def device_text(provenance: Mapping) -> str:
     """'an NVIDIA H200 (PyTorch 2.x, commit abcdef1)' from a GPU measurement's provenance."""
     return f"an {provenance['gpu']} (PyTorch {provenance['torch']}, commit {(provenance['git_sha'] or '?')[:7]})"
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+DWCONV_TARGET, TARGET = 70.0, 60.0  # the cpu profile's targets: U-DWConv-micro at least 70%, every model 60%
+BUDGET_HOURS, CORES = 3, 2  # the cpu profile's budget: three hours of a two-core machine
+
+
+def mean_top1_se(top1: Iterable[float], n: int) -> float:
+    """Binomial standard error (points) of one model's top-1 on ``n`` images, at the models' mean top-1 (%)."""
+    top1 = list(top1)
+    return image_se(sum(top1) / max(len(top1), 1), n)
+
+
+def best_and_worst(top1: Mapping[str, float]) -> Tuple[str, str]:
+    """(the model with the highest top-1, the one with the lowest); the first of equals."""
+    return max(top1, key=top1.get), min(top1, key=top1.get)
+
+
+def accuracy_text(model: str, top1: float) -> str:
+    """'U-HaloNet (75.3%)'."""
+    return f'{display_name(model)} ({top1:.1f}%)'
+
+
+def rankings(top1: Mapping[str, float]) -> Tuple[List[str], List[str]]:
+    """(the models of Table III among ``top1`` in the paper's top-1 order, the same models in ours), best first."""
+    paper = sorted((m for m in top1 if m in TABLE3), key=lambda m: -TABLE3[m][2])
+    return paper, sorted(paper, key=lambda m: -top1[m])
+
+
+def rank_text(models: Sequence[str]) -> str:
+    """'U-HaloNet > U-DWConv > ...', or 'n/a' without models."""
+    return names(models) or 'n/a'
+
+
+def targets_text(top1: Mapping[str, float], dwconv: str = 'u_dwconv_micro', dwconv_target: float = DWCONV_TARGET,
+                 target: float = TARGET) -> str:
+    """'met' when U-DWConv reaches ``dwconv_target`` and every model ``target`` (top-1 %), else 'not met (<what
+    falls short>)'."""
+    dw = top1.get(dwconv)
+    short = ([f'{display_name(dwconv)} {dw:.1f}% < {dwconv_target:g}%'] if dw is not None and dw < dwconv_target
+             else []) + [f'{display_name(m)} {v:.1f}% < {target:g}%' for m, v in top1.items() if v < target]
+    if dw is not None and not short:
+        return 'met'
+    return 'not met (' + '; '.join(short or [f'no {display_name(dwconv)}']) + ')'
+
+
+def label_smoothing_floor(eps: float, num_classes: int) -> float:
+    """The lowest cross-entropy label smoothing ``eps`` allows: the entropy of the smoothed target (timm puts
+    eps / K on every class, so the true class gets 1 - eps + eps / K)."""
+    k = num_classes
+    t = [1 - eps + eps / k] + [eps / k] * (k - 1)
+    return -sum(q * math.log(q) for q in t if q > 0)
+
+
+def range_text(values: Iterable[float], digits: int = 2) -> str:
+    """'1.23-1.45': the lowest and highest value."""
+    values = list(values)
+    return f'{min(values):.{digits}f}-{max(values):.{digits}f}'
+
+
+def budget_text(core_seconds: Mapping[str, float], n_runs: int, cpu: str, source: str,
+                hours: float = BUDGET_HOURS, cores: int = CORES) -> str:
+    """The core time of the runs (``core_seconds``: model -> core-seconds, from ``train.core_time_estimate``) and
+    whether it fits ``hours`` of ``cores`` cores shared evenly; a note when not every one of the ``n_runs`` runs has
+    an estimate. ``source``: the speed measurement's file, ``cpu``: its processor."""
+    if not core_seconds or len(core_seconds) != n_runs:
+        return 'not estimated here (no one-thread speed measurement for these models at this profile)'
+    core_min = sum(core_seconds.values()) / 60
+    return (f'about {core_min:.0f} core-minutes for the {len(core_seconds)} runs, i.e. {core_min / cores:.0f} minutes '
+            f'of two cores shared evenly (epochs and scheduled evaluations at the one-thread speeds measured on '
+            f'{cpu}, {source}), ' + ('within' if core_min / cores <= hours * 60 else 'beyond')
+            + ' three hours of the two cores')
+
+
+def count_text(items: Sequence[str]) -> str:
+    """'2 (a, b)', or 'none'."""
+    return f'{len(items)} ({", ".join(items)})' if items else 'none'
+
+
+def other_runs_text(top1: Mapping[str, float], other: Mapping[str, Sequence[dict]]) -> str:
+    """Runs kept apart (``other``: folder -> their summary rows) against the main run of the same model (``top1``),
+    the largest gain first: 'U-X in folder/ 80.1% against 78.0% (40 epochs); ...', or 'none yet'."""
+    gains = []
+    for folder, rows in other.items():
+        for r in rows:
+            if r['model'] in top1:
+                gains.append((r['top1'] - top1[r['model']], f'{display_name(r["model"])} in {folder}/ '
+                              f'{r["top1"]:.1f}% against {top1[r["model"]]:.1f}% ({r["epochs"]} epochs)'))
+    return '; '.join(t for _, t in sorted(gains, reverse=True)) or 'none yet'
+
+
+def changes_markdown(folder: str, changes: Mapping[str, Mapping[str, tuple]]) -> str:
+    """What each run kept apart in ``folder`` changed against its main run (``changes``: model -> {setting: (main,
+    this)}, from ``train.config_changes``), as a markdown list under the folder's name."""
+    from .figures import setting_text
+    lines = [f'**`{folder}`**', '']
+    for m, ch in changes.items():
+        shown = '; '.join(f'`{k}` {setting_text(a)} → {setting_text(b)}' for k, (a, b) in ch.items()) or 'nothing'
+        lines.append(f'- {display_name(m)}: changes {shown}.')
+    return '\n'.join(lines)

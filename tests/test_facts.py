@@ -93,3 +93,75 @@ def test_agreement_scale_and_device_texts():
     assert facts.device_text(dict(gpu='NVIDIA H200', torch='2.5.0', git_sha='0123456789abc')) == \
         'an NVIDIA H200 (PyTorch 2.5.0, commit 0123456)'
     assert facts.device_text(dict(gpu='G', torch='2', git_sha=None)) == 'an G (PyTorch 2, commit ?)'
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+def test_standard_error_at_the_mean_top1():
+    # mean of 40, 50, 60 is 50%: 100 * sqrt(0.5 * 0.5 / 100) = 5 points
+    assert facts.mean_top1_se([40.0, 50.0, 60.0], 100) == pytest.approx(5.0)
+    assert facts.mean_top1_se([90.0], 400) == pytest.approx(100 * math.sqrt(0.9 * 0.1 / 400))
+
+
+TOP1 = {'u_halonet_micro': 74.8, 'u_pvt_micro': 72.3, 'u_swin_micro': 74.2, 'u_dwconv_micro': 72.1,
+        'u_internimage_micro': 73.3}
+
+
+def test_best_worst_and_accuracy_text():
+    assert facts.best_and_worst(TOP1) == ('u_halonet_micro', 'u_dwconv_micro')
+    assert facts.accuracy_text('u_halonet_micro', 74.84) == 'U-HaloNet (74.8%)'
+    assert facts.best_and_worst({'u_a_micro': 1.0, 'u_b_micro': 1.0}) == ('u_a_micro', 'u_a_micro')  # first of equals
+
+
+def test_rankings_paper_and_ours():
+    paper, ours = facts.rankings({**TOP1, 'u_pooling_micro': 99.0})  # not in Table III: left out
+    # Table III micro top-1: HaloNet 75.8, InternImage 75.3, DWConv 75.1, Swin 74.4, PVT 72.8
+    assert paper == ['u_halonet_micro', 'u_internimage_micro', 'u_dwconv_micro', 'u_swin_micro', 'u_pvt_micro']
+    assert ours == ['u_halonet_micro', 'u_swin_micro', 'u_internimage_micro', 'u_pvt_micro', 'u_dwconv_micro']
+    assert facts.rank_text(ours[:2]) == 'U-HaloNet > U-Swin Transformer'
+    assert facts.rank_text([]) == 'n/a'
+
+
+def test_targets_met_and_missed():
+    assert facts.targets_text(TOP1) == 'met'
+    assert facts.targets_text({'u_dwconv_micro': 65.0, 'u_pvt_micro': 59.5}) == \
+        'not met (U-DWConv 65.0% < 70%; U-PVT 59.5% < 60%)'
+    assert facts.targets_text({'u_pvt_micro': 80.0}) == 'not met (no U-DWConv)'
+
+
+def test_label_smoothing_floor_is_the_entropy_of_the_smoothed_target():
+    assert facts.label_smoothing_floor(0.0, 10) == 0.0
+    # eps 0.1 over 2 classes: target (0.95, 0.05)
+    assert facts.label_smoothing_floor(0.1, 2) == pytest.approx(-(0.95 * math.log(0.95) + 0.05 * math.log(0.05)))
+
+
+def test_range_and_count_texts():
+    assert facts.range_text([1.12, 1.049, 1.1]) == '1.05-1.12'
+    assert facts.range_text([72.1, 74.8], digits=1) == '72.1-74.8'
+    assert facts.count_text(['epochs12', 'epochs24']) == '2 (epochs12, epochs24)'
+    assert facts.count_text([]) == 'none'
+
+
+def test_budget_within_and_beyond_three_hours_of_two_cores():
+    text = facts.budget_text({'a': 6000.0, 'b': 3600.0}, 2, 'CPU X', 'results/cpu/t.json')
+    assert text == ('about 160 core-minutes for the 2 runs, i.e. 80 minutes of two cores shared evenly (epochs and '
+                    'scheduled evaluations at the one-thread speeds measured on CPU X, results/cpu/t.json), within '
+                    'three hours of the two cores')
+    assert facts.budget_text({'a': 3 * 3600 * 2 + 60}, 1, 'c', 's').endswith('beyond three hours of the two cores')
+    assert facts.budget_text({'a': 60.0}, 2, 'c', 's').startswith('not estimated here')
+    assert facts.budget_text({}, 0, None, 's').startswith('not estimated here')
+
+
+def test_other_runs_largest_gain_first():
+    other = {'epochs12': [dict(model='u_pvt_micro', top1=68.2, epochs=12), dict(model='u_x_micro', top1=1, epochs=1)],
+             'epochs24': [dict(model='u_dwconv_micro', top1=73.1, epochs=24)]}
+    assert facts.other_runs_text(TOP1, other) == ('U-DWConv in epochs24/ 73.1% against 72.1% (24 epochs); '
+                                                  'U-PVT in epochs12/ 68.2% against 72.3% (12 epochs)')
+    assert facts.other_runs_text(TOP1, {}) == 'none yet'
+
+
+def test_changes_markdown():
+    text = facts.changes_markdown('epochs40', {'u_swin_micro': {'epochs': (22, 40), 'ema': (None, 0.5)},
+                                               'u_pvt_micro': {}})
+    assert text == ('**`epochs40`**\n\n- U-Swin Transformer: changes `epochs` 22 → 40; `ema` off → 0.5.\n'
+                    '- U-PVT: changes nothing.')
