@@ -245,3 +245,39 @@ def changes_markdown(folder: str, changes: Mapping[str, Mapping[str, tuple]]) ->
         shown = '; '.join(f'`{k}` {setting_text(a)} → {setting_text(b)}' for k, (a, b) in ch.items()) or 'nothing'
         lines.append(f'- {display_name(m)}: changes {shown}.')
     return '\n'.join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ Table III complexity
+
+PARAMS_TOLERANCE, MACS_TOLERANCE = 0.03, 0.10  # parameters within 3% of Table III, MACs within 10% of its FLOPs
+
+
+def relative_gap(ours: float, paper: float) -> float:
+    """|ours / paper - 1|."""
+    return abs(ours / paper - 1)
+
+
+def worst_gap_pct(records: Iterable[dict], ours: str, paper: str) -> float:
+    """The largest relative gap (%) between two fields over the records (``table3_complexity.json``)."""
+    return max(relative_gap(r[ours], r[paper]) for r in records) * 100
+
+
+def count_within(records: Iterable[dict], ours: str, paper: str, tolerance: float) -> int:
+    """How many records have ``ours`` within ``tolerance`` (a fraction) of ``paper``."""
+    return sum(relative_gap(r[ours], r[paper]) <= tolerance for r in records)
+
+
+def of_family(records: Iterable[dict], family: str) -> List[dict]:
+    """The records of one family's models."""
+    return [r for r in records if r['model'].startswith(f'u_{family}_')]
+
+
+def record_of(records: Iterable[dict], model: str) -> dict:
+    """The record of one model."""
+    return next(r for r in records if r['model'] == model)
+
+
+def position_params_m(records: Iterable[dict], model: str) -> float:
+    """A model's parameters in position tables (millions): all parameters less those without position tables."""
+    r = record_of(records, model)
+    return r['params_m'] - r['params_no_pos_m']

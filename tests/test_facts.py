@@ -165,3 +165,27 @@ def test_changes_markdown():
                                                'u_pvt_micro': {}})
     assert text == ('**`epochs40`**\n\n- U-Swin Transformer: changes `epochs` 22 → 40; `ema` off → 0.5.\n'
                     '- U-PVT: changes nothing.')
+
+
+# ------------------------------------------------------------------------------------------------ Table III complexity
+
+CX = [dict(model='u_halonet_micro', params_m=4.5, params_no_pos_m=4.2, paper_params_m=4.0, gmacs=1.1,
+           gmacs_no_attention=0.9, paper_gflops=1.0),
+      dict(model='u_pvt_micro', params_m=4.25, params_no_pos_m=4.0, paper_params_m=4.0, gmacs=0.8,
+           gmacs_no_attention=0.8, paper_gflops=1.0)]
+
+
+def test_counts_within_tolerance_and_worst_gap():
+    assert facts.count_within(CX, 'params_no_pos_m', 'paper_params_m', 0.03) == 1  # 5% and 0%
+    assert facts.count_within(CX, 'params_no_pos_m', 'paper_params_m', 0.05) == 2
+    assert facts.worst_gap_pct(CX, 'params_no_pos_m', 'paper_params_m') == pytest.approx(5.0)
+    assert facts.worst_gap_pct(CX, 'gmacs', 'paper_gflops') == pytest.approx(20.0)  # 0.8 of 1.0
+    assert facts.count_within(CX, 'gmacs', 'paper_gflops', 0.10) == 1
+
+
+def test_family_records_and_position_parameters():
+    assert [r['model'] for r in facts.of_family(CX, 'halonet')] == ['u_halonet_micro']
+    assert facts.worst_gap_pct(facts.of_family(CX, 'halonet'), 'gmacs_no_attention', 'paper_gflops') == \
+        pytest.approx(10.0)
+    assert facts.position_params_m(CX, 'u_pvt_micro') == 0.25
+    assert facts.record_of(CX, 'u_pvt_micro')['gmacs'] == 0.8
