@@ -22,6 +22,11 @@ def names(models: Iterable[str], sep: str = ' > ') -> str:
     return sep.join(display_name(m) for m in models)
 
 
+def values_text(values: Iterable, sep: str = ' and ') -> str:
+    """The distinct values, ascending, joined: [22, 12, 22] -> '12 and 22'."""
+    return sep.join(map(str, sorted(set(values))))
+
+
 # ------------------------------------------------------------------------------------------------ speed
 
 MIN_SPEED_RATIO = 0.5  # the speed page's floor: no unified model trains at less than half U-DWConv's speed
@@ -281,3 +286,39 @@ def position_params_m(records: Iterable[dict], model: str) -> float:
     """A model's parameters in position tables (millions): all parameters less those without position tables."""
     r = record_of(records, model)
     return r['params_m'] - r['params_no_pos_m']
+
+
+# ------------------------------------------------------------------------------------------------ ablations
+
+DECIDED = ('agrees', 'does not agree')  # with ablations.NO_LOSS: the verdicts that decide a claim
+
+
+def measured_text(rows: Sequence[dict]) -> str:
+    """'k of n': how many of the rows (``ablations.ablation_rows``) have a result (``ours`` not None)."""
+    return f'{sum(r["ours"] is not None for r in rows)} of {len(rows)}'
+
+
+def decided_text(claims: Sequence[dict]) -> str:
+    """'k of n': how many claims (``ablations.claims``) have a deciding verdict (agrees, does not agree, or no
+    loss)."""
+    from .ablations import NO_LOSS
+    return f'{sum(c["verdict"] in (*DECIDED, NO_LOSS) for c in claims)} of {len(claims)}'
+
+
+def baseline_noise(baselines: Sequence[dict]) -> Tuple[int, Optional[float], Optional[float]]:
+    """From the A models' records (``ablations.baseline``: ``top1_fp16``, ``val_images``): (validation images, the
+    binomial standard error of one model's top-1 at their mean, that of a difference of two models: sqrt(2) times
+    it), in points; (0, None, None) without baselines."""
+    n = baselines[0]['val_images'] if baselines else 0
+    if not n:
+        return 0, None, None
+    se = mean_top1_se([a['top1_fp16'] for a in baselines], n)
+    return n, se, math.sqrt(2) * se
+
+
+def seed_text(sd: Optional[float], n_seed: int) -> str:
+    """The seed-to-seed standard deviation of a run's top-1, where the second-seed runs exist."""
+    if sd is None:
+        return ('not measured yet (the second-seed runs have not finished), so the noise below is the image '
+                'sampling alone and understates the true noise')
+    return f'{sd:.2f} points (from the {n_seed} A models trained again with seed 1)'

@@ -540,6 +540,24 @@ def claims_markdown(claims: Iterable[dict]) -> str:
     return '\n'.join(out)
 
 
+ABLATION_COMPLEXITY_MODELS = ('u_swin_small', 'u_halonet_small', 'u_halonet_small_switch', 'u_halonet_small_1px',
+                              'u_halonet_small_shift', 'u_halonet_micro', 'u_halonet_micro_switch',
+                              'u_halonet_micro_1px', 'u_halonet_micro_shift')
+
+
+def ablation_complexity_markdown(records: Iterable[dict], models: Iterable[str] = ABLATION_COMPLEXITY_MODELS) -> str:
+    """Parameters and MACs of the Table VII models (``results/paper/ablation_complexity.json``), with the paper's
+    MACs where it gives them; a note when none has been counted."""
+    cx = {r['model']: r for r in records}
+    lines = ['| model | params | GMACs at 224 | paper GMACs |', '|---|---:|---:|---:|']
+    for name in models:
+        if name in cx:
+            r = cx[name]
+            lines.append(f"| `{name}` | {r['params_m']:.2f}M | {r['gmacs']:.2f} | "
+                         f"{r['paper_gmacs'] if r['paper_gmacs'] else '-'} |")
+    return '\n'.join(lines) if len(lines) > 2 else '*No complexity counts yet (`stm-lab ablations complexity`).*'
+
+
 def ablation_bars(rows: Iterable[dict]) -> go.Figure:
     """Difference to A per variant: the paper's (open markers) and ours with +-2 noise (bars), one row per table."""
     rows = [r for r in rows]

@@ -179,3 +179,16 @@ def coverage() -> List[dict]:
         out.append(dict(item=item, what=what, status=status, done=have, needed=len(needs),
                         setting=setting if status != 'not yet here' else '-'))
     return out
+
+
+def verdict_counts(rows: List[dict]) -> Dict[str, int]:
+    """How many claims (:func:`findings` rows) there are and how many of them agree (an ablation's 'no loss beyond
+    the noise' included), do not agree, cannot tell at this scale, and are not yet measured."""
+    n = {v: sum(r['verdict'] == v for r in rows) for v in VERDICTS}
+    return dict(total=len(rows), agree=n['agrees'] + n[ablations.NO_LOSS], disagree=n['does not agree'],
+                cannot=n['cannot tell at this scale'], not_yet=n[NOT_YET])
+
+
+def coverage_text(cover: List[dict], status: str) -> str:
+    """'Table I (the five spatial token mixers), ...': the :func:`coverage` items with a status, or 'none'."""
+    return ', '.join(f"{c['item']} ({c['what']})" for c in cover if c['status'] == status) or 'none'

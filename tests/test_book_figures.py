@@ -144,3 +144,12 @@ def test_erf_fig6_and_photo_figure():
     assert list(fig.frames[1].traces) == [0, 1, 3, 5, 6, 8]  # photo, stage-3 map, stage-4 map of each model
     assert fig.frames[2].data[0].source == uris['2.jpg'] and fig.data[0].source == uris['0.jpg']
     assert fig.frames[1].data[1].source != fig.frames[2].data[1].source
+
+
+def test_ablation_complexity_markdown_rows_in_the_given_order():
+    records = [dict(model='u_halonet_micro', params_m=4.321, gmacs=0.6543, paper_gmacs=None),
+               dict(model='u_swin_small', params_m=49.5, gmacs=8.7, paper_gmacs=9.16)]
+    assert figures.ablation_complexity_markdown(records) == (
+        '| model | params | GMACs at 224 | paper GMACs |\n|---|---:|---:|---:|\n'
+        '| `u_swin_small` | 49.50M | 8.70 | 9.16 |\n| `u_halonet_micro` | 4.32M | 0.65 | - |')
+    assert figures.ablation_complexity_markdown([]).startswith('*No complexity counts yet')

@@ -189,3 +189,29 @@ def test_family_records_and_position_parameters():
         pytest.approx(10.0)
     assert facts.position_params_m(CX, 'u_pvt_micro') == 0.25
     assert facts.record_of(CX, 'u_pvt_micro')['gmacs'] == 0.8
+
+
+def test_values_text_joins_distinct_values_in_order():
+    assert facts.values_text([22, 12, 22]) == '12 and 22'
+    assert facts.values_text([12, 40, 22], '-') == '12-22-40'
+
+
+# ------------------------------------------------------------------------------------------------ ablations
+
+def test_measured_and_decided_texts():
+    from stm_lab.ablations import NO_LOSS
+    assert facts.measured_text([dict(ours=1.0), dict(ours=None), dict(ours=0.0)]) == '2 of 3'
+    claims = [dict(verdict='agrees'), dict(verdict=NO_LOSS), dict(verdict='cannot tell at this scale'),
+              dict(verdict='does not agree'), dict(verdict='not yet measured')]
+    assert facts.decided_text(claims) == '3 of 5'
+
+
+def test_baseline_noise_of_one_model_and_of_a_difference():
+    n, se, diff = facts.baseline_noise([dict(top1_fp16=40.0, val_images=100), dict(top1_fp16=60.0, val_images=100)])
+    assert n == 100 and se == pytest.approx(5.0) and diff == pytest.approx(5.0 * math.sqrt(2))
+    assert facts.baseline_noise([]) == (0, None, None)
+
+
+def test_seed_text():
+    assert facts.seed_text(0.456, 5) == '0.46 points (from the 5 A models trained again with seed 1)'
+    assert facts.seed_text(None, 0).startswith('not measured yet')

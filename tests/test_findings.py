@@ -61,3 +61,18 @@ def test_committed_results_give_a_verdict_for_every_measured_claim():
     assert measured and all(r['verdict'] != findings.NOT_YET for r in measured)
     if not (results.RESULTS_DIR / 'cpu' / 'detection.json').exists():
         assert all(r['verdict'] == findings.NOT_YET for r in rows if r['page'] == 'Detection')
+
+
+def test_verdict_counts_count_no_loss_as_agreement():
+    from stm_lab.ablations import NO_LOSS
+    rows = [dict(verdict=v) for v in ('agrees', NO_LOSS, 'does not agree', 'cannot tell at this scale',
+                                      'cannot tell at this scale', 'not yet measured')]
+    assert findings.verdict_counts(rows) == dict(total=6, agree=2, disagree=1, cannot=2, not_yet=1)
+    assert findings.verdict_counts([]) == dict(total=0, agree=0, disagree=0, cannot=0, not_yet=0)
+
+
+def test_coverage_text_lists_the_items_of_a_status():
+    cover = [dict(item='Table I', what='mixers', status='here'), dict(item='Fig. 5', what='ERF', status='partly here'),
+             dict(item='Fig. 8', what='FGSM', status='here')]
+    assert findings.coverage_text(cover, 'here') == 'Table I (mixers), Fig. 8 (FGSM)'
+    assert findings.coverage_text(cover, 'not yet here') == 'none'
