@@ -142,3 +142,49 @@ def test_analysing_one_model_adds_to_the_saved_result(results_dir):
     assert after['provenance']['earlier'][0]['created'] == first['provenance']['created']
     with pytest.raises(ValueError, match='other settings'):
         run.analyze('fgsm', 'smoke', models=['u_dwconv_test'], limit=3)
+
+
+def _erf_row(model, stage, side, t=0.5):
+    return dict(model=model, stage=stage, t=t, side_ratio=side)
+
+
+def test_erf_extremes_pick_the_largest_and_smallest_erf50_at_a_stage():
+    from stm_lab.analysis.run import erf_extremes
+    rows = [_erf_row('u_swin_micro', 3, 0.40), _erf_row('u_halonet_micro', 3, 0.55), _erf_row('u_pvt_micro', 3, 0.30),
+            _erf_row('u_pvt_micro', 4, 0.99), _erf_row('u_swin_micro', 3, 0.95, t=0.9)]
+    assert erf_extremes(rows) == (('u_halonet_micro', 0.55), ('u_pvt_micro', 0.30))
+    assert erf_extremes(rows, stage=4) == (('u_pvt_micro', 0.99), ('u_pvt_micro', 0.99))
+    assert erf_extremes(rows, t=0.9) == (('u_swin_micro', 0.95), ('u_swin_micro', 0.95))
+
+
+def test_erf_shape_verdict_from_the_asymmetry_of_swin_and_halonet():
+    from stm_lab.analysis.run import asymmetry_by_family, erf_shape_verdict
+    records = [dict(model='u_swin_micro', stage=3, asymmetry=0.3), dict(model='u_halonet_micro', stage=3, asymmetry=0.1),
+               dict(model='u_swin_micro', stage=4, asymmetry=0.0), dict(model='u_swin_small', stage=3, asymmetry=9.0)]
+    asym = asymmetry_by_family(records)
+    assert asym == {'swin': 0.3, 'halonet': 0.1}  # the family's first model
+    assert erf_shape_verdict(asym) == 'agrees with'
+    assert erf_shape_verdict({'swin': 0.1, 'halonet': 0.3}) == 'does not agree with'
+    assert erf_shape_verdict({'halonet': 0.1}) == 'does not agree with'  # no U-Swin: 0
+    assert erf_shape_verdict({'swin': 0.1}) == 'agrees with'
+
+
+def test_claim_texts_with_and_without_a_claim():
+    from stm_lab.analysis.run import claim_texts
+    assert claim_texts(None) == ('cannot be checked (a model it names was not analysed)', 'n/a',
+                                 '(no image counts recorded)')
+    assert claim_texts(dict(verdict='agrees', ranking='U-DWConv 0.9', noise='')) == \
+        ('agrees', 'U-DWConv 0.9', '(no image counts recorded)')
+    assert claim_texts(dict(verdict='agrees', ranking='r', noise='(gap)')) == ('agrees', 'r', '(gap)')
+
+
+def test_consistency_over_training_order_and_gains():
+    from stm_lab.analysis.run import consistency_gains_text, consistency_order_text, consistency_records
+    docs = {'u_swin_micro': dict(records=[dict(epoch=1), dict(epoch=2, consistency_shift=0.80),
+                                          dict(epoch=3, consistency_shift=0.85)]),
+            'u_dwconv_micro': dict(records=[dict(epoch=2, consistency_shift=0.90), dict(epoch=3, consistency_shift=0.88)])}
+    recs = consistency_records(docs)
+    assert [len(r) for r in recs.values()] == [2, 2]
+    assert consistency_order_text(recs, 0) == 'U-DWConv 90.0% > U-Swin Transformer 80.0%'
+    assert consistency_order_text(recs, -1) == 'U-DWConv 88.0% > U-Swin Transformer 85.0%'
+    assert consistency_gains_text(recs) == 'U-Swin Transformer +5.0, U-DWConv -2.0'

@@ -392,6 +392,55 @@ def erf_table(records: Sequence[dict]) -> List[dict]:
             for r in records for a in r['erf_at']]
 
 
+def erf_extremes(rows: Sequence[dict], stage: int = 3, t: float = 0.5) -> Tuple[Tuple[str, float], Tuple[str, float]]:
+    """((model, ERF@t side ratio) of the largest ERF at a stage, the same for the smallest), from
+    :func:`erf_table` rows; equal ratios go to the later model name for the largest, the earlier for the smallest."""
+    s = sorted(((r['side_ratio'], r['model']) for r in rows if r['t'] == t and r['stage'] == stage), reverse=True)
+    return (s[0][1], s[0][0]), (s[-1][1], s[-1][0])
+
+
+def asymmetry_by_family(records: Sequence[dict], stage: int = 3) -> Dict[str, float]:
+    """family -> the ERF map's asymmetry at a stage (``erf.json`` records), of the family's first model."""
+    out: Dict[str, float] = {}
+    for r in records:
+        if r['stage'] == stage:
+            out.setdefault(family(r['model']), r['asymmetry'])
+    return out
+
+
+def erf_shape_verdict(asymmetry: Dict[str, float]) -> str:
+    """The paper's reading of Fig. 6 (shifted windows give U-Swin a less symmetric ERF than U-HaloNet's halo
+    blocks) against :func:`asymmetry_by_family`: 'agrees with' or 'does not agree with' (a missing family
+    counts 0)."""
+    return 'agrees with' if asymmetry.get('swin', 0) > asymmetry.get('halonet', 0) else 'does not agree with'
+
+
+def claim_texts(claim: Optional[dict]) -> Tuple[str, str, str]:
+    """(verdict, ranking, noise) of a :func:`rank_claim` answer as the pages state them; what they say when the
+    claim could not be checked (None) or no image counts were recorded."""
+    if claim is None:
+        return 'cannot be checked (a model it names was not analysed)', 'n/a', '(no image counts recorded)'
+    return claim['verdict'], claim['ranking'], claim['noise'] or '(no image counts recorded)'
+
+
+def consistency_records(docs: Dict[str, dict], key: str = 'consistency_shift') -> Dict[str, List[dict]]:
+    """model -> the records of its training run (``train_<model>.json`` documents) that measured ``key`` (the
+    consistency over training, Fig. 7(c))."""
+    return {m: [r for r in d['records'] if key in r] for m, d in docs.items()}
+
+
+def consistency_order_text(recs: Dict[str, List[dict]], at: int, key: str = 'consistency_shift') -> str:
+    """'U-X 91.0% > U-Y 88.5% > ...': the models by ``key`` at their ``at``-th measurement (0 first, -1 last), most
+    consistent first."""
+    vals = {m: r[at][key] for m, r in recs.items()}
+    return ' > '.join(f'{display_name(m)} {100 * v:.1f}%' for m, v in sorted(vals.items(), key=lambda kv: -kv[1]))
+
+
+def consistency_gains_text(recs: Dict[str, List[dict]], key: str = 'consistency_shift') -> str:
+    """'U-X +3.0, U-Y -1.2': each model's change of ``key`` (points) from its first to its last measurement."""
+    return ', '.join(f'{display_name(m)} {100 * (r[-1][key] - r[0][key]):+.1f}' for m, r in recs.items())
+
+
 def mean_by_model(records: Sequence[dict], key: str, where=lambda r: True) -> Dict[str, float]:
     out: Dict[str, List[float]] = {}
     for r in records:
