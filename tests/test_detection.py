@@ -594,3 +594,40 @@ def test_a_run_continued_under_a_shorter_schedule_equals_a_fresh_run_of_it(tmp_p
         det_train.train(profile_config('u_swin_test', 'smoke', epochs=2, lr_steps=(2,)), out_dir=tmp_path / 'late',
                         **quiet)
     assert (tmp_path / 'late' / 'last.safetensors').read_bytes() == before
+
+
+def test_detection_setting_texts_from_a_configuration():
+    from stm_lab.detection.train import DetTrainConfig
+    cfg = DetTrainConfig(shapes=shapes.ShapesConfig(img_size=96, train_images=1500, val_images=50, photos='fixture',
+                                                    max_instances=4, min_side=8.0, max_side=60.0),
+                         detector=DetectorConfig(img_size=96, resize=False, fpn_channels=64, box_head_dim=128,
+                                                 mask_head_layers=(32, 32), box_batch_size_per_image=64,
+                                                 anchor_sizes=(8, 16, 32, 64, 128)),
+                         epochs=6, batch_size=8, lr=2e-4, weight_decay=0.05, warmup_iters=100, lr_steps=(4,), hflip=0.5)
+    assert run.setting_text(cfg) == (
+        f'1,500 training and 50 validation images of 96x96 px, {len(shapes.SHAPES)} shape classes '
+        f'({", ".join(shapes.SHAPES)}), 1-4 instances per image, 8-60 px, drawn on the committed fixture photos')
+    assert run.heads_text(cfg) == ('FPN width 64, box head 128, mask head 2 x 32 channels, 64 sampled RoIs per image, '
+                                   'anchors 8/16/32/64/128 px')
+    assert run.schedule_text(cfg) == ('6 epochs of batch 8, AdamW lr 0.0002 (weight decay 0.05), 100 warm-up steps, lr '
+                                      'divided by 10 after epochs 4, flip 0.5')
+    assert run.paper_setting_text(DetTrainConfig(dataset='coco', epochs=12, batch_size=16, lr=1e-4)) == \
+        'COCO train2017 at a shorter side of 800 px (longer at most 1333), 12 epochs of batch 16, AdamW lr 0.0001'
+
+
+def test_training_note_with_and_without_a_classification_checkpoint():
+    doc = dict(config=dict(backbone_init='results/cpu/u_swin_micro.safetensors',
+                           load_report=dict(loaded=['a', 'b', 'c'], resized=['d'], new=['e', 'f'])),
+               records=[dict(epoch=1), dict(epoch=6)], provenance=dict(cpu_time_s=1200, command='stm-lab detect train'))
+    assert run.training_note('u_swin_micro', doc) == (
+        '- U-Swin Transformer: 4 backbone tensors from `results/cpu/u_swin_micro.safetensors` (1 refitted), 2 new; '
+        '6 epochs, 20 core-minutes. Command: `stm-lab detect train`')
+    doc['config'] = dict(load_report=None)
+    assert run.training_note('u_pvt_micro', doc).startswith(
+        '- U-PVT: backbone from its seeded initialization (no classification checkpoint); 6 epochs')
+
+
+def test_not_yet_markdown_lists_the_commands_in_order():
+    text = run.not_yet_markdown('cpu')
+    assert text.startswith('**The cpu-profile detection runs have not been made yet**')
+    assert '\n'.join(run.commands('cpu')) in text

@@ -425,6 +425,77 @@ def commands(profile: str = 'cpu') -> List[str]:
 SMOKE_COMMAND = 'stm-lab detect run --profile smoke'
 
 
+def train_docs(profile: str, models: Sequence[str]) -> Dict[str, dict]:
+    """model -> its ``det_train_<model>.json`` document under ``results/<profile>/detection`` (models without one are
+    left out)."""
+    out = {}
+    for m in models:
+        try:
+            out[m] = results.load_result(f'{profile}/detection', f'det_train_{m}')
+        except FileNotFoundError:
+            continue
+    return out
+
+
+def training_note(model: str, doc: dict) -> str:
+    """One line on how a detector was trained (its ``det_train_<model>.json``): where its backbone came from, its
+    epochs, core time and command."""
+    rep = doc['config'].get('load_report')
+    init = (f"{len(rep['loaded']) + len(rep['resized'])} backbone tensors from `{doc['config']['backbone_init']}` "
+            f"({len(rep['resized'])} refitted), {len(rep['new'])} new" if rep else 'backbone from its seeded '
+            'initialization (no classification checkpoint)')
+    return (f"- {display_name(model)}: {init}; {doc['records'][-1]['epoch']} epochs, "
+            f"{doc['provenance'].get('cpu_time_s', 0) / 60:.0f} core-minutes. Command: "
+            f"`{doc['provenance'].get('command')}`")
+
+
+def setting_text(cfg: DetTrainConfig) -> str:
+    """The generated shapes set of a profile's configuration, in words."""
+    s = cfg.shapes
+    return (f'{s.train_images:,} training and {s.val_images} validation images of {s.img_size}x{s.img_size} px, '
+            f'{len(shapes.SHAPES)} shape classes ({", ".join(shapes.SHAPES)}), 1-{s.max_instances} instances per '
+            f'image, {s.min_side:g}-{s.max_side:g} px, drawn on '
+            + ('Imagenette photos' if s.photos == 'imagenette' else 'the committed fixture photos'))
+
+
+def heads_text(cfg: DetTrainConfig) -> str:
+    """The detector's heads (FPN, box and mask heads, RoI sampling, anchors), in words."""
+    d = cfg.detector
+    return (f'FPN width {d.fpn_channels}, box head {d.box_head_dim}, mask head {len(d.mask_head_layers)} x '
+            f'{d.mask_head_layers[0]} channels, {d.box_batch_size_per_image} sampled RoIs per image, anchors '
+            f'{"/".join(map(str, d.anchor_sizes))} px')
+
+
+def schedule_text(cfg: DetTrainConfig) -> str:
+    """The training schedule (epochs, batch, optimizer, warm-up, learning-rate drops, flips), in words."""
+    return (f'{cfg.epochs} epochs of batch {cfg.batch_size}, AdamW lr {cfg.lr:g} (weight decay {cfg.weight_decay:g}), '
+            f'{cfg.warmup_iters} warm-up steps, lr divided by 10 after epochs {" and ".join(map(str, cfg.lr_steps))}, '
+            f'flip {cfg.hflip:g}')
+
+
+def paper_setting_text(cfg: DetTrainConfig) -> str:
+    """The paper's detection setting (its profile's configuration), in words."""
+    return (f'COCO train2017 at a shorter side of {cfg.detector.min_size} px (longer at most {cfg.detector.max_size}), '
+            f'{cfg.epochs} epochs of batch {cfg.batch_size}, AdamW lr {cfg.lr:g}')
+
+
+def not_yet_markdown(profile: str) -> str:
+    """What the detection page says before a profile's runs exist: the commands that make them, in order, and the
+    measured speed at the profile's settings (:func:`speed_markdown`)."""
+    cmds = '\n'.join(commands(profile))
+    return f"""**The {profile}-profile detection runs have not been made yet**, so the tables and figures
+below are empty. They are made, in this order, by
+
+```
+{cmds}
+```
+
+(the training commands can run two at a time on two cores; each resumes where it stopped). Measured speed at this
+profile's settings and the core time it gives:
+
+{speed_markdown(profile)}"""
+
+
 def smoke_run(log=_log) -> List[dict]:
     """The smoke profile end to end: generate the tiny set, train the five test detectors, evaluate them."""
     for m in profile_models('smoke'):
