@@ -322,3 +322,42 @@ def seed_text(sd: Optional[float], n_seed: int) -> str:
         return ('not measured yet (the second-seed runs have not finished), so the noise below is the image '
                 'sampling alone and understates the true noise')
     return f'{sd:.2f} points (from the {n_seed} A models trained again with seed 1)'
+
+
+# ------------------------------------------------------------------------------------------------ the lab
+
+def lab_weights_text(n_bytes: int, n_models: int) -> str:
+    """How the lab's models are stored and how large they are."""
+    return ('weights stored as int8, one scale per output channel, computed in float32; '
+            f'{n_bytes / 1e6:.1f} MB for the {n_models} models')
+
+
+LAB_EXPORT_KEYS = ('fp32_diff', 'int8_diff', 'int8_agree', 'n_val')
+LAB_BROWSER_KEYS = ('ms', 'update_ms', 'first_s', 'browser', 'mb', 'load')
+
+
+def lab_export_facts(doc: Optional[dict]) -> Dict[str, object]:
+    """From ``lab_export.json`` (None: not checked yet): the largest logit difference of the float32 and of the int8
+    models against PyTorch, each int8 model's top-1 agreement with PyTorch, and the number of validation images."""
+    if not doc:
+        return {k: 'not checked yet (`stm-lab lab check`)' for k in LAB_EXPORT_KEYS}
+    recs = doc['records']
+    return dict(fp32_diff=f"{max(r['fp32']['val_max_abs_diff'] for r in recs):.1g}",
+                int8_diff=f"{max(r['int8']['val_max_abs_diff'] for r in recs):.2f}",
+                int8_agree=', '.join(f"{100 * r['int8']['val_top1_agreement']:.1f}% ({display_name(r['model'])})"
+                                     for r in recs),
+                n_val=doc['config']['n_images'])
+
+
+def lab_browser_facts(doc: Optional[dict]) -> Dict[str, str]:
+    """From ``lab_browser.json`` (None: not measured yet): each model's inference time in the browser, the slider's
+    update time, the time to the first prediction, the browser and machine, the models' size and the load."""
+    if not doc:
+        return {k: 'not measured yet (`stm-lab lab measure`)' for k in LAB_BROWSER_KEYS}
+    p = doc['records'][0]
+    return dict(ms=', '.join(f"{v:.1f} ms ({display_name(m)})" for m, v in p['inference_ms'].items()),
+                update_ms=f"{p['slider_update_ms_median']:.0f} ms (median; slowest {p['slider_update_ms_max']:.0f} ms)",
+                first_s=f"{p['first_prediction_ms'] / 1000:.1f} s",
+                browser=f"{p['browser']} on {doc['provenance']['cpu']}",
+                mb=f"{p['model_mb']:.1f} MB",
+                load=f"load average {p['loadavg'][0]:.1f} on {p['cpu_count']} cores")

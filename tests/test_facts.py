@@ -215,3 +215,33 @@ def test_baseline_noise_of_one_model_and_of_a_difference():
 def test_seed_text():
     assert facts.seed_text(0.456, 5) == '0.46 points (from the 5 A models trained again with seed 1)'
     assert facts.seed_text(None, 0).startswith('not measured yet')
+
+
+# ------------------------------------------------------------------------------------------------ the lab
+
+def test_lab_weights_text():
+    assert facts.lab_weights_text(21_650_000, 5) == ('weights stored as int8, one scale per output channel, computed '
+                                                     'in float32; 21.6 MB for the 5 models')
+
+
+def test_lab_export_facts_take_the_largest_differences():
+    doc = dict(config=dict(n_images=200), records=[
+        dict(model='u_swin_micro', fp32=dict(val_max_abs_diff=2.4e-6), int8=dict(val_max_abs_diff=0.31,
+                                                                              val_top1_agreement=0.985)),
+        dict(model='u_pvt_micro', fp32=dict(val_max_abs_diff=7.6e-6), int8=dict(val_max_abs_diff=0.123,
+                                                                             val_top1_agreement=0.99))])
+    assert facts.lab_export_facts(doc) == dict(fp32_diff='8e-06', int8_diff='0.31',
+                                               int8_agree='98.5% (U-Swin Transformer), 99.0% (U-PVT)', n_val=200)
+    assert set(facts.lab_export_facts(None).values()) == {'not checked yet (`stm-lab lab check`)'}
+    assert set(facts.lab_export_facts(None)) == set(facts.LAB_EXPORT_KEYS)
+
+
+def test_lab_browser_facts():
+    doc = dict(provenance=dict(cpu='CPU X'), records=[dict(
+        inference_ms={'u_swin_micro': 12.34, 'u_dwconv_micro': 5.0}, slider_update_ms_median=41.6,
+        slider_update_ms_max=120.2, first_prediction_ms=2345.0, browser='Chromium 120', model_mb=21.65,
+        loadavg=[1.23, 1.0, 0.9], cpu_count=2)])
+    assert facts.lab_browser_facts(doc) == dict(
+        ms='12.3 ms (U-Swin Transformer), 5.0 ms (U-DWConv)', update_ms='42 ms (median; slowest 120 ms)',
+        first_s='2.3 s', browser='Chromium 120 on CPU X', mb='21.6 MB', load='load average 1.2 on 2 cores')
+    assert set(facts.lab_browser_facts(None)) == set(facts.LAB_BROWSER_KEYS)
