@@ -153,3 +153,16 @@ def test_ablation_complexity_markdown_rows_in_the_given_order():
         '| model | params | GMACs at 224 | paper GMACs |\n|---|---:|---:|---:|\n'
         '| `u_swin_small` | 49.50M | 8.70 | 9.16 |\n| `u_halonet_micro` | 4.32M | 0.65 | - |')
     assert figures.ablation_complexity_markdown([]).startswith('*No complexity counts yet')
+
+
+def test_architecture_tables():
+    from stm_lab.mixers import MIXERS
+    assert figures.dashed((2, 2, 9, 2)) == '2-2-9-2'
+    assert figures.layouts_markdown(['u_swin_micro']).splitlines()[2] == \
+        '| `u_swin_micro` | `sw_attn` | 2-2-9-2 | 32-64-128-256 | 1-2-4-8 | 4-4-4-4 | 0.0 |'
+    # 224: window 7, halo block 7 / 3, PVT (8, 4, 2, 1); 64: window 4, block 4 / 2, PVT (2, 1, 1, 1) (models.py)
+    assert figures.size_rules_markdown((224, 64)).splitlines()[2:] == ['| 224 | 7 | 7 / 3 | 8-4-2-1 |',
+                                                                      '| 64 | 4 | 4 / 2 | 2-1-1-1 |']
+    mixers = figures.mixers_markdown(MIXERS)
+    assert mixers.count('\n') == len(MIXERS) + 1 and '| `sw_attn` |' in mixers
+    assert "| `_1px` (HaloNet) | mixer options {'halo': 1} |" in figures.variants_markdown()
