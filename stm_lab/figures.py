@@ -809,6 +809,17 @@ def findings_table_markdown(rows: Iterable[dict]) -> str:
     return '\n'.join(lines)
 
 
+def coverage_markdown(cover: Iterable[dict]) -> str:
+    """:func:`stm_lab.findings.coverage` as the Findings page shows it: each table and figure of the paper, its
+    status (with the runs done where it needs several and is not all here) and the setting here."""
+    lines = ['| paper | what | status | setting here |', '|---|---|---|---|']
+    for c in cover:
+        status = c['status'] + (f" ({c['done']} of {c['needed']} runs)" if c['needed'] > 1 and c['status'] != 'here'
+                                else '')
+        lines.append(f"| {c['item']} | {c['what']} | {status} | {c['setting']} |")
+    return '\n'.join(lines)
+
+
 # ------------------------------------------------------------------------------------------------ the lab
 
 def _marker(axis: int, x: float) -> dict:

@@ -192,3 +192,11 @@ def verdict_counts(rows: List[dict]) -> Dict[str, int]:
 def coverage_text(cover: List[dict], status: str) -> str:
     """'Table I (the five spatial token mixers), ...': the :func:`coverage` items with a status, or 'none'."""
     return ', '.join(f"{c['item']} ({c['what']})" for c in cover if c['status'] == status) or 'none'
+
+
+def by_page(rows: List[dict]) -> Dict[str, List[dict]]:
+    """The :func:`findings` rows grouped by page, pages in their first appearance's order."""
+    out: Dict[str, List[dict]] = {}
+    for r in rows:
+        out.setdefault(r['page'], []).append(r)
+    return out

@@ -166,3 +166,12 @@ def test_architecture_tables():
     mixers = figures.mixers_markdown(MIXERS)
     assert mixers.count('\n') == len(MIXERS) + 1 and '| `sw_attn` |' in mixers
     assert "| `_1px` (HaloNet) | mixer options {'halo': 1} |" in figures.variants_markdown()
+
+
+def test_coverage_markdown_counts_runs_only_where_several_are_needed_and_missing():
+    cover = [dict(item='Table I', what='mixers', status='here', done=1, needed=1, setting='same'),
+             dict(item='Table VI', what='A to E', status='partly here', done=7, needed=20, setting='micro'),
+             dict(item='Fig. 8', what='FGSM', status='here', done=3, needed=3, setting='64 px')]
+    assert figures.coverage_markdown(cover).splitlines()[2:] == [
+        '| Table I | mixers | here | same |', '| Table VI | A to E | partly here (7 of 20 runs) | micro |',
+        '| Fig. 8 | FGSM | here | 64 px |']

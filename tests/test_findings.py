@@ -76,3 +76,9 @@ def test_coverage_text_lists_the_items_of_a_status():
              dict(item='Fig. 8', what='FGSM', status='here')]
     assert findings.coverage_text(cover, 'here') == 'Table I (mixers), Fig. 8 (FGSM)'
     assert findings.coverage_text(cover, 'not yet here') == 'none'
+
+
+def test_rows_by_page_keep_the_order_of_first_appearance():
+    rows = [dict(page='Training', n=1), dict(page='Speed', n=2), dict(page='Training', n=3)]
+    assert {p: [r['n'] for r in rs] for p, rs in findings.by_page(rows).items()} == {'Training': [1, 3], 'Speed': [2]}
+    assert list(findings.by_page(rows)) == ['Training', 'Speed']
