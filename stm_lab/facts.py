@@ -252,6 +252,12 @@ def changes_markdown(folder: str, changes: Mapping[str, Mapping[str, tuple]]) ->
     return '\n'.join(lines)
 
 
+def original_texts() -> Dict[str, str]:
+    """family -> 'Swin-T 81.3%': each mixer's originally reported model and accuracy (``paper.ORIGINAL_TINY``)."""
+    from .paper import ORIGINAL_TINY
+    return {fam: f'{name} {acc}%' for fam, (name, acc, _key) in ORIGINAL_TINY.items()}
+
+
 # ------------------------------------------------------------------------------------------------ Table III complexity
 
 PARAMS_TOLERANCE, MACS_TOLERANCE = 0.03, 0.10  # parameters within 3% of Table III, MACs within 10% of its FLOPs

@@ -245,3 +245,9 @@ def test_lab_browser_facts():
         ms='12.3 ms (U-Swin Transformer), 5.0 ms (U-DWConv)', update_ms='42 ms (median; slowest 120 ms)',
         first_s='2.3 s', browser='Chromium 120 on CPU X', mb='21.6 MB', load='load average 1.2 on 2 cores')
     assert set(facts.lab_browser_facts(None)) == set(facts.LAB_BROWSER_KEYS)
+
+
+def test_original_texts_from_the_papers_sources():
+    texts = facts.original_texts()
+    assert texts['swin'] == 'Swin-T 81.3%' and texts['dwconv'] == 'ConvNeXt-T 82.1%'
+    assert list(texts) == ['halonet', 'pvt', 'swin', 'dwconv', 'internimage']
