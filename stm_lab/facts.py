@@ -168,6 +168,21 @@ def best_and_worst(top1: Mapping[str, float]) -> Tuple[str, str]:
     return max(top1, key=top1.get), min(top1, key=top1.get)
 
 
+def epochs_of(rows: Iterable[dict]) -> List[int]:
+    """The distinct epoch counts of the runs, ascending."""
+    return sorted({r['epochs'] for r in rows})
+
+
+def spread(top1: Mapping[str, float]) -> float:
+    """Points between the most and the least accurate model."""
+    return max(top1.values()) - min(top1.values())
+
+
+def total_minutes(rows: Iterable[dict]) -> float:
+    """The summed wall time (minutes) of the runs (``train.summary`` rows: ``wall_time_min``)."""
+    return sum(r['wall_time_min'] for r in rows)
+
+
 def accuracy_text(model: str, top1: float) -> str:
     """'U-HaloNet (75.3%)'."""
     return f'{display_name(model)} ({top1:.1f}%)'

@@ -251,3 +251,10 @@ def test_original_texts_from_the_papers_sources():
     texts = facts.original_texts()
     assert texts['swin'] == 'Swin-T 81.3%' and texts['dwconv'] == 'ConvNeXt-T 82.1%'
     assert list(texts) == ['halonet', 'pvt', 'swin', 'dwconv', 'internimage']
+
+
+def test_epochs_spread_and_total_minutes():
+    rows = [dict(epochs=22, wall_time_min=90.5), dict(epochs=12, wall_time_min=30.0), dict(epochs=22, wall_time_min=1.0)]
+    assert facts.epochs_of(rows) == [12, 22]
+    assert facts.total_minutes(rows) == 121.5
+    assert facts.spread(TOP1) == pytest.approx(74.8 - 72.1)
