@@ -169,22 +169,12 @@ def eval_view(x: torch.Tensor, img_size: int, crop_pct: float) -> torch.Tensor:
 
 def run_erf(m: Loaded, images: torch.Tensor, batch_size: int) -> List[dict]:
     """One record per stage: the score map, ERF@t for each threshold, shape statistics, theoretical RF."""
-    from .erf import THRESHOLDS, erf_at, erf_maps, erf_shape, theoretical_rf
+    from .erf import erf_maps, stage_record, theoretical_rf
     maps = erf_maps(m.model, images, img_size=m.img_size, batch_size=batch_size, mean=m.mean, std=m.std,
                     progress=False)
     theo = theoretical_rf(m.model, m.img_size)
-    out = []
-    for s, e in sorted(maps.items()):
-        score = e.score()
-        ats = [erf_at(score, t, e.centre) for t in THRESHOLDS]
-        out.append(dict(model=m.name, family=family(m.name), trained=m.trained, stage=s + 1, img_size=m.img_size,
-                        n_images=e.n_images, feat_size=list(e.feat_size), centre=list(e.centre),
-                        erf_at=[dict(t=a['t'], side_px=a['side_px'], side_ratio=round(a['side_ratio'], 5),
-                                     area_ratio=round(a['area_ratio'], 5)) for a in ats],
-                        theoretical_side_ratio=None if theo[s] is None else round(theo[s]['side_ratio'], 5),
-                        **{k: round(v, 5) for k, v in erf_shape(e.map, e.centre).items()},
-                        score_map=np.round(score.float().cpu().numpy(), 3).tolist()))
-    return out
+    return [dict(model=m.name, family=family(m.name), trained=m.trained, stage=s + 1, img_size=m.img_size,
+                 **stage_record(e, theo[s])) for s, e in sorted(maps.items())]
 
 
 def run_invariance(m: Loaded, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> List[dict]:

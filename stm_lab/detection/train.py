@@ -99,7 +99,8 @@ class DetTrainConfig:
         need(self.lr > 0 and math.isfinite(self.lr), f'lr must be a positive number, got {self.lr!r}')
         need(self.weight_decay >= 0, f'weight_decay must be at least 0, got {self.weight_decay!r}')
         need(0 < self.warmup_ratio <= 1, f'warmup_ratio must be in (0, 1], got {self.warmup_ratio!r}')
-        need(all(0 <= b < 1 for b in self.betas) and len(self.betas) == 2, f'betas must be two numbers in [0, 1)')
+        need(all(0 <= b < 1 for b in self.betas) and len(self.betas) == 2,
+             f'betas must be two numbers in [0, 1), got {self.betas!r}')
         need(all(1 <= s <= self.epochs for s in self.lr_steps), f'lr_steps must be epochs in 1..{self.epochs}, '
                                                                    f'got {self.lr_steps}')
         need(0 <= self.hflip <= 1, f'hflip must be a probability, got {self.hflip!r}')
