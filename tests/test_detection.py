@@ -472,6 +472,26 @@ def test_detection_findings_without_results_are_not_yet_measured(tmp_path, monke
     assert rows and all(r['verdict'] == findings.NOT_YET for r in rows)
 
 
+def test_training_course_reads_the_runs_it_describes(tmp_path, monkeypatch):
+    """Loss 2.0, 1.8, 1.71 then a drop after epoch 2 of 3: the last full-lr epoch fell by 10%; 3 epochs of the cpu
+    set's images in 1200 core-seconds against a bench of 20 img/s; AP50 0.3 is below the target."""
+    monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path)
+    n = run.profile_config('u_halonet_micro', 'cpu').shapes.train_images
+    recs = [dict(epoch=e + 1, loss=v, cpu_time_s=400.0) for e, v in enumerate((2.0, 1.8, 1.71))]
+    recs[-1]['box_AP50'] = 0.3
+    results.save_result('cpu/detection', 'det_train_u_halonet_micro', recs, config=dict(epochs=3, lr_steps=[2]),
+                        prov=dict(schedule_changes=[dict(after_epoch=1, epochs=12, lr_steps=[8, 11])]))
+    results.save_result('cpu', 'detection_throughput', [dict(model='u_halonet_micro', train_img_per_s=20.0)])
+    c = run.training_course('cpu')
+    (r,) = c['rows']
+    assert r['epochs'] == 3 and r['lr_steps'] == [2] and r['loss_fall_before_drop'] == pytest.approx(0.1)
+    assert r['img_per_core_s'] == pytest.approx(3 * n / 1200) and r['speed_ratio'] == pytest.approx(20 / (3 * n / 1200))
+    assert c['best'] == 'u_halonet_micro' and c['best_AP50'] == 0.3 and not c['reached']
+    text = run.course_markdown('cpu')
+    assert 'below the 0.5' in text and 'fell by 10%.' in text and 'under a 12-epoch schedule' in text
+    assert run.training_course('smoke') == {} and 'No detector' in run.course_markdown('smoke')
+
+
 # ------------------------------------------------------------------------------------------ end to end
 
 def test_smoke_profile_end_to_end(tmp_path, monkeypatch):
