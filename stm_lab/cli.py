@@ -206,9 +206,12 @@ def main(argv=None) -> int:
         except ImportError as e:
             print(f'stm-lab: error: {e}', file=sys.stderr)
             return 2
-        # processes this command starts (notebook kernels, training runs) import them too
+        # processes this command starts (notebook kernels, training runs) import them too, from this folder even
+        # where they run elsewhere (notebooks run in the project's root)
         os.environ[IMPORT_ENV] = ','.join(dict.fromkeys(filter(None, [*os.environ.get(IMPORT_ENV, '').split(','),
                                                                         *modules])))
+        os.environ['PYTHONPATH'] = os.pathsep.join(dict.fromkeys(filter(None, [
+            os.getcwd(), *os.environ.get('PYTHONPATH', '').split(os.pathsep)])))
     target = _passthrough(argv)
     if target is not None:
         import importlib
