@@ -167,17 +167,8 @@ def _passthrough(argv):
         return 'stm_lab.detection.run', argv[1:]
     if argv[0] == 'lab':
         return 'stm_lab.lab', argv[1:]
-    if argv[0] == 'bench' and len(argv) > 1:
-        what, rest = argv[1], argv[2:]
-        table = {'dcnv3': ('stm_lab.bench', ['dcnv3', *rest]),
-                 'train-speed': ('stm_lab.analysis.throughput', ['train-speed', *rest]),
-                 'table8': ('stm_lab.analysis.throughput', ['table8', *rest]),
-                 'train-profile': ('stm_lab.analysis.throughput', ['train-profile', *rest]),
-                 'analyses': ('stm_lab.analysis.bench_analyses', rest),
-                 'cpu-profile': ('stm_lab.train', ['bench', *rest])}
-        if what not in table:
-            raise SystemExit(f'stm-lab bench: unknown benchmark {what!r}; valid: {", ".join(table)}')
-        return table[what]
+    if argv[0] == 'bench':  # the list of benchmarks, or one of them (stm_lab/bench/)
+        return 'stm_lab.bench.cli', argv[1:]
     return None
 
 
