@@ -299,7 +299,8 @@ def test_dcnv3_protocol_at_its_smallest(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(dcnv3, 'IMG_SIZES', (64,))
     monkeypatch.setattr(dcnv3, 'BATCH', 2)
     monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path)
-    monkeypatch.setattr(dcnv3, 'bench_training', lambda rounds: dcnv3.bench_training(rounds, steps=1, img_size=32))
+    train = dcnv3.bench_training
+    monkeypatch.setattr(dcnv3, 'bench_training', lambda rounds: train(rounds, steps=1, img_size=32))
     assert cli.main(['dcnv3', '--rounds', '1', '--threads', '1', '--save']) == 0
     doc = json.loads((tmp_path / 'bench' / 'dcnv3.json').read_text())
     core = [r for r in doc['records'] if r['kind'] == 'core']
