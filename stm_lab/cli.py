@@ -10,6 +10,7 @@ mixers and model families (also for the notebook kernels and training runs the c
     stm-lab ablations {list,run}         Tables II, VI, VII and the second seed at CPU scale (resumable queue)
     stm-lab detect {data,train,evaluate,bench,run,commands}   Mask R-CNN on the unified backbones (Table V, Fig. 5)
     stm-lab lab {runtime,build,check,measure}   the book's in-browser lab: ONNX models, parity, browser speed
+    stm-lab bench                        the list of benchmarks (stm_lab/bench/); NAME --help: one's options
     stm-lab bench dcnv3                  DCNv3 core and U-InternImage training speed, compiled vs pure PyTorch
     stm-lab bench train-speed            training/inference images/s of the micro models and timm's Swin
     stm-lab bench train-profile          where a training step goes: parts (stem, stages, head), top operators

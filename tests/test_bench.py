@@ -282,12 +282,14 @@ def test_top_operators_of_a_step():
     assert [o['ms'] for o in ops] == sorted((o['ms'] for o in ops), reverse=True)
     # which operators run is a known answer (which of them is slowest is not, on a shared machine): the stem's
     # convolutions, and the depth-wise mixer's compiled weight gradient
-    names = {o['op'] for o in train_profile.top_operators(model, img_size=32, batch_size=2, steps=1, warmup=0, top=1000)}
+    names = {o['op'] for o in train_profile.top_operators(model, img_size=32, batch_size=2, steps=1, warmup=0,
+                                                          top=1000)}
     from stm_lab.ops import _build
     assert 'aten::convolution' in names
     assert ('stm_lab::dwconv_weight_grad' in names) == (_build.load() is not None)  # the plain path without a compiler
-    assert 'u_dwconv_test' in train_profile.format_profile([dict(model='u_dwconv_test', img_size=32, batch_size=2, threads=1,
-                                                     parts=[dict(part='total', ms=1.0)], top_operators=ops)])
+    assert 'u_dwconv_test' in train_profile.format_profile([dict(
+        model='u_dwconv_test', img_size=32, batch_size=2, threads=1, parts=[dict(part='total', ms=1.0)],
+        top_operators=ops)])
 
 
 def test_dcnv3_protocol_at_its_smallest(monkeypatch, capsys, tmp_path):
