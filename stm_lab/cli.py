@@ -10,6 +10,7 @@ mixers and model families (also for the notebook kernels and training runs the c
     stm-lab ablations {list,run}         Tables II, VI, VII and the second seed at CPU scale (resumable queue)
     stm-lab detect {data,train,evaluate,bench,run,commands}   Mask R-CNN on the unified backbones (Table V, Fig. 5)
     stm-lab lab {runtime,build,check,measure}   the book's in-browser lab: ONNX models, parity, browser speed
+    stm-lab bench                        the list of benchmarks (stm_lab/bench/); NAME --help: one's options
     stm-lab bench dcnv3                  DCNv3 core and U-InternImage training speed, compiled vs pure PyTorch
     stm-lab bench train-speed            training/inference images/s of the micro models and timm's Swin
     stm-lab bench train-profile          where a training step goes: parts (stem, stages, head), top operators
@@ -167,17 +168,8 @@ def _passthrough(argv):
         return 'stm_lab.detection.run', argv[1:]
     if argv[0] == 'lab':
         return 'stm_lab.lab', argv[1:]
-    if argv[0] == 'bench' and len(argv) > 1:
-        what, rest = argv[1], argv[2:]
-        table = {'dcnv3': ('stm_lab.bench', ['dcnv3', *rest]),
-                 'train-speed': ('stm_lab.analysis.throughput', ['train-speed', *rest]),
-                 'table8': ('stm_lab.analysis.throughput', ['table8', *rest]),
-                 'train-profile': ('stm_lab.analysis.throughput', ['train-profile', *rest]),
-                 'analyses': ('stm_lab.analysis.bench_analyses', rest),
-                 'cpu-profile': ('stm_lab.train', ['bench', *rest])}
-        if what not in table:
-            raise SystemExit(f'stm-lab bench: unknown benchmark {what!r}; valid: {", ".join(table)}')
-        return table[what]
+    if argv[0] == 'bench':  # the list of benchmarks, or one of them (stm_lab/bench/)
+        return 'stm_lab.bench.cli', argv[1:]
     return None
 
 

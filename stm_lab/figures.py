@@ -397,7 +397,7 @@ def speed_bars(records: Iterable[dict]) -> go.Figure:
 
 
 def profile_component(part: str) -> str:
-    """Groups the parts of ``stm_lab.analysis.throughput.part_times`` into components comparable across models."""
+    """Groups the parts of ``stm_lab.bench.train_profile.part_times`` into components comparable across models."""
     name = part.rsplit(' ', 1)[0] if part.endswith((' forward', ' backward')) else part
     if name in ('stem', 'patch_embed'):
         return 'stem'

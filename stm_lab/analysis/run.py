@@ -512,7 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--models', nargs='*', help='model names (default: the profile\'s five)')
     p.add_argument('--limit', type=int, help='at most this many images (default: the profile\'s count)')
     p.add_argument('--threads', type=int, default=1,
-                   help='torch intra-op threads (1 on a shared 2-core machine, see stm_lab.analysis.bench_analyses)')
+                   help='torch intra-op threads (1 on a shared 2-core machine, see stm_lab.bench.analyses)')
     p.add_argument('--no-save', dest='save', action='store_false', help='print only')
     return p
 
