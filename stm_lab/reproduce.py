@@ -65,6 +65,7 @@ class Step:
     model: Optional[str] = None
     program: Optional[str] = None  # None: stm-lab
     torchrun: bool = False  # paper trainings: shown as the torchrun command of their --dry-run
+    if_needed: bool = False  # makes what later steps need and nothing else (the detection set): runs only for them
     missing: Optional[str] = None  # what check() said when the plan was made
     status: str = TODO
 
@@ -275,15 +276,12 @@ def _detection_steps(profile: str, models: Sequence[str], restricted: bool) -> L
         argv += ['--models', *models]
     evaluate = Step('detect:evaluate', tuple(argv), models_check(profile, 'detection', models),
                     needs=tuple(s.name for s in trains))
-    later = [*trains, evaluate]
-
-    def data_check():  # the generated set (cached under .cache/) is needed only while a detection step is to run
-        todo = [s.name for s in later if s.check() is not None]
-        return f'needed by {todo[0]}' + (f' and {len(todo) - 1} more' if len(todo) > 1 else '') if todo else None
-    data = Step('detect:data', ('detect', 'data', '--profile', profile), data_check)
+    # the generated set (cached under .cache/, not a result) is made when a detection step is to run
+    data = Step('detect:data', ('detect', 'data', '--profile', profile), lambda: None, if_needed=True)
     for s in trains:
         s.needs = (*s.needs, data.name)
-    return [data, *later]
+    evaluate.needs = (*evaluate.needs, data.name)
+    return [data, *trains, evaluate]
 
 
 def all_steps(profile: str, models: Optional[Sequence[str]] = None) -> List[Step]:
@@ -361,12 +359,18 @@ def build_plan(profile: str, only: Optional[Sequence[str]] = None,
     planned = set()
     for s in plan:
         s.missing = s.check()
-        upstream = [d for d in (*s.needs, *s.after) if d in planned]
+        upstream = [d for d in dict.fromkeys((*s.needs, *s.after)) if d in planned]
         if s.missing is None and upstream:
             s.missing = f'{upstream[0]} runs first' + (f' (and {len(upstream) - 1} more)' if len(upstream) > 1 else '')
         s.status = DONE if s.missing is None else TODO
         if s.status == TODO:
             planned.add(s.name)
+    for s in plan:
+        if s.if_needed and s.status == DONE:  # needed by a step to run: runs too (its dependents need not rerun)
+            users = [t.name for t in plan if s.name in t.needs and t.status == TODO]
+            if users:
+                s.status, s.missing = TODO, f'needed by {users[0]}' + (f' and {len(users) - 1} more'
+                                                                      if len(users) > 1 else '')
     for s in plan:  # notebooks: all of them again when anything before them runs, else only the stale ones
         if s.name == 'notebooks' and s.status == TODO and not any(d in planned for d in s.after):
             stale = stale_notebooks(profile)
