@@ -267,7 +267,7 @@ def _detection_steps(profile: str, models: Sequence[str], restricted: bool) -> L
         if profile == 'cpu':
             argv += ['--threads', '1']
         trains.append(Step(f'detect:train:{m}', tuple(argv), model=m, torchrun=profile == 'paper',
-                           needs=(f'train:{m}',) if profile == 'cpu' else (), after=(f'train:{m}',),
+                           needs=(f'train:{m}',) if profile != 'smoke' else (), after=(f'train:{m}',),
                            check=_detector_check(profile, m)))
     if profile == 'paper':  # COCO from --data-dir; no evaluate command at this profile
         return trains
