@@ -33,7 +33,7 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -137,6 +137,8 @@ def _newest(root: Path, patterns: Sequence[str]) -> Tuple[float, Optional[Path]]
         return _mtime(root), root
     for pat in patterns:
         for p in root.rglob(pat):
+            if 'node_modules' in p.parts:  # the lab's npm runtime (book/lab/)
+                continue
             t = _mtime(p)
             if t > best:
                 best, where = t, p
@@ -159,7 +161,9 @@ def stale_notebooks(profile: str) -> Dict[str, str]:
     sources = sorted(NOTEBOOKS_DIR.glob('*.ipynb'))
     executed = [GENERATED_DIR / s.name for s in sources if (GENERATED_DIR / s.name).exists()]
     newest_nb = max((_mtime(p) for p in executed), default=0.0)
-    newest_result, which = _newest(results.RESULTS_DIR, ('*.json', '*.safetensors'))
+    # the results the pages read: the profile's, and the profile-free ones (paper-scale complexity, benchmarks)
+    newest_result, which = max((_newest(results.RESULTS_DIR / d, ('*.json', '*.safetensors'))
+                                for d in dict.fromkeys((profile, 'paper', 'bench'))), key=lambda tw: tw[0])
     for src in sources:
         out_nb = GENERATED_DIR / src.name
         if not out_nb.exists():

@@ -105,9 +105,13 @@ def test_stale_notebooks(cpu_done):
     plan = build_plan('cpu', only=['notebooks', 'book'])
     assert plan[0].argv == ('notebooks', '--profile', 'cpu', '--only', 'erf', 'lab', 'speed')
     assert _todo(plan) == ['notebooks', 'book']  # the book is built again after them
-    # a result written after the notebooks were executed makes them all stale
-    (cpu_done / 'cpu' / 'extra.json').write_text('{}')
+    # a result written after the notebooks were executed makes them all stale (one of another profile does not)
     future = time.time() + 60
+    (cpu_done / 'smoke').mkdir()
+    (cpu_done / 'smoke' / 'erf.json').write_text('{}')
+    os.utime(cpu_done / 'smoke' / 'erf.json', (future, future))
+    assert len(reproduce.stale_notebooks('cpu')) == 3
+    (cpu_done / 'cpu' / 'extra.json').write_text('{}')
     os.utime(cpu_done / 'cpu' / 'extra.json', (future, future))
     assert len(reproduce.stale_notebooks('cpu')) == len(list(reproduce.NOTEBOOKS_DIR.glob('*.ipynb')))
 
