@@ -17,6 +17,7 @@ mixers and model families (also for the notebook kernels and training runs the c
     stm-lab bench table8                 inference throughput with the protocol of Table VIII
     stm-lab bench analyses               time of the ERF and FGSM analyses on the micro models
     stm-lab bench cpu-profile            training images/s per model at a profile's settings
+    stm-lab reproduce --profile P        every step of a profile that is missing, then the book (--dry-run: the plan)
 """
 from __future__ import annotations
 
@@ -142,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
                        ('analyze', 'Sec. 6 analyses: erf, invariance, fgsm, demo (see stm-lab analyze --help)'),
                        ('ablations', 'the ablation runs at CPU scale (see stm-lab ablations --help)'),
                        ('detect', 'detection: Mask R-CNN, Table V, Fig. 5 (see stm-lab detect --help)'),
-                       ('lab', "the book's in-browser lab: ONNX export, checks, speed (see stm-lab lab --help)")):
+                       ('lab', "the book's in-browser lab: ONNX export, checks, speed (see stm-lab lab --help)"),
+                       ('reproduce', 'run what a profile lacks, then the book (see stm-lab reproduce --help)')):
         sub.add_parser(name, help=text)  # listed for --help; handled by _passthrough
     s = sub.add_parser('notebooks', help='execute the notebooks into book/generated/')
     s.add_argument('--profile', default='smoke', choices=NOTEBOOK_PROFILES,
@@ -168,6 +170,8 @@ def _passthrough(argv):
         return 'stm_lab.detection.run', argv[1:]
     if argv[0] == 'lab':
         return 'stm_lab.lab', argv[1:]
+    if argv[0] == 'reproduce':
+        return 'stm_lab.reproduce', argv[1:]
     if argv[0] == 'bench':  # the list of benchmarks, or one of them (stm_lab/bench/)
         return 'stm_lab.bench.cli', argv[1:]
     return None
