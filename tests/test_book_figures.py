@@ -1,7 +1,7 @@
 """Builders of the training and speed pages: known inputs give known tables and groupings."""
 import pytest
 
-from stm_lab import figures, results, train
+from stm_lab import figures, results
 from stm_lab.paper import TABLE8
 
 
@@ -59,12 +59,12 @@ def test_training_results_trains_only_the_missing_smoke_models(tmp_path, monkeyp
         trained.append(cfg.model)
         results.save_result('smoke', f'train_{cfg.model}', [dict(epoch=2)])
     monkeypatch.setattr(train, 'train', fake_train)
-    docs = train.training_results('smoke')
-    assert list(docs) == list(train.SMOKE_MODELS)
-    assert trained == [m for m in train.SMOKE_MODELS if m != 'u_pvt_test']
+    docs = reports.training_results('smoke')
+    assert list(docs) == list(config.SMOKE_MODELS)
+    assert trained == [m for m in config.SMOKE_MODELS if m != 'u_pvt_test']
     assert docs['u_pvt_test']['records'] == [dict(epoch=1)]
     # other profiles and sub-folders only read what is there
-    assert train.training_results('cpu') == {} and train.training_results('smoke', 'epochs40') == {}
+    assert reports.training_results('cpu') == {} and reports.training_results('smoke', 'epochs40') == {}
     assert len(trained) == 4
 
 
