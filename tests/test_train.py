@@ -203,6 +203,7 @@ def test_a_checkpoint_written_before_the_new_fields_still_resumes_exactly(smoke_
     tensors, state = checkpoint.read_checkpoint(run / 'last.safetensors')
     # as the code before them wrote it (format 1): no execution settings, no digest of the state
     old = {k: v for k, v in state.items() if k != 'execution'}
+    old['config'] = {k: v for k, v in old['config'].items() if k != 'export_weights'}  # nor the export rule
     assert old['format'] == 'stm-lab-checkpoint/1' and 'tensors_sha256' in old
     (run / 'last.safetensors').write_bytes(st_save(tensors, metadata={'stm_lab': json.dumps(old)}))
     resumed = engine.train(_cfg(), run, command='second', **SMOKE)
@@ -211,6 +212,70 @@ def test_a_checkpoint_written_before_the_new_fields_still_resumes_exactly(smoke_
     assert resumed['top1_fp16'] == final['top1_fp16'] and resumed['ema_top1'] == final['ema_top1']
     assert checkpoint.read_checkpoint(run / 'last.safetensors')[1]['execution'] == dict(world_size=1, threads=1, workers=0,
                                                                                     device='cpu')
+    assert resumed['weights'] == 'ema' and resumed['weights_rule'] == 'fixed: ema'  # the default where the EMA is on
+
+
+@pytest.mark.parametrize('rule, better', [(None, 'model'), ('model', 'ema')])
+def test_exported_weights_follow_the_fixed_rule_not_the_scores(rule, better, tmp_path, monkeypatch):
+    """The exported weights are those the configuration names, even when the others score higher."""
+    monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path / 'results')
+    evaluate = engine.Run.evaluate
+
+    def rigged(self):  # the other weights score far higher on the reported split
+        out = evaluate(self)
+        out.update(top1=90.0 if better == 'model' else 10.0, ema_top1=90.0 if better == 'ema' else 10.0)
+        return out
+    monkeypatch.setattr(engine.Run, 'evaluate', rigged)
+    cfg = _cfg(epochs=1) if rule is None else config.apply_settings(_cfg(epochs=1), [f'export_weights={rule}'])
+    final = engine.train(cfg, tmp_path / 'run', resume='none', **SMOKE)
+    expected = 'ema' if rule is None else rule
+    assert final['weights'] == expected and final['weights_rule'] == f'fixed: {expected}'
+    assert final['top1'] != final['ema_top1']  # both scores are still recorded
+    exported = load_file(tmp_path / 'results' / 'smoke' / 'u_swin_test.safetensors')
+    tensors, state = checkpoint.read_checkpoint(tmp_path / 'run' / 'last.safetensors')
+    chosen = {k[len(expected) + 1:]: v for k, v in tensors.items() if k.startswith(expected + '/')}
+    assert exported.keys() == chosen.keys()
+    assert all(torch.equal(exported[k], v.half() if v.is_floating_point() else v) for k, v in chosen.items())
+    doc = results.load_result('smoke', 'train_u_swin_test')
+    assert doc['config']['train']['export_weights'] == expected
+    assert checkpoint.read_checkpoint(tmp_path / 'results' / 'smoke' / 'u_swin_test.safetensors')[1]['weights_rule'] \
+        == f'fixed: {expected}'
+    assert reports.selection_note({'u_swin_test': doc}) == {
+        'u_swin_test': dict(weights=expected, rule=f'fixed: {expected}', gap=None)}
+    # a run checkpoint's 'auto' weights are those the run exports
+    assert checkpoint.load_model(tmp_path / 'run' / 'last.safetensors')[1]['weights'] == expected
+
+
+def test_export_weights_values():
+    assert _cfg().export_weights is None and _cfg().exported == 'ema' and _cfg().to_dict()['export_weights'] == 'ema'
+    assert _cfg(ema_decay=0).exported == 'model'
+    assert config.TrainConfig.from_dict(_cfg().to_dict()).to_dict() == _cfg().to_dict()
+    with pytest.raises(ValueError, match="export_weights must be one of ema, model, or none .*got 'best'"):
+        config.apply_settings(_cfg(), ['export_weights=best'])
+    with pytest.raises(ValueError, match="export_weights is 'ema' but the EMA is off"):
+        _cfg(ema_decay=0, export_weights='ema')
+    # a config recorded before the field reads as its default: no difference for the resume check
+    old = {k: v for k, v in _cfg().to_dict().items() if k != 'export_weights'}
+    assert config.config_differences(config.TrainConfig.from_dict(old), _cfg()) == []
+    assert config.config_differences(config.TrainConfig.from_dict(old), _cfg(export_weights='model')) == [
+        "export_weights: 'ema' there, 'model' here"]
+
+
+def test_export_weights_bad_value_is_one_line(capsys):
+    assert cli.main(['train', '--model', 'u_swin_test', '--profile', 'smoke', '--set', 'export_weights=best',
+                     '--dry-run']) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and 'export_weights must be one of ema, model' in err
+
+
+def test_selection_note_of_legacy_results():
+    doc = dict(records=[dict(epoch=2, top1=60.0, ema_top1=61.5, weights='ema')])
+    assert reports.selection_note({'m': doc}) == {'m': dict(weights='ema', rule='score', gap=1.5)}
+    text = reports.selection_text({'m': doc})
+    assert 'before that rule' in text and '1.50-1.50 points' in text
+    committed = reports.training_results('cpu')  # the committed results were exported by score
+    notes = reports.selection_note(committed)
+    assert notes and all(n['rule'] == 'score' and n['gap'] is not None for n in notes.values())
 
 
 def _copy_of_finished_run(smoke_run, tmp_path, monkeypatch):
