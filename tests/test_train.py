@@ -272,7 +272,7 @@ def test_selection_note_of_legacy_results():
     doc = dict(records=[dict(epoch=2, top1=60.0, ema_top1=61.5, weights='ema')])
     assert reports.selection_note({'m': doc}) == {'m': dict(weights='ema', rule='score', gap=1.5)}
     text = reports.selection_text({'m': doc})
-    assert 'before that rule' in text and '1.50-1.50 points' in text
+    assert 'exported before the choice was fixed' in text and '1.50-1.50 points' in text
     committed = reports.training_results('cpu')  # the committed results were exported by score
     notes = reports.selection_note(committed)
     assert notes and all(n['rule'] == 'score' and n['gap'] is not None for n in notes.values())

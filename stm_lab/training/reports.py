@@ -83,23 +83,26 @@ def selection_note(docs: Dict[str, dict]) -> Dict[str, dict]:
 
 
 def selection_text(docs: Dict[str, dict]) -> str:
-    """One sentence on how the exported weights of ``docs`` were chosen (:func:`selection_note`)."""
+    """How the exported weights of ``docs`` were chosen, as a clause for the training page (:func:`selection_note`)."""
     notes = selection_note(docs)
-    fixed = sorted({n['rule'][len('fixed: '):] for n in notes.values() if n['rule'].startswith('fixed: ')})
+    fixed = {m: n for m, n in notes.items() if n['rule'] != 'score'}
     legacy = {m: n for m, n in notes.items() if n['rule'] == 'score'}
     parts = []
     if fixed:
-        parts.append(f'{len(notes) - len(legacy)} model(s) export the {" or ".join(fixed)} weights, as their '
+        kinds = sorted({n['weights'] for n in fixed.values()})
+        parts.append(('' if not legacy else f'for {len(fixed)} of the models, ')
+                     + f'the {" or ".join("EMA" if k == "ema" else "trained" for k in kinds)} weights, as the '
                      'configuration fixes before training (`export_weights`)')
     if legacy:
         gaps = [n['gap'] for n in legacy.values() if n['gap'] is not None]
-        used = sorted({n['weights'] for n in legacy.values() if n['weights']})
-        parts.append(f'{len(legacy)} model(s) were exported before that rule, with the weights (here: '
-                     f'{", ".join(used) or "-"}) that scored higher at the last epoch on the validation split '
-                     'that is reported'
-                     + (f'; the two scores differ by {min(gaps):.2f}-{max(gaps):.2f} points, which bounds what this '
-                        'choice could have gained' if gaps else ''))
-    return '; '.join(parts) if parts else 'no results'
+        ema = sum(n['weights'] == 'ema' for n in legacy.values())
+        parts.append(('' if not fixed else f'for {len(legacy)} of the models, ')
+                     + f'the weights that scored higher at the last epoch on this same validation split (the EMA for '
+                     f'{ema} of {len(legacy)}): these results were exported before the choice was fixed by the '
+                     'configuration'
+                     + (f'; the EMA and the trained weights differ there by {min(gaps):.2f}-{max(gaps):.2f} points, '
+                        f'which bounds what choosing on the reported split could have gained' if gaps else ''))
+    return '; '.join(parts) if parts else 'none'
 
 
 def result_folders(profile: str) -> List[str]:
