@@ -210,8 +210,8 @@ def test_a_checkpoint_written_before_the_new_fields_still_resumes_exactly(smoke_
     a, b = load_file(root / 'run' / 'last.safetensors'), load_file(run / 'last.safetensors')
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert resumed['top1_fp16'] == final['top1_fp16'] and resumed['ema_top1'] == final['ema_top1']
-    assert checkpoint.read_checkpoint(run / 'last.safetensors')[1]['execution'] == dict(world_size=1, threads=1, workers=0,
-                                                                                    device='cpu')
+    assert checkpoint.read_checkpoint(run / 'last.safetensors')[1]['execution'] == dict(world_size=1, threads=1,
+                                                                                         workers=0, device='cpu')
     assert resumed['weights'] == 'ema' and resumed['weights_rule'] == 'fixed: ema'  # the default where the EMA is on
 
 
