@@ -43,7 +43,7 @@ import math
 from . import results
 from .results import ROOT
 from .models import MAIN_FAMILIES  # the roster
-from .train import RUNS_DIR
+from .training.engine import RUNS_DIR
 
 PROFILE, EPOCHS = 'cpu', 12
 SCALE = {'cpu': 'micro', 'smoke': 'test'}
@@ -71,7 +71,7 @@ class AblationRun:
         return results.RESULTS_DIR / self.profile / self.subdir / f'train_{self.model}.json'
 
     def command(self, python: str = 'python') -> List[str]:
-        cmd = [python, '-m', 'stm_lab.train', 'train', '--model', self.model, '--profile', self.profile]
+        cmd = [python, '-m', 'stm_lab.training', 'train', '--model', self.model, '--profile', self.profile]
         if self.profile == PROFILE:
             cmd += ['--epochs', str(EPOCHS), '--threads', '1']
         out = self.out.relative_to(ROOT) if self.out.is_relative_to(ROOT) else self.out
@@ -108,9 +108,11 @@ def planned_runs(profile: str = PROFILE) -> List[AblationRun]:
 
 
 def ensure_smoke_runs() -> None:
-    """Train the smoke profile's missing runs in this process (tiny models, seconds each)."""
-    from .train import profile_config, train, training_results
-    training_results('smoke')  # the A models
+    """Train the smoke profile's missing runs in this process (tiny models, seconds each). Each result records
+    the stm-lab command that makes the same run (not the program that called this, e.g. a notebook kernel)."""
+    from .training.config import profile_config
+    from .training.engine import ensure_smoke_results, train
+    ensure_smoke_results()  # the A models
     for r in planned_runs('smoke'):
         if r.result.exists():
             continue
@@ -119,7 +121,8 @@ def ensure_smoke_runs() -> None:
         if r.track_consistency:
             from .analysis.run import consistency_tracker
             hook = consistency_tracker('smoke', r.track_consistency, cfg.data)
-        train(cfg, r.out, resume='none', progress=False, results_subdir=r.subdir, epoch_hook=hook)
+        command = shlex.join(['stm-lab', *r.command()[3:], '--resume', 'none'])  # [python, -m, module]: stm-lab
+        train(cfg, r.out, resume='none', progress=False, results_subdir=r.subdir, epoch_hook=hook, command=command)
 
 
 # ------------------------------------------------------------------------------------------ tables, verdicts

@@ -161,7 +161,7 @@ def _passthrough(argv):
     if not argv:
         return None
     if argv[0] in ('train', 'eval', 'summary'):
-        return 'stm_lab.train', argv
+        return 'stm_lab.training.cli', argv
     if argv[0] == 'analyze':
         return 'stm_lab.analysis.run', argv[1:]
     if argv[0] == 'ablations':

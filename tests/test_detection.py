@@ -271,7 +271,7 @@ def test_window_and_reduction_follow_the_detection_input_size():
 
 def _export(tmp_path, model, img_size, seed=1):
     """A classification weights file as `stm-lab train` exports it."""
-    from stm_lab.train import write_checkpoint
+    from stm_lab.training.checkpoint import write_checkpoint
     torch.manual_seed(seed)
     net = create_model(model, num_classes=10, img_size=img_size)
     path = tmp_path / f'{model}.safetensors'
@@ -496,7 +496,7 @@ def test_training_course_reads_the_runs_it_describes(tmp_path, monkeypatch):
 
 def test_smoke_profile_end_to_end(tmp_path, monkeypatch):
     """Data, five trainings and the evaluation at the smoke profile, into a temporary results folder."""
-    from stm_lab import train as cls_train
+    from stm_lab.training import engine as cls_train
     from stm_lab.detection import train as det_train
     monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path / 'results')
     monkeypatch.setattr(det_train, 'RUNS_DIR', tmp_path / 'runs')
@@ -564,7 +564,7 @@ def test_a_stopped_detection_run_resumes_exactly(tmp_path, monkeypatch):
     """Stopped after its first epoch and started again, a run ends with the weights of an uninterrupted one; a
     resume with another configuration is refused and leaves the checkpoint alone."""
     from stm_lab.detection import train as det_train
-    from stm_lab.train import read_checkpoint
+    from stm_lab.training.checkpoint import read_checkpoint
     monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path / 'results')
     cfg = profile_config('u_swin_test', 'smoke')
     quiet = dict(log=lambda m: None, export=False)
@@ -593,7 +593,7 @@ def test_a_schedule_may_change_on_resume_only_where_the_past_learning_rates_agre
 
 def test_a_run_continued_under_a_shorter_schedule_equals_a_fresh_run_of_it(tmp_path, monkeypatch):
     from stm_lab.detection import train as det_train
-    from stm_lab.train import read_checkpoint
+    from stm_lab.training.checkpoint import read_checkpoint
     monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path / 'results')
     short = profile_config('u_swin_test', 'smoke', epochs=2, lr_steps=(1,))
     long = profile_config('u_swin_test', 'smoke', epochs=3, lr_steps=(1, 2))

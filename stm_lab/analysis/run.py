@@ -5,7 +5,7 @@
 Profiles:
 
 - ``cpu``: the five ``u_*_micro`` models trained by ``stm-lab train --profile cpu``, rebuilt from
-  ``results/cpu/<model>.safetensors`` (:func:`stm_lab.train.load_model`) with the input pipeline each checkpoint
+  ``results/cpu/<model>.safetensors`` (:func:`stm_lab.training.checkpoint.load_model`) with the input pipeline each checkpoint
   records (64x64, crop 0.875, ImageNet normalization), on a fixed, seeded subset of Imagenette val (the same
   subset for every model). A model without a checkpoint is skipped with a note.
 - ``smoke``: the ``u_*_test`` models, *untrained* (seeded initialization), on the committed fixture
@@ -119,7 +119,8 @@ def iter_models(profile: Profile, models: Optional[Sequence[str]] = None, log=_p
     smoke builds the untrained test models (seeded)."""
     import stm_lab  # noqa: F401  (registers the models)
     from ..data import class_names, DataConfig
-    from ..train import load_model, profile_config
+    from ..training.checkpoint import load_model
+    from ..training.config import profile_config
     for name in models or profile.models:
         if profile.trained:
             path = checkpoint_path(profile.name, name)

@@ -29,7 +29,7 @@ import torch
 
 from .. import results
 from ..paper import DISPLAY, TABLE5_COLUMNS, TABLE5_MICRO
-from ..train import guarded
+from ..training.cli import guarded
 from . import coco_eval, scale, shapes
 from .data import collate
 from .model import family_and_scale

@@ -42,13 +42,15 @@ import torch.nn as nn
 from timm.optim import param_groups_weight_decay
 
 from .. import results
-from ..train import (MICRO_MODELS, RUNS_DIR, SMOKE_MODELS, RunLock, _load_optimizer, _optimizer_tensors, _prefixed,
-                     _tensor_digest, init_distributed, read_checkpoint, resume_source, seed_everything, write_checkpoint)
+from ..training.checkpoint import (RunLock, _load_optimizer, _optimizer_tensors, _prefixed, _tensor_digest,
+                                   read_checkpoint, write_checkpoint)
+from ..training.config import MICRO_MODELS, PROFILES, SMOKE_MODELS
+from ..training.distributed import init_distributed, seed_everything
+from ..training.engine import RUNS_DIR, resume_source
 from . import coco_eval, shapes
 from .data import DetectionSet, collate
 from .model import DetectorConfig, LoadReport, build_detector, family_and_scale, load_backbone
 
-PROFILES = ('smoke', 'cpu', 'paper')
 COCO_NUM_CLASSES = 91  # torchvision's convention: COCO's category ids (1-90) as labels, 0 the background
 
 
