@@ -73,18 +73,15 @@ def run(args) -> int:
     print(f'torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, '
           f'load avg {_load()} (shared machine: figures are noisy)')
     ok = True
-    if args.only in (None, 'erf'):
-        print(f'ERF: {len(args.models)} models x 4 stages x {args.erf_images} random images at '
+    # analysis -> (what one pass holds, images, batch size, target seconds)
+    plan = dict(erf=('4 stages', args.erf_images, 50, ERF_TARGET_S), fgsm=('4 epsilons', args.fgsm_images, 128,
+                                                                        FGSM_TARGET_S))
+    for kind, (per, n, batch, target) in plan.items():
+        if args.only not in (None, kind):
+            continue
+        print(f'{kind.upper()}: {len(args.models)} models x {per} x {n} random images at '
               f'{args.img_size}x{args.img_size}, untrained')
-        t = time_analysis('erf', args.models, args.erf_images, args.img_size, batch_size=50)
-        met = t <= ERF_TARGET_S
-        ok &= met
-        print(f'ERF total {t:.1f} s (target <= {ERF_TARGET_S} s: {"met" if met else "MISSED"})')
-    if args.only in (None, 'fgsm'):
-        print(f'FGSM: {len(args.models)} models x 4 epsilons x {args.fgsm_images} random images at '
-              f'{args.img_size}x{args.img_size}, untrained')
-        t = time_analysis('fgsm', args.models, args.fgsm_images, args.img_size, batch_size=128)
-        met = t <= FGSM_TARGET_S
-        ok &= met
-        print(f'FGSM total {t:.1f} s (target <= {FGSM_TARGET_S} s: {"met" if met else "MISSED"})')
+        t = time_analysis(kind, args.models, n, args.img_size, batch_size=batch)
+        ok &= t <= target
+        print(f'{kind.upper()} total {t:.1f} s (target <= {target} s: {"met" if t <= target else "MISSED"})')
     return 0 if ok else 1
