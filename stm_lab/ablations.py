@@ -10,7 +10,9 @@ column is the committed 12-epoch main set (``results/cpu/epochs12/``). Each run 
     stm-lab ablations complexity         parameters and MACs at 224 of every variant -> results/paper/
 
 The ``smoke`` profile plans the same runs on the ``*_test`` layouts (seconds each, trained in-process by
-:func:`ensure_smoke_runs`), so the book's ablation page is built in CI from the same code.
+:func:`ensure_smoke_runs`,
+or as subprocesses by ``stm-lab ablations run --profile smoke``), so the book's ablation page is built in CI from the
+same code.
 
 Noise. Two sources separate an ablation's top-1 from its A model's: which validation images were drawn (binomial
 standard error, ``sqrt(p (1 - p) / n)`` per model, so ``sqrt(2)`` times that for a difference of two models, counted
@@ -41,7 +43,7 @@ import math
 from . import results
 from .results import ROOT
 from .models import MAIN_FAMILIES  # the roster
-from .train import RUNS_DIR
+from .training.engine import RUNS_DIR
 
 PROFILE, EPOCHS = 'cpu', 12
 SCALE = {'cpu': 'micro', 'smoke': 'test'}
@@ -69,7 +71,7 @@ class AblationRun:
         return results.RESULTS_DIR / self.profile / self.subdir / f'train_{self.model}.json'
 
     def command(self, python: str = 'python') -> List[str]:
-        cmd = [python, '-m', 'stm_lab.train', 'train', '--model', self.model, '--profile', self.profile]
+        cmd = [python, '-m', 'stm_lab.training', 'train', '--model', self.model, '--profile', self.profile]
         if self.profile == PROFILE:
             cmd += ['--epochs', str(EPOCHS), '--threads', '1']
         out = self.out.relative_to(ROOT) if self.out.is_relative_to(ROOT) else self.out
@@ -106,9 +108,11 @@ def planned_runs(profile: str = PROFILE) -> List[AblationRun]:
 
 
 def ensure_smoke_runs() -> None:
-    """Train the smoke profile's missing runs in this process (tiny models, seconds each)."""
-    from .train import profile_config, train, training_results
-    training_results('smoke')  # the A models
+    """Train the smoke profile's missing runs in this process (tiny models, seconds each). Each result records
+    the stm-lab command that makes the same run (not the program that called this, e.g. a notebook kernel)."""
+    from .training.config import profile_config
+    from .training.engine import ensure_smoke_results, train
+    ensure_smoke_results()  # the A models
     for r in planned_runs('smoke'):
         if r.result.exists():
             continue
@@ -117,7 +121,8 @@ def ensure_smoke_runs() -> None:
         if r.track_consistency:
             from .analysis.run import consistency_tracker
             hook = consistency_tracker('smoke', r.track_consistency, cfg.data)
-        train(cfg, r.out, resume='none', progress=False, results_subdir=r.subdir, epoch_hook=hook)
+        command = shlex.join(['stm-lab', *r.command()[3:], '--resume', 'none'])  # [python, -m, module]: stm-lab
+        train(cfg, r.out, resume='none', progress=False, results_subdir=r.subdir, epoch_hook=hook, command=command)
 
 
 # ------------------------------------------------------------------------------------------ tables, verdicts
@@ -323,9 +328,10 @@ def _take(run: AblationRun):
     return f
 
 
-def run_queue(jobs: int = 2, only: Optional[List[str]] = None, python: str = sys.executable) -> int:
-    """Train every missing run, ``jobs`` at a time; returns the number of failed runs."""
-    todo = [r for r in planned_runs() if not r.result.exists() and (not only or r.model in only)]
+def run_queue(jobs: int = 2, only: Optional[List[str]] = None, python: str = sys.executable,
+              profile: str = PROFILE) -> int:
+    """Train every missing run of a profile, ``jobs`` at a time; returns the number of failed runs."""
+    todo = [r for r in planned_runs(profile) if not r.result.exists() and (not only or r.model in only)]
     active, failed = {}, 0
     env = dict(os.environ, OMP_WAIT_POLICY='PASSIVE', PYTHONUNBUFFERED='1')
     while todo or active:
@@ -357,8 +363,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog='stm-lab ablations', description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest='what', required=True)
-    sub.add_parser('list', help='the planned runs and which are done')
+    s = sub.add_parser('list', help='the planned runs and which are done')
+    s.add_argument('--profile', default=PROFILE, choices=tuple(SCALE), help='cpu (default) or smoke (the *_test layouts)')
     s = sub.add_parser('run', help='train the missing runs (resumable)')
+    s.add_argument('--profile', default=PROFILE, choices=tuple(SCALE), help='cpu (default) or smoke (the *_test layouts)')
     s.add_argument('--jobs', type=int, default=2, help='runs side by side, one thread each (default 2)')
     s.add_argument('--only', nargs='*', help='model names')
     sub.add_parser('complexity', help='parameters and MACs at 224 -> results/paper/ablation_complexity.json')
@@ -374,13 +382,13 @@ def main(argv=None) -> int:
                     prov=provenance('paper', wall_time_s=round(time.time() - t0, 1)))
         return 0
     if args.what == 'list':
-        for r in planned_runs():
+        for r in planned_runs(args.profile):
             state = 'done' if r.result.exists() else ('started' if (r.out / 'last.json').exists() else 'todo')
             print(f'{state:8s} Table {r.table:4s} {shlex.join(r.command())}')
         return 0
     if args.jobs < 1:
         p.error('--jobs must be at least 1')
-    return 1 if run_queue(args.jobs, args.only) else 0
+    return 1 if run_queue(args.jobs, args.only, profile=args.profile) else 0
 
 
 if __name__ == '__main__':

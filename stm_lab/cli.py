@@ -10,12 +10,14 @@ mixers and model families (also for the notebook kernels and training runs the c
     stm-lab ablations {list,run}         Tables II, VI, VII and the second seed at CPU scale (resumable queue)
     stm-lab detect {data,train,evaluate,bench,run,commands}   Mask R-CNN on the unified backbones (Table V, Fig. 5)
     stm-lab lab {runtime,build,check,measure}   the book's in-browser lab: ONNX models, parity, browser speed
+    stm-lab bench                        the list of benchmarks (stm_lab/bench/); NAME --help: one's options
     stm-lab bench dcnv3                  DCNv3 core and U-InternImage training speed, compiled vs pure PyTorch
     stm-lab bench train-speed            training/inference images/s of the micro models and timm's Swin
     stm-lab bench train-profile          where a training step goes: parts (stem, stages, head), top operators
     stm-lab bench table8                 inference throughput with the protocol of Table VIII
     stm-lab bench analyses               time of the ERF and FGSM analyses on the micro models
     stm-lab bench cpu-profile            training images/s per model at a profile's settings
+    stm-lab reproduce --profile P        every step of a profile that is missing, then the book (--dry-run: the plan)
 """
 from __future__ import annotations
 
@@ -141,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
                        ('analyze', 'Sec. 6 analyses: erf, invariance, fgsm, demo (see stm-lab analyze --help)'),
                        ('ablations', 'the ablation runs at CPU scale (see stm-lab ablations --help)'),
                        ('detect', 'detection: Mask R-CNN, Table V, Fig. 5 (see stm-lab detect --help)'),
-                       ('lab', "the book's in-browser lab: ONNX export, checks, speed (see stm-lab lab --help)")):
+                       ('lab', "the book's in-browser lab: ONNX export, checks, speed (see stm-lab lab --help)"),
+                       ('reproduce', 'run what a profile lacks, then the book (see stm-lab reproduce --help)')):
         sub.add_parser(name, help=text)  # listed for --help; handled by _passthrough
     s = sub.add_parser('notebooks', help='execute the notebooks into book/generated/')
     s.add_argument('--profile', default='smoke', choices=NOTEBOOK_PROFILES,
@@ -158,7 +161,7 @@ def _passthrough(argv):
     if not argv:
         return None
     if argv[0] in ('train', 'eval', 'summary'):
-        return 'stm_lab.train', argv
+        return 'stm_lab.training.cli', argv
     if argv[0] == 'analyze':
         return 'stm_lab.analysis.run', argv[1:]
     if argv[0] == 'ablations':
@@ -167,17 +170,10 @@ def _passthrough(argv):
         return 'stm_lab.detection.run', argv[1:]
     if argv[0] == 'lab':
         return 'stm_lab.lab', argv[1:]
-    if argv[0] == 'bench' and len(argv) > 1:
-        what, rest = argv[1], argv[2:]
-        table = {'dcnv3': ('stm_lab.bench', ['dcnv3', *rest]),
-                 'train-speed': ('stm_lab.analysis.throughput', ['train-speed', *rest]),
-                 'table8': ('stm_lab.analysis.throughput', ['table8', *rest]),
-                 'train-profile': ('stm_lab.analysis.throughput', ['train-profile', *rest]),
-                 'analyses': ('stm_lab.analysis.bench_analyses', rest),
-                 'cpu-profile': ('stm_lab.train', ['bench', *rest])}
-        if what not in table:
-            raise SystemExit(f'stm-lab bench: unknown benchmark {what!r}; valid: {", ".join(table)}')
-        return table[what]
+    if argv[0] == 'reproduce':
+        return 'stm_lab.reproduce', argv[1:]
+    if argv[0] == 'bench':  # the list of benchmarks, or one of them (stm_lab/bench/)
+        return 'stm_lab.bench.cli', argv[1:]
     return None
 
 
@@ -206,9 +202,12 @@ def main(argv=None) -> int:
         except ImportError as e:
             print(f'stm-lab: error: {e}', file=sys.stderr)
             return 2
-        # processes this command starts (notebook kernels, training runs) import them too
+        # processes this command starts (notebook kernels, training runs) import them too, from this folder even
+        # where they run elsewhere (notebooks run in the project's root)
         os.environ[IMPORT_ENV] = ','.join(dict.fromkeys(filter(None, [*os.environ.get(IMPORT_ENV, '').split(','),
                                                                         *modules])))
+        os.environ['PYTHONPATH'] = os.pathsep.join(dict.fromkeys(filter(None, [
+            os.getcwd(), *os.environ.get('PYTHONPATH', '').split(os.pathsep)])))
     target = _passthrough(argv)
     if target is not None:
         import importlib

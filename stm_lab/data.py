@@ -394,13 +394,6 @@ def build_mixup(cfg: DataConfig, num_classes: int) -> Optional[Mixup]:
                  num_classes=num_classes)
 
 
-def normalize_uint8(x: torch.Tensor, mean, std) -> torch.Tensor:
-    """``uint8 (B, 3, H, W)`` -> normalized float, for callers outside a loader (widgets, analyses)."""
-    m = torch.tensor([255 * v for v in mean]).view(1, 3, 1, 1)
-    s = torch.tensor([255 * v for v in std]).view(1, 3, 1, 1)
-    return (x.float() - m) / s
-
-
 # --------------------------------------------------------------------------------------------- demo photos
 
 def demo_photos() -> List[dict]:

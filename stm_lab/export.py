@@ -177,7 +177,7 @@ def file_sha256(path) -> str:
 def export_checkpoint(checkpoint, out, weights: str = 'int8') -> dict:
     """Export a checkpoint (``results/<profile>/<model>.safetensors``) with the input pipeline it records.
     Returns what was done: model, size, classes, normalization, export time and bytes."""
-    from .train import load_model
+    from .training.checkpoint import load_model
     model, state = load_model(checkpoint)
     d = state['data']
     t0 = time.perf_counter()

@@ -352,7 +352,7 @@ def demo_rotation_figure(records: Iterable[dict], views: dict, photos: list) -> 
 # ------------------------------------------------------------------------------------------------ training
 
 def accuracy_markdown(rows: Iterable[dict]) -> str:
-    """Trained top-1/top-5 (rows of ``stm_lab.train.summary``) beside Table III's ImageNet top-1."""
+    """Trained top-1/top-5 (rows of ``stm_lab.training.reports.summary``) beside Table III's ImageNet top-1."""
     out = ['| model | params | epochs | top-1 | top-5 | weights | img/s | min | paper (ImageNet) |',
            '|---|---:|---:|---:|---:|---|---:|---:|---:|']
     for r in rows:
@@ -441,7 +441,7 @@ def speed_bars(records: Iterable[dict]) -> go.Figure:
 
 
 def profile_component(part: str) -> str:
-    """Groups the parts of ``stm_lab.analysis.throughput.part_times`` into components comparable across models."""
+    """Groups the parts of ``stm_lab.bench.train_profile.part_times`` into components comparable across models."""
     name = part.rsplit(' ', 1)[0] if part.endswith((' forward', ' backward')) else part
     if name in ('stem', 'patch_embed'):
         return 'stem'
@@ -672,7 +672,7 @@ def consistency_over_training(docs: dict) -> go.Figure:
 
 
 def recipe_markdown(rows: Iterable[dict], columns: Iterable[str]) -> str:
-    """Table IV: one row per setting, one column per configuration (rows of :func:`stm_lab.train.recipe_table`)."""
+    """Table IV: one row per setting, one column per configuration (rows of :func:`stm_lab.training.config.recipe_table`)."""
     columns = list(columns)
     out = ['| setting | ' + ' | '.join(columns) + ' |', '|---|' + '---|' * len(columns)]
     for r in rows:

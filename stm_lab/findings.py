@@ -48,7 +48,8 @@ def _paper_order(scale: str, index: int, reverse: bool = True) -> str:
 def accuracy_findings(profile: str) -> List[dict]:
     """Table III at the micro scale: which unified model is the most and the least accurate."""
     from .analysis.run import rank_claim
-    from .train import MICRO_MODELS, SMOKE_MODELS, summary
+    from .training.config import MICRO_MODELS, SMOKE_MODELS
+    from .training.reports import summary
     rows = summary(profile, models=SMOKE_MODELS if profile == 'smoke' else MICRO_MODELS)
     docs = {r['model']: _load(profile, f'train_{r["model"]}') for r in rows}
     scores = {r['model']: r['top1'] / 100 for r in rows}

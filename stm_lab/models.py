@@ -27,7 +27,6 @@ Register a family for your own mixer with :func:`register_family`.
 from __future__ import annotations
 
 import difflib
-import math
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Tuple
 

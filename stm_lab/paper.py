@@ -1,7 +1,7 @@
 """Numbers published in the paper, for side-by-side comparison (never used as results of this project).
 
 Transcribed from "Demystify Transformers & Convolutions in Modern Image Deep Networks" (Hu, Shi, Wang, Wu et al.);
-``tests/test_paper.py`` re-reads them from the paper's text when it is available, so a typo cannot hide.
+``tests/test_project.py`` re-reads them from the paper's text when it is available, so a typo cannot hide.
 """
 
 # Table III: model -> (params in millions, FLOPs in G as printed, ImageNet-1k top-1 %)

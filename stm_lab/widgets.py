@@ -53,7 +53,7 @@ def _demo_classes() -> List[str]:
 def load_entry(name: str, spec: ModelSpec, img_size: int = 64, classes: Optional[Sequence[str]] = None) -> Entry:
     """A model for the lab from a checkpoint path, a registered model name or a module (module docstring)."""
     from .analysis.run import checkpoint_path
-    from .train import load_model
+    from .training.checkpoint import load_model
     if isinstance(spec, nn.Module):
         mean, std = mean_std(spec)
         return Entry(name, spec.eval(), mean, std, list(classes or _demo_classes()), img_size, 0.875)

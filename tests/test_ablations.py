@@ -9,7 +9,8 @@ import torch
 import stm_lab  # noqa: F401
 from stm_lab import ablations, backbone, results
 from stm_lab.analysis.complexity import count_params
-from stm_lab.train import main as train_main, profile_config
+from stm_lab.training.cli import main as train_main
+from stm_lab.training.config import profile_config
 
 
 def _rows_touched(f, out_index, x):
@@ -134,31 +135,31 @@ def test_rows_and_noise_from_results(tmp_path, monkeypatch):
 
 
 def test_consistency_tracking_records_each_epoch_and_does_not_change_training(tmp_path):
-    from stm_lab import train as T
+    from stm_lab.training import checkpoint, engine
     from stm_lab.analysis.run import consistency_tracker
     cfg = profile_config('u_dwconv_test', 'smoke')
-    plain = T.train(cfg, tmp_path / 'a', resume='none', progress=False, export=False)
+    plain = engine.train(cfg, tmp_path / 'a', resume='none', progress=False, export=False)
     tracked_cfg = profile_config('u_dwconv_test', 'smoke', track_consistency=8)
     hook = consistency_tracker('smoke', 8, tracked_cfg.data)
-    tracked = T.train(tracked_cfg, tmp_path / 'b', resume='none', progress=False, export=False, epoch_hook=hook)
+    tracked = engine.train(tracked_cfg, tmp_path / 'b', resume='none', progress=False, export=False, epoch_hook=hook)
     assert 0 <= tracked['consistency_shift'] <= 1 and 0 <= tracked['consistency_rotation'] <= 1
     assert tracked['consistency_images'] == 8
     assert tracked['top1'] == plain['top1'] and tracked['train_loss'] == plain['train_loss']
-    a, _ = T.read_checkpoint(tmp_path / 'a' / 'last.safetensors')
-    b, _ = T.read_checkpoint(tmp_path / 'b' / 'last.safetensors')
+    a, _ = checkpoint.read_checkpoint(tmp_path / 'a' / 'last.safetensors')
+    b, _ = checkpoint.read_checkpoint(tmp_path / 'b' / 'last.safetensors')
     assert all(torch.equal(a[k], b[k]) for k in a)
     history = [json.loads(line) for line in (tmp_path / 'b' / 'metrics.jsonl').read_text().splitlines()]
     assert all('consistency_shift' in h for h in history) and len(history) == cfg.epochs
 
 
 def test_tracking_without_a_hook_is_refused(tmp_path):
-    from stm_lab import train as T
+    from stm_lab.training import engine
     with pytest.raises(ValueError, match='epoch_hook'):
-        T.train(profile_config('u_dwconv_test', 'smoke', track_consistency=8), tmp_path, progress=False)
+        engine.train(profile_config('u_dwconv_test', 'smoke', track_consistency=8), tmp_path, progress=False)
 
 
 def test_table4_rows_come_from_the_configurations():
-    from stm_lab.train import recipe_table
+    from stm_lab.training.config import recipe_table
     cols = {'t': profile_config('u_swin_tiny', 'paper'), 'c': profile_config('u_dwconv_tiny', 'paper'),
             'cpu': profile_config('u_swin_micro', 'cpu')}
     rows = {r['setting']: r for r in recipe_table(cols)}

@@ -1,7 +1,8 @@
 """Builders of the training and speed pages: known inputs give known tables and groupings."""
 import pytest
 
-from stm_lab import figures, results, train
+from stm_lab import figures, results
+from stm_lab.training import config, reports
 from stm_lab.paper import TABLE8
 
 
@@ -50,22 +51,33 @@ def test_table8_pair_agreement_counts_pairs_in_the_papers_order():
     assert figures.table8_pair_agreement([dict(r, img_size=300) for r in recs]) == {}  # no paper column
 
 
-def test_training_results_trains_only_the_missing_smoke_models(tmp_path, monkeypatch):
+def test_training_results_only_reads(tmp_path, monkeypatch):
+    from stm_lab.training import engine
+    monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path)
+    monkeypatch.setattr(engine, 'train', lambda *a, **kw: pytest.fail('reading results trained a model'))
+    assert reports.training_results('smoke') == {} and reports.training_results('cpu') == {}
+    assert list(tmp_path.iterdir()) == []  # nothing written
+    results.save_result('smoke', 'train_u_pvt_test', [dict(epoch=1)])
+    docs = reports.training_results('smoke')
+    assert list(docs) == ['u_pvt_test'] and docs['u_pvt_test']['records'] == [dict(epoch=1)]
+    assert reports.training_results('smoke', 'epochs40') == {}
+
+
+def test_ensure_smoke_results_trains_the_missing_models_with_a_real_command(tmp_path, monkeypatch):
+    from stm_lab.training import engine
     monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path)
     results.save_result('smoke', 'train_u_pvt_test', [dict(epoch=1)])
     trained = []
 
     def fake_train(cfg, **kw):
-        trained.append(cfg.model)
-        results.save_result('smoke', f'train_{cfg.model}', [dict(epoch=2)])
-    monkeypatch.setattr(train, 'train', fake_train)
-    docs = train.training_results('smoke')
-    assert list(docs) == list(train.SMOKE_MODELS)
-    assert trained == [m for m in train.SMOKE_MODELS if m != 'u_pvt_test']
-    assert docs['u_pvt_test']['records'] == [dict(epoch=1)]
-    # other profiles and sub-folders only read what is there
-    assert train.training_results('cpu') == {} and train.training_results('smoke', 'epochs40') == {}
-    assert len(trained) == 4
+        trained.append((cfg.model, kw['command']))
+        results.save_result('smoke', f'train_{cfg.model}', [dict(epoch=2)], prov=dict(command=kw['command']))
+    monkeypatch.setattr(engine, 'train', fake_train)
+    missing = [m for m in config.SMOKE_MODELS if m != 'u_pvt_test']
+    assert engine.ensure_smoke_results() == missing
+    assert trained == [(m, f'stm-lab train --model {m} --profile smoke --resume none --no-progress') for m in missing]
+    assert list(reports.training_results('smoke')) == list(config.SMOKE_MODELS)
+    assert engine.ensure_smoke_results() == [] and len(trained) == len(missing)
 
 
 def test_accuracy_markdown_has_a_row_per_model():

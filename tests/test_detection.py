@@ -271,7 +271,7 @@ def test_window_and_reduction_follow_the_detection_input_size():
 
 def _export(tmp_path, model, img_size, seed=1):
     """A classification weights file as `stm-lab train` exports it."""
-    from stm_lab.train import write_checkpoint
+    from stm_lab.training.checkpoint import write_checkpoint
     torch.manual_seed(seed)
     net = create_model(model, num_classes=10, img_size=img_size)
     path = tmp_path / f'{model}.safetensors'
@@ -472,11 +472,31 @@ def test_detection_findings_without_results_are_not_yet_measured(tmp_path, monke
     assert rows and all(r['verdict'] == findings.NOT_YET for r in rows)
 
 
+def test_training_course_reads_the_runs_it_describes(tmp_path, monkeypatch):
+    """Loss 2.0, 1.8, 1.71 then a drop after epoch 2 of 3: the last full-lr epoch fell by 10%; 3 epochs of the cpu
+    set's images in 1200 core-seconds against a bench of 20 img/s; AP50 0.3 is below the target."""
+    monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path)
+    n = run.profile_config('u_halonet_micro', 'cpu').shapes.train_images
+    recs = [dict(epoch=e + 1, loss=v, cpu_time_s=400.0) for e, v in enumerate((2.0, 1.8, 1.71))]
+    recs[-1]['box_AP50'] = 0.3
+    results.save_result('cpu/detection', 'det_train_u_halonet_micro', recs, config=dict(epochs=3, lr_steps=[2]),
+                        prov=dict(schedule_changes=[dict(after_epoch=1, epochs=12, lr_steps=[8, 11])]))
+    results.save_result('cpu', 'detection_throughput', [dict(model='u_halonet_micro', train_img_per_s=20.0)])
+    c = run.training_course('cpu')
+    (r,) = c['rows']
+    assert r['epochs'] == 3 and r['lr_steps'] == [2] and r['loss_fall_before_drop'] == pytest.approx(0.1)
+    assert r['img_per_core_s'] == pytest.approx(3 * n / 1200) and r['speed_ratio'] == pytest.approx(20 / (3 * n / 1200))
+    assert c['best'] == 'u_halonet_micro' and c['best_AP50'] == 0.3 and not c['reached']
+    text = run.course_markdown('cpu')
+    assert 'below the 0.5' in text and 'fell by 10%.' in text and 'under a 12-epoch schedule' in text
+    assert run.training_course('smoke') == {} and 'No detector' in run.course_markdown('smoke')
+
+
 # ------------------------------------------------------------------------------------------ end to end
 
 def test_smoke_profile_end_to_end(tmp_path, monkeypatch):
     """Data, five trainings and the evaluation at the smoke profile, into a temporary results folder."""
-    from stm_lab import train as cls_train
+    from stm_lab.training import engine as cls_train
     from stm_lab.detection import train as det_train
     monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path / 'results')
     monkeypatch.setattr(det_train, 'RUNS_DIR', tmp_path / 'runs')
@@ -544,7 +564,7 @@ def test_a_stopped_detection_run_resumes_exactly(tmp_path, monkeypatch):
     """Stopped after its first epoch and started again, a run ends with the weights of an uninterrupted one; a
     resume with another configuration is refused and leaves the checkpoint alone."""
     from stm_lab.detection import train as det_train
-    from stm_lab.train import read_checkpoint
+    from stm_lab.training.checkpoint import read_checkpoint
     monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path / 'results')
     cfg = profile_config('u_swin_test', 'smoke')
     quiet = dict(log=lambda m: None, export=False)
@@ -573,7 +593,7 @@ def test_a_schedule_may_change_on_resume_only_where_the_past_learning_rates_agre
 
 def test_a_run_continued_under_a_shorter_schedule_equals_a_fresh_run_of_it(tmp_path, monkeypatch):
     from stm_lab.detection import train as det_train
-    from stm_lab.train import read_checkpoint
+    from stm_lab.training.checkpoint import read_checkpoint
     monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path / 'results')
     short = profile_config('u_swin_test', 'smoke', epochs=2, lr_steps=(1,))
     long = profile_config('u_swin_test', 'smoke', epochs=3, lr_steps=(1, 2))

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 import stm_lab  # noqa: F401  (registers the models)
-from stm_lab.analysis.erf import (erf_at, erf_maps, erf_records, erf_score, erf_shape, support_extent,
+from stm_lab.analysis.erf import (erf_at, erf_maps, erf_score, erf_shape, stage_record, support_extent,
                                   theoretical_rf)
 
 NO_NORM = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
@@ -128,15 +128,18 @@ def test_erf_at_and_shape_on_known_maps():
     torch.testing.assert_close(score, torch.tensor([[0.0, 0.5], [1.0, 0.0]], dtype=torch.float64))
 
 
-def test_erf_records_are_tidy():
+def test_a_stage_record_holds_the_known_receptive_fields():
+    """Two 3x3 positive convolutions: ERF@0.99 spans 3 then 5 pixels, as the theoretical field does."""
     torch.manual_seed(0)
     model = ConvStack(2, positive=True, act=False)
     maps = erf_maps(model, torch.rand(2, 3, 15, 15), stages=(0, 1), progress=False, **NO_NORM)
-    rows = erf_records(maps, thresholds=(0.5, 0.99), theoretical=theoretical_rf(model, 15, (0, 1)), model='stack')
-    assert [(r['stage'], r['t']) for r in rows] == [(0, 0.5), (0, 0.99), (1, 0.5), (1, 0.99)]
-    assert all(r['model'] == 'stack' and r['analysis'] == 'erf' and r['n_images'] == 2 for r in rows)
-    assert rows[1]['side_px'] == 3 and rows[3]['side_px'] == 5
-    assert rows[0]['theoretical_side_ratio'] == 3 / 15 and rows[2]['theoretical_side_ratio'] == 5 / 15
+    theo = theoretical_rf(model, 15, (0, 1))
+    rows = [stage_record(maps[s], theo[s], thresholds=(0.5, 0.99)) for s in (0, 1)]
+    assert [[a['t'] for a in r['erf_at']] for r in rows] == [[0.5, 0.99], [0.5, 0.99]]
+    assert all(r['n_images'] == 2 and r['centre'] == [7, 7] for r in rows)
+    assert rows[0]['erf_at'][1]['side_px'] == 3 and rows[1]['erf_at'][1]['side_px'] == 5
+    assert rows[0]['theoretical_side_ratio'] == round(3 / 15, 5) and rows[1]['theoretical_side_ratio'] == round(5 / 15, 5)
+    assert len(rows[1]['score_map']) == 15 and max(map(max, rows[1]['score_map'])) == 1.0
 
 
 def test_erf_photo_records_hold_one_photo_each():

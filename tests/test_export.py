@@ -15,7 +15,7 @@ pytest.importorskip('onnxruntime')
 pytest.importorskip('onnxscript')
 
 from stm_lab import export  # noqa: E402
-from stm_lab.train import load_model  # noqa: E402
+from stm_lab.training.checkpoint import load_model  # noqa: E402
 
 # PyTorch vs ONNX Runtime (Python), same float32 weights: float rounding only (measured <= 3e-6)
 FP32_TOL = 1e-4

@@ -140,7 +140,7 @@ def test_size_rules_give_the_paper_values_at_224_and_follow_the_maps(img, window
 def test_a_user_mixer_without_traits_gets_the_defaults_and_can_declare_them():
     from stm_lab.mixers import MIXERS, mixer_trait
     from stm_lab.models import FAMILIES, register_family
-    from stm_lab.train import model_recipe
+    from stm_lab.training.config import model_recipe
 
     class Plain(nn.Module):  # not a TokenMixer: every trait has its default
         def __init__(self, dim, num_heads):

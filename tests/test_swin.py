@@ -236,7 +236,7 @@ def _committed_model_inputs():
     224x160 (stage maps 56x40 to 7x5, larger than its window of 4 on both axes) and to 72x56 (stage maps 18x14,
     9x7, 5x4, 3x2: the last two have a side that fits in one window)."""
     from stm_lab.data import BatchFinish, DataConfig, image_transform, load_dataset
-    from stm_lab.train import load_model
+    from stm_lab.training.checkpoint import load_model
     model, record = load_model(WEIGHTS)
     rec = record['data']
     cfg = DataConfig(dataset='fixture', img_size=rec['img_size'], crop_pct=rec['crop_pct'],

@@ -6,7 +6,7 @@ untargeted: x' = clamp(x + epsilon * sign(grad_x CE(f(x), y)), 0, 1), computed w
 The attack lives in pixel space: images are floats in [0, 1], the model is wrapped so that it normalizes
 inside (:class:`~stm_lab.analysis.common.PixelSpace`), so epsilon is in units of the [0, 1] range
 (8/255 = eight grey levels) and the clamp keeps valid images. The paper gives the epsilons (0.5/255, 2/255,
-8/255) but no code, so how it handled normalization is unknown (facts sheet section 5.4).
+8/255) but no code, so how it handled normalization is unknown.
 
 Two captum settings, and why:
 - the loss is per-image cross-entropy (``reduction='none'``), so each image's gradient does not shrink with
@@ -27,7 +27,6 @@ from captum.robust import FGSM
 from .common import Data, PixelSpace, eval_frozen, iter_batches, model_device
 
 PAPER_EPSILONS = (0.0, 0.5 / 255, 2 / 255, 8 / 255)  # clean + the paper's three strengths
-FINE_EPSILONS = tuple(e / 255 for e in (0, 0.25, 0.5, 1, 1.5, 2, 3, 4, 6, 8))  # for accuracy-vs-epsilon curves
 
 
 def _per_image_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

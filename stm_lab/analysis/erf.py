@@ -1,6 +1,6 @@
 """Effective receptive field (ERF) of each stage's centre unit (paper Sec. 6.1, Figs. 5-6).
 
-The procedure the paper takes from RepLKNet (facts sheet section 5.1), written here from its description:
+The procedure the paper takes from RepLKNet, written here from its description:
 
 1. images (float, [0, 1]) are resized whole (no crop) to S x S and normalized; the model is in eval mode;
 2. for each stage output (after the stage norm, ``forward_intermediates``), the target is the sum over
@@ -25,6 +25,7 @@ import copy
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -200,19 +201,15 @@ def theoretical_rf(model: nn.Module, img_size: int, stages: Sequence[int] = (0, 
     return out
 
 
-def erf_records(maps: Dict[int, ERFMap], thresholds: Sequence[float] = THRESHOLDS,
-                theoretical: Optional[Dict[int, Optional[dict]]] = None, **fields) -> List[dict]:
-    """Tidy rows, one per (stage, t): ERF@t of the score map (side and area ratios, squares centred on the
-    centre unit), the raw map's shape statistics and, if given, the theoretical receptive field's side ratio;
-    ``fields`` (e.g. ``model=...``) go in every row."""
-    rows = []
-    for s, e in sorted(maps.items()):
-        score = e.score()
-        shape = erf_shape(e.map, e.centre)
-        theo = (theoretical or {}).get(s)
-        for t in thresholds:
-            r = erf_at(score, t, e.centre)
-            rows.append(dict(**fields, analysis='erf', stage=s, img_size=e.map.shape[-1], n_images=e.n_images,
-                             t=t, side_ratio=r['side_ratio'], area_ratio=r['area_ratio'], side_px=r['side_px'],
-                             theoretical_side_ratio=None if theo is None else theo['side_ratio'], **shape))
-    return rows
+def stage_record(e: ERFMap, theoretical: Optional[dict] = None, thresholds: Sequence[float] = THRESHOLDS) -> dict:
+    """One stage's stored ERF: ERF@t of the score map for each threshold (squares centred on the centre unit),
+    the raw map's shape statistics, the theoretical receptive field's side ratio (None when unbounded) and the
+    score map itself (3 decimals)."""
+    score = e.score()
+    ats = [erf_at(score, t, e.centre) for t in thresholds]
+    return dict(n_images=e.n_images, feat_size=list(e.feat_size), centre=list(e.centre),
+                erf_at=[dict(t=a['t'], side_px=a['side_px'], side_ratio=round(a['side_ratio'], 5),
+                             area_ratio=round(a['area_ratio'], 5)) for a in ats],
+                theoretical_side_ratio=None if theoretical is None else round(theoretical['side_ratio'], 5),
+                **{k: round(v, 5) for k, v in erf_shape(e.map, e.centre).items()},
+                score_map=np.round(score.float().cpu().numpy(), 3).tolist())

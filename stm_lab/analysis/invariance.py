@@ -1,7 +1,7 @@
 """Translation, rotation and scale invariance of a classifier (paper Sec. 6.2, Fig. 7).
 
 Every sweep takes the *un-cropped* images (float, [0, 1], ``(B, 3, H, W)``, any size) and builds the views
-itself, as the paper's evaluation does at 224 (facts sheet section 5.2-5.3):
+itself, as the paper's evaluation does at 224:
 
     paper (224)                                  here (``img_size`` S, default 64)
     resize short side to int(224 / 0.875) = 256  resize short side to R = int(S / crop_pct) = 73 (bicubic)

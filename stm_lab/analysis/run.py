@@ -5,7 +5,7 @@
 Profiles:
 
 - ``cpu``: the five ``u_*_micro`` models trained by ``stm-lab train --profile cpu``, rebuilt from
-  ``results/cpu/<model>.safetensors`` (:func:`stm_lab.train.load_model`) with the input pipeline each checkpoint
+  ``results/cpu/<model>.safetensors`` (:func:`stm_lab.training.checkpoint.load_model`) with the input pipeline each checkpoint
   records (64x64, crop 0.875, ImageNet normalization), on a fixed, seeded subset of Imagenette val (the same
   subset for every model). A model without a checkpoint is skipped with a note.
 - ``smoke``: the ``u_*_test`` models, *untrained* (seeded initialization), on the committed fixture
@@ -119,7 +119,8 @@ def iter_models(profile: Profile, models: Optional[Sequence[str]] = None, log=_p
     smoke builds the untrained test models (seeded)."""
     import stm_lab  # noqa: F401  (registers the models)
     from ..data import class_names, DataConfig
-    from ..train import load_model, profile_config
+    from ..training.checkpoint import load_model
+    from ..training.config import profile_config
     for name in models or profile.models:
         if profile.trained:
             path = checkpoint_path(profile.name, name)
@@ -169,22 +170,12 @@ def eval_view(x: torch.Tensor, img_size: int, crop_pct: float) -> torch.Tensor:
 
 def run_erf(m: Loaded, images: torch.Tensor, batch_size: int) -> List[dict]:
     """One record per stage: the score map, ERF@t for each threshold, shape statistics, theoretical RF."""
-    from .erf import THRESHOLDS, erf_at, erf_maps, erf_shape, theoretical_rf
+    from .erf import erf_maps, stage_record, theoretical_rf
     maps = erf_maps(m.model, images, img_size=m.img_size, batch_size=batch_size, mean=m.mean, std=m.std,
                     progress=False)
     theo = theoretical_rf(m.model, m.img_size)
-    out = []
-    for s, e in sorted(maps.items()):
-        score = e.score()
-        ats = [erf_at(score, t, e.centre) for t in THRESHOLDS]
-        out.append(dict(model=m.name, family=family(m.name), trained=m.trained, stage=s + 1, img_size=m.img_size,
-                        n_images=e.n_images, feat_size=list(e.feat_size), centre=list(e.centre),
-                        erf_at=[dict(t=a['t'], side_px=a['side_px'], side_ratio=round(a['side_ratio'], 5),
-                                     area_ratio=round(a['area_ratio'], 5)) for a in ats],
-                        theoretical_side_ratio=None if theo[s] is None else round(theo[s]['side_ratio'], 5),
-                        **{k: round(v, 5) for k, v in erf_shape(e.map, e.centre).items()},
-                        score_map=np.round(score.float().cpu().numpy(), 3).tolist()))
-    return out
+    return [dict(model=m.name, family=family(m.name), trained=m.trained, stage=s + 1, img_size=m.img_size,
+                 **stage_record(e, theo[s])) for s, e in sorted(maps.items())]
 
 
 def run_invariance(m: Loaded, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> List[dict]:
@@ -566,7 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--models', nargs='*', help='model names (default: the profile\'s five)')
     p.add_argument('--limit', type=int, help='at most this many images (default: the profile\'s count)')
     p.add_argument('--threads', type=int, default=1,
-                   help='torch intra-op threads (1 on a shared 2-core machine, see stm_lab.analysis.bench_analyses)')
+                   help='torch intra-op threads (1 on a shared 2-core machine, see stm_lab.bench.analyses)')
     p.add_argument('--no-save', dest='save', action='store_false', help='print only')
     return p
 

@@ -260,8 +260,8 @@ def load_backbone_tensors(detector: MaskRCNN, tensors: Dict[str, torch.Tensor], 
 
 def load_backbone(detector: MaskRCNN, path) -> LoadReport:
     """Load a classification checkpoint (``results/<profile>/<model>.safetensors``, read safely by
-    ``stm_lab.train.load_model``, which refuses damaged or mismatched files) into the detector's backbone."""
-    from ..train import load_model
+    ``stm_lab.training.checkpoint.load_model``, which refuses damaged or mismatched files) into the detector's backbone."""
+    from ..training.checkpoint import load_model
     model, state = load_model(path)
     if state['model'] != detector.model_name:
         raise ValueError(f'{path} holds {state["model"]}, the detector is built on {detector.model_name}')

@@ -30,7 +30,7 @@ import torch
 from .. import results
 from ..models import display_name
 from ..paper import TABLE5_COLUMNS, TABLE5_MICRO
-from ..train import guarded
+from ..training.cli import guarded
 from . import coco_eval, scale, shapes
 from .data import collate
 from .model import family_and_scale
@@ -411,6 +411,85 @@ def speed_markdown(profile: str) -> str:
                 f'with other training runs (load average {load[0] if load else "?"}): on an idle machine it may be '
                 f'faster.']
     return '\n'.join(out)
+
+
+AP50_TARGET = 0.5  # box AP50 on the validation split at which the best detector has clearly learned the task
+
+
+def training_course(profile: str) -> dict:
+    """How the committed training runs went, from their ``det_train_<model>.json``: per model the epochs run, any
+    change of schedule on resume, the loss of each epoch, its fall over the last epoch before the first lr drop
+    (a run still learning falls by several percent), and the training speed actually achieved (images per second of
+    CPU time, quick evaluations included) beside the bench's estimate; and the best final box AP50 against
+    ``AP50_TARGET``. ``{}`` when nothing was trained."""
+    try:
+        bench_speed = {r['model']: r['train_img_per_s']
+                       for r in results.load_result(profile, 'detection_throughput')['records']}
+    except FileNotFoundError:
+        bench_speed = {}
+    rows = []
+    for m in profile_models(profile):
+        try:
+            doc = results.load_result(f'{profile}/detection', f'det_train_{m}')
+        except FileNotFoundError:
+            continue
+        cfg = profile_config(m, profile, **{k: doc['config'][k] for k in ('epochs', 'lr_steps') if k in doc['config']})
+        epochs = [r for r in doc['records'] if 'loss' in r]
+        loss = [r['loss'] for r in epochs]
+        drop = cfg.lr_steps[0] if cfg.lr_steps else len(loss)  # last epoch at the full learning rate
+        fall = (loss[drop - 2] - loss[drop - 1]) / loss[drop - 2] if 2 <= drop <= len(loss) else None
+        cpu_s = sum(r.get('cpu_time_s', 0) for r in epochs)
+        speed = len(epochs) * cfg.shapes.train_images / cpu_s if cpu_s else None
+        rows.append(dict(model=m, epochs=len(epochs), lr_steps=list(cfg.lr_steps), loss=loss,
+                         loss_fall_before_drop=fall, schedule_changes=doc['provenance'].get('schedule_changes', []),
+                         img_per_core_s=speed, bench_img_per_s=bench_speed.get(m),
+                         speed_ratio=(bench_speed[m] / speed if speed and m in bench_speed else None),
+                         box_AP50=doc['records'][-1].get('box_AP50')))
+    if not rows:
+        return {}
+    best = max((r for r in rows if r['box_AP50'] is not None), key=lambda r: r['box_AP50'], default=None)
+    return dict(rows=rows, best=best and best['model'], best_AP50=best and best['box_AP50'], target=AP50_TARGET,
+                reached=bool(best and best['box_AP50'] >= AP50_TARGET))
+
+
+def _span(values: Sequence[float], fmt: str) -> str:
+    lo, hi = format(min(values), fmt), format(max(values), fmt)
+    return lo if lo == hi else f'{lo}-{hi}'
+
+
+def course_markdown(profile: str) -> str:
+    """The page's account of the training runs: their schedule, and why the best model falls short of the target
+    when it does, in the measured numbers of :func:`training_course`."""
+    c = training_course(profile)
+    if not c:
+        return '*No detector trained yet.*'
+    rows = c['rows']
+    lines = []
+    for r in rows:
+        for ch in r['schedule_changes']:
+            lines.append(f"{display_name(r['model'])} ran its first {ch['after_epoch']} epochs under a "
+                         f"{ch['epochs']}-epoch schedule (lr drops after epochs {' and '.join(map(str, ch['lr_steps']))}) "
+                         f"and was then continued as a {r['epochs']}-epoch run: the learning rate of every finished "
+                         f"epoch is the same in both schedules, so it is the run a fresh {r['epochs']}-epoch run "
+                         f"would have made (`tests/test_detection.py` checks this equality).")
+    ratios = [r['speed_ratio'] for r in rows if r['speed_ratio']]
+    speeds = [r['img_per_core_s'] for r in rows if r['img_per_core_s']]
+    falls = [r['loss_fall_before_drop'] for r in rows if r['loss_fall_before_drop'] is not None]
+    best = next(r for r in rows if r['model'] == c['best'])
+    paper_epochs = profile_config(best['model'], 'paper').epochs
+    verdict = (f"The best detector, {display_name(c['best'])}, reaches a box AP50 of {c['best_AP50']:.3f} "
+               f"({'at least' if c['reached'] else 'below'} the {c['target']:g} taken as the sign of a model that "
+               f"has clearly learned the task).")
+    if not c['reached']:
+        verdict += (f" The runs stopped well before convergence: in the last epoch at the full learning rate (epoch "
+                    f"{best['lr_steps'][0] if best['lr_steps'] else best['epochs']}) the training loss still fell by "
+                    f"{_span(falls, '.0%')}. They have {best['epochs']} epochs of the 1x schedule's "
+                    f"{paper_epochs} because training ran at {min(speeds):.1f}-{max(speeds):.1f} images per core-second")
+        if ratios:
+            verdict += (f", {_span(ratios, '.1f')} times slower than the short benchmark that sized the "
+                        f"profile (`stm-lab detect bench`: a few steps of an untrained detector)")
+        verdict += f'. More epochs (`--epochs {paper_epochs}`) are the first thing to try with more compute.'
+    return '\n\n'.join([verdict] + lines)
 
 
 def commands(profile: str = 'cpu') -> List[str]:

@@ -42,13 +42,15 @@ import torch.nn as nn
 from timm.optim import param_groups_weight_decay
 
 from .. import results
-from ..train import (MICRO_MODELS, RUNS_DIR, SMOKE_MODELS, RunLock, _load_optimizer, _optimizer_tensors, _prefixed,
-                     _tensor_digest, init_distributed, read_checkpoint, resume_source, seed_everything, write_checkpoint)
+from ..training.checkpoint import (RunLock, _load_optimizer, _optimizer_tensors, _prefixed, _tensor_digest,
+                                   read_checkpoint, write_checkpoint)
+from ..training.config import MICRO_MODELS, PROFILES, SMOKE_MODELS
+from ..training.distributed import init_distributed, seed_everything
+from ..training.engine import RUNS_DIR, resume_source
 from . import coco_eval, shapes
 from .data import DetectionSet, collate
 from .model import DetectorConfig, LoadReport, build_detector, family_and_scale, load_backbone
 
-PROFILES = ('smoke', 'cpu', 'paper')
 COCO_NUM_CLASSES = 91  # torchvision's convention: COCO's category ids (1-90) as labels, 0 the background
 
 
@@ -99,7 +101,8 @@ class DetTrainConfig:
         need(self.lr > 0 and math.isfinite(self.lr), f'lr must be a positive number, got {self.lr!r}')
         need(self.weight_decay >= 0, f'weight_decay must be at least 0, got {self.weight_decay!r}')
         need(0 < self.warmup_ratio <= 1, f'warmup_ratio must be in (0, 1], got {self.warmup_ratio!r}')
-        need(all(0 <= b < 1 for b in self.betas) and len(self.betas) == 2, f'betas must be two numbers in [0, 1)')
+        need(all(0 <= b < 1 for b in self.betas) and len(self.betas) == 2,
+             f'betas must be two numbers in [0, 1), got {self.betas!r}')
         need(all(1 <= s <= self.epochs for s in self.lr_steps), f'lr_steps must be epochs in 1..{self.epochs}, '
                                                                    f'got {self.lr_steps}')
         need(0 <= self.hflip <= 1, f'hflip must be a probability, got {self.hflip!r}')

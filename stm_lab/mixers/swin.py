@@ -10,7 +10,7 @@ sides of the map are masked from each other.
 
 Differences from the paper's code, on purpose:
 - masks are built for the actual input size (and cached per size) instead of once for 224x224, so any input
-  size is handled correctly (the paper's code misaligns its masks at 448, facts sheet section 5.1);
+  size is handled correctly (the paper's code misaligns its masks at 448);
 - when a map is not a multiple of the window it is zero-padded at the bottom/right and the padded tokens are
   masked out as keys (the paper's code pads without masking, only in detection);
 - masked pairs get exactly zero attention (``-inf`` before softmax) instead of ``-100``;

@@ -1,57 +1,33 @@
-"""Benchmarks that print figures (they are not timed tests).
+"""DCNv3 core and U-InternImage training speed, compiled CPU kernel vs pure PyTorch.
 
-    python -m stm_lab.bench dcnv3 [--threads 2] [--rounds 5] [--no-train] [--save]
+    stm-lab bench dcnv3 [--threads 2] [--rounds 5] [--no-train] [--save]
 
-``dcnv3``: the DCNv3 core, compiled CPU kernel vs pure PyTorch, forward and forward+backward at the shapes of
-U-InternImage-micro's stages 1 and 3 for 64x64 and 224x224 inputs (batch 32); then training images/s (forward,
-backward, AdamW step; batch 32, 64x64, float32) of ``u_internimage_micro`` on each backend and of ``u_dwconv_micro``.
-
-Machines running other jobs make timings noisy, so everything compared is measured side by side in one run and
-interleaved: each round times every contender once, and the median over rounds is reported (with the fastest round
-beside it). ``--save`` also writes ``results/bench/dcnv3.json`` (figures with provenance).
+The DCNv3 core, forward and forward+backward, at the shapes of U-InternImage-micro's stages 1 and 3 for 64x64 and
+224x224 inputs (batch 32); then training images/s (forward, backward, AdamW step; batch 32, 64x64, float32) of
+``u_internimage_micro`` on each backend and of ``u_dwconv_micro``. Everything compared is timed side by side
+(:func:`~stm_lab.bench.timing.interleaved`): the median over rounds is reported, the fastest round beside it.
+``--save`` also writes ``results/bench/dcnv3.json`` (figures with provenance).
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
-import statistics
 import sys
 import time
-from typing import Callable, Dict
 
 import torch
 
+from .timing import interleaved
+
+NAME = 'dcnv3'
 IMG_SIZES = (64, 224)
 STAGES = (0, 2)  # stages 1 and 3 (0-based)
 BATCH = 32
 
 
-def interleaved(contenders: Dict[str, Callable[[], None]], rounds: int, target_s: float = 0.25,
-                sized: bool = True) -> dict:
-    """Seconds per call of each contender: {name: (median over rounds, fastest round)}. Each contender is warmed up
-    with one call; with ``sized``, a second call sizes its repetitions so that a round takes about ``target_s``."""
-    reps = {}
-    for name, fn in contenders.items():
-        fn()
-        reps[name] = 1
-        if sized:
-            t0 = time.perf_counter()
-            fn()
-            reps[name] = max(1, round(target_s / max(time.perf_counter() - t0, 1e-6)))
-    samples = {name: [] for name in contenders}
-    for _ in range(rounds):
-        for name, fn in contenders.items():
-            t0 = time.perf_counter()
-            for _ in range(reps[name]):
-                fn()
-            samples[name].append((time.perf_counter() - t0) / reps[name])
-    return {name: (statistics.median(s), min(s)) for name, s in samples.items()}
-
-
 def micro_stage_shapes():
     """(img_size, stage, H, W, C, G) of U-InternImage-micro's DCNv3 layers that the benchmark times."""
-    from .models import FAMILIES
+    from ..models import FAMILIES
     layout = FAMILIES['internimage'].layouts['micro']
     shapes = []
     for img in IMG_SIZES:
@@ -70,7 +46,7 @@ def core_inputs(h, w, c, g, seed=0):
 
 
 def bench_core(rounds: int) -> list:
-    from .ops import dcnv3_core
+    from ..ops import dcnv3_core
     records = []
     for img, stage, h, w, c, g in micro_stage_shapes():
         x, offset, mask = core_inputs(h, w, c, g)
@@ -90,11 +66,11 @@ def bench_core(rounds: int) -> list:
             return run
 
         t = interleaved({f'{kind} {b}': make(b) for kind, make in (('fwd', forward), ('fwd+bwd', forward_backward))
-                         for b in ('torch', 'cpp')}, rounds)
+                         for b in ('torch', 'cpp')}, rounds, target_s=0.25)
         rec = dict(kind='core', img_size=img, stage=stage, shape=[BATCH, h, w, c], groups=g)
-        for key, (med, best) in t.items():
-            rec[key.replace(' ', '_') + '_ms'] = 1e3 * med
-            rec[key.replace(' ', '_') + '_best_ms'] = 1e3 * best
+        for key, timing in t.items():
+            rec[key.replace(' ', '_') + '_ms'] = 1e3 * timing.median
+            rec[key.replace(' ', '_') + '_best_ms'] = 1e3 * timing.best
         rec['fwd_speedup'] = rec['fwd_torch_ms'] / rec['fwd_cpp_ms']
         rec['fwd+bwd_speedup'] = rec['fwd+bwd_torch_ms'] / rec['fwd+bwd_cpp_ms']
         records.append(rec)
@@ -108,7 +84,7 @@ def bench_core(rounds: int) -> list:
 def bench_training(rounds: int, steps: int = 2, img_size: int = 64) -> list:
     import timm
     import stm_lab  # noqa: F401  (registers the models)
-    from .ops import dcnv3_backend
+    from ..ops import dcnv3_backend
     x = torch.randn(BATCH, 3, img_size, img_size)
     y = torch.randint(0, 10, (BATCH,))
     contenders = {}
@@ -127,9 +103,10 @@ def bench_training(rounds: int, steps: int = 2, img_size: int = 64) -> list:
                     loss.backward()
                     opt.step()
         contenders[label] = step
-    t = interleaved(contenders, rounds, sized=False)  # one call (= `steps` steps) per round
+    t = interleaved(contenders, rounds)  # one call (= `steps` steps) per round
     records = []
-    for label, (med, best) in t.items():
+    for label, timing in t.items():
+        med, best = timing.median, timing.best
         records.append(dict(kind='train', model=label, img_size=img_size, batch=BATCH,
                             step_ms=1e3 * med / steps, images_per_s=BATCH * steps / med,
                             best_images_per_s=BATCH * steps / best))
@@ -138,22 +115,30 @@ def bench_training(rounds: int, steps: int = 2, img_size: int = 64) -> list:
     return records
 
 
-def run_dcnv3(args) -> int:
-    from .ops import _build
+# ---------------------------------------------------------------------------------------------- command line
+def add_arguments(p) -> None:
+    p.add_argument('--threads', type=int, default=2, help='torch.set_num_threads (default 2)')
+    p.add_argument('--rounds', type=int, default=5, help='interleaved timing rounds (default 5)')
+    p.add_argument('--no-train', dest='train', action='store_false', help='time the core only')
+    p.add_argument('--save', action='store_true', help=f'also write results/bench/{NAME}.json')
+
+
+def run(args) -> int:
+    from ..ops import _build
+    from ..results import cpu_name
+    from .timing import Watch, busy_note, provenance
     torch.set_num_threads(args.threads)
-    from .results import cpu_name
     print(f'DCNv3 benchmark: {cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads, '
           f'{args.rounds} interleaved rounds (median; "best" = fastest round)')
     if _build.load() is None:
         print(f'the compiled kernel is unavailable here: {_build.LOADER.error}', file=sys.stderr)
         return 1
     print(f'compiled kernel: {_build.LOADER.build_dir} (flags {" ".join(_build.cpu_flags())})\n')
-    t0 = time.perf_counter()
-    load_before = os.getloadavg()[0]
-    print('DCNv3 core, batch 32 (times: pure PyTorch, compiled; speedup)')
+    watch = Watch()
+    print(f'DCNv3 core, batch {BATCH} (times: pure PyTorch, compiled; speedup)')
     records = bench_core(args.rounds)
     if args.train:
-        print('\nTraining step (forward + backward + AdamW), batch 32, 64x64, float32')
+        print(f'\nTraining step (forward + backward + AdamW), batch {BATCH}, 64x64, float32')
         train = bench_training(args.rounds)
         records += train
         ips = {r['model']: r['images_per_s'] for r in train}
@@ -166,33 +151,14 @@ def run_dcnv3(args) -> int:
     print(f'  core fwd+bwd speedup: {min(r["fwd+bwd_speedup"] for r in core):.1f}x to '
           f'{max(r["fwd+bwd_speedup"] for r in core):.1f}x (target >= 4x); forward: '
           f'{min(r["fwd_speedup"] for r in core):.1f}x to {max(r["fwd_speedup"] for r in core):.1f}x')
-    load = max(load_before, os.getloadavg()[0])
-    print(f'\n({time.perf_counter() - t0:.0f} s; load average {load:.1f} on {os.cpu_count()} CPUs)')
-    if load > os.cpu_count() - 0.5 * torch.get_num_threads():
-        print('note: other processes were competing for the CPUs: all timings are inflated, multi-threaded ones most '
-              '(each parallel region waits for its slowest, possibly descheduled, thread); compare only figures of '
-              'this run, or rerun on an idle machine / with --threads 1')
+    print(f'\n({time.time() - watch.t0:.0f} s; load average {watch.load_now():.1f} on {os.cpu_count()} CPUs)')
+    note = busy_note(watch, torch.get_num_threads())
+    if note:
+        print(note)
     if args.save:
-        from .results import save_result
-        path = save_result('bench', 'dcnv3', records, config=dict(
-            threads=args.threads, rounds=args.rounds, batch=BATCH, flags=_build.cpu_flags()))
+        from ..results import save_result
+        path = save_result('bench', NAME, records, config=dict(
+            threads=args.threads, rounds=args.rounds, batch=BATCH, flags=_build.cpu_flags()),
+            prov=provenance(watch, threads=args.threads))
         print(f'saved {path}')
     return 0
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog='python -m stm_lab.bench', description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest='bench', required=True)
-    s = sub.add_parser('dcnv3', help='DCNv3 core and U-InternImage training speed, compiled vs pure PyTorch')
-    s.add_argument('--threads', type=int, default=2, help='torch.set_num_threads (default 2)')
-    s.add_argument('--rounds', type=int, default=5, help='interleaved timing rounds (default 5)')
-    s.add_argument('--no-train', dest='train', action='store_false', help='time the core only')
-    s.add_argument('--save', action='store_true', help='also write results/bench/dcnv3.json')
-    s.set_defaults(func=run_dcnv3)
-    args = p.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == '__main__':
-    sys.exit(main())
