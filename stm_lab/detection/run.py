@@ -484,7 +484,7 @@ def course_markdown(profile: str) -> str:
         verdict += (f" The runs stopped well before convergence: in the last epoch at the full learning rate (epoch "
                     f"{best['lr_steps'][0] if best['lr_steps'] else best['epochs']}) the training loss still fell by "
                     f"{_span(falls, '.0%')}. They have {best['epochs']} epochs of the 1x schedule's "
-                    f"{paper_epochs} because training ran at {min(speeds):.1f}-{max(speeds):.1f} images per core-second")
+                    f"{paper_epochs}: training ran at {min(speeds):.1f}-{max(speeds):.1f} images per core-second")
         if ratios:
             verdict += (f", {_span(ratios, '.1f')} times slower than the short benchmark that sized the "
                         f"profile (`stm-lab detect bench`: a few steps of an untrained detector)")
@@ -520,7 +520,7 @@ def training_note(model: str, doc: dict) -> str:
     """One line on how a detector was trained (its ``det_train_<model>.json``): where its backbone came from, its
     epochs, core time and command."""
     rep = doc['config'].get('load_report')
-    init = (f"{len(rep['loaded']) + len(rep['resized'])} backbone tensors from `{doc['config']['backbone_init']}` "
+    init = (f"{len(rep['loaded']) + len(rep['resized'])} backbone tensors from `{_rel(Path(doc['config']['backbone_init']))}` "
             f"({len(rep['resized'])} refitted), {len(rep['new'])} new" if rep else 'backbone from its seeded '
             'initialization (no classification checkpoint)')
     return (f"- {display_name(model)}: {init}; {doc['records'][-1]['epoch']} epochs, "
