@@ -131,7 +131,8 @@ def mixers_markdown(mixers: Dict[str, type]) -> str:
     import sys
     rows = ['| mixer | class | what it is |', '|---|---|---|']
     for name, cls in sorted(mixers.items()):
-        doc = (sys.modules[cls.__module__].__doc__ or '').strip().splitlines()[0]
+        # the module's summary line (the built-in mixers have one module each), else the class's
+        doc = next(iter((sys.modules[cls.__module__].__doc__ or cls.__doc__ or '').strip().splitlines()), '')
         rows.append(f'| `{name}` | `{cls.__name__}` | {doc} |')
     return '\n'.join(rows)
 

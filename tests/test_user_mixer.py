@@ -1,8 +1,9 @@
 """A researcher's own mixer, by command line only: a module that registers it is imported with ``--import``, the
-model trains with the recipe its mixer declares, and its checkpoint records the module, so a fresh process rebuilds
-and evaluates it without being told."""
+model trains with the recipe its mixer declares, its checkpoint records the module (so a fresh process rebuilds and
+evaluates it without being told), the analyses add its records, and the notebooks show it."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -32,10 +33,14 @@ def _cli(args, cwd, env):
                           text=True, timeout=600)
 
 
-def test_a_user_mixer_trains_and_evaluates_from_the_command_line(tmp_path):
+def test_a_user_mixer_goes_through_the_whole_battery_from_the_command_line(tmp_path):
+    """Train, evaluate, every analysis, every notebook: by command line only, and the pages that show per-model
+    results show the new mixer under its own display name."""
     (tmp_path / 'toy_mixers.py').write_text(TOY)
-    env = dict(os.environ, STM_LAB_RESULTS=str(tmp_path / 'results'), STM_LAB_RUNS=str(tmp_path / 'runs'),
-               OMP_NUM_THREADS='1')
+    res = tmp_path / 'results'
+    for shared in ('paper', 'bench'):  # committed results the pages read besides the profile's own
+        shutil.copytree(ROOT / 'results' / shared, res / shared)
+    env = dict(os.environ, STM_LAB_RESULTS=str(res), STM_LAB_RUNS=str(tmp_path / 'runs'), OMP_NUM_THREADS='1')
     env.pop('STM_LAB_IMPORT', None)
     out = _cli(['train', '--model', 'u_toymax_test', '--profile', 'smoke', '--no-progress'], tmp_path, env)
     assert out.returncode != 0 and 'u_toymax_test' in out.stderr  # unknown without the module
@@ -43,13 +48,29 @@ def test_a_user_mixer_trains_and_evaluates_from_the_command_line(tmp_path):
     out = _cli(['--import', 'toy_mixers', 'train', '--model', 'u_toymax_test', '--profile', 'smoke', '--no-progress'],
                tmp_path, env)
     assert out.returncode == 0, out.stderr[-2000:]
-    doc = json.loads((tmp_path / 'results' / 'smoke' / 'train_u_toymax_test.json').read_text())
+    doc = json.loads((res / 'smoke' / 'train_u_toymax_test.json').read_text())
     assert doc['config']['train']['recipe'] == 'cnn'  # the mixer's own trait, not the transformer default
 
-    weights = tmp_path / 'results' / 'smoke' / 'u_toymax_test.safetensors'
+    weights = res / 'smoke' / 'u_toymax_test.safetensors'
     out = _cli(['eval', '--checkpoint', str(weights), '--json'], tmp_path, env)  # no --import: the checkpoint knows
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout.strip().splitlines()[-1])['top1'] == doc['records'][-1]['top1_fp16']
+
+    out = _cli(['--import', 'toy_mixers', 'analyze', 'all', '--profile', 'smoke', '--models', 'u_toymax_test'],
+               tmp_path, env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for name in ('erf', 'invariance', 'fgsm', 'demo_rotation', 'erf_photos'):
+        records = json.loads((res / 'smoke' / f'{name}.json').read_text())['records']
+        assert {r['model'] for r in records} == {'u_toymax_test'}, name
+
+    gen = tmp_path / 'generated'
+    out = _cli(['--import', 'toy_mixers', 'notebooks', '--profile', 'smoke', '--out', str(gen)], tmp_path, env)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    assert len(list(gen.glob('*.ipynb'))) == len(list((ROOT / 'notebooks').glob('*.ipynb')))
+    pages = {p.stem: p.read_text() for p in gen.glob('*.ipynb')}
+    for page in ('training', 'erf', 'robustness', 'lab'):  # the pages of per-model results it has
+        assert 'Max-Pool' in pages[page], page
+    assert 'toy_maxpool' in pages['architecture']  # the table of registered mixers
 
 
 def test_an_unknown_module_is_one_clear_message(tmp_path):

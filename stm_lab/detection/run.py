@@ -480,7 +480,7 @@ def course_markdown(profile: str) -> str:
     verdict = (f"The best detector, {display_name(c['best'])}, reaches a box AP50 of {c['best_AP50']:.3f} "
                f"({'at least' if c['reached'] else 'below'} the {c['target']:g} taken as the sign of a model that "
                f"has clearly learned the task).")
-    if not c['reached']:
+    if not c['reached'] and falls and speeds:
         verdict += (f" The runs stopped well before convergence: in the last epoch at the full learning rate (epoch "
                     f"{best['lr_steps'][0] if best['lr_steps'] else best['epochs']}) the training loss still fell by "
                     f"{_span(falls, '.0%')}. They have {best['epochs']} epochs of the 1x schedule's "

@@ -51,18 +51,16 @@ def core_time_estimate(docs: Dict[str, dict], speeds: List[dict]) -> Dict[str, f
 
 
 def training_results(profile: str, folder: str = '') -> Dict[str, dict]:
-    """model -> its ``train_<model>.json`` document under ``results/<profile>[/<folder>]``, in the paper's order
-    (the five micro models; their ``*_test`` versions at the smoke profile). Models without one are left out: this
-    only reads (the smoke profile's are made by ``stm-lab train --profile smoke``, or
-    :func:`stm_lab.training.engine.ensure_smoke_results`)."""
+    """model -> its ``train_<model>.json`` document under ``results/<profile>[/<folder>]``: the five main models in
+    the paper's order (their ``*_test`` versions at the smoke profile), then any other model with a result there (a
+    reader's own mixer), by name. Models without one are left out: this only reads (the smoke profile's are made
+    by ``stm-lab train --profile smoke``, or :func:`stm_lab.training.engine.ensure_smoke_results`)."""
     where = f'{profile}/{folder}' if folder else profile
-    docs = {}
-    for m in SMOKE_MODELS if profile == 'smoke' else MICRO_MODELS:
-        try:
-            docs[m] = results.load_result(where, f'train_{m}')
-        except FileNotFoundError:
-            continue
-    return docs
+    roster = SMOKE_MODELS if profile == 'smoke' else MICRO_MODELS
+    found = {p.stem[len('train_'):] for p in (results.RESULTS_DIR / where).glob('train_*.json')}
+    docs = {m: results.load_result(where, f'train_{m}') for m in [*(m for m in roster if m in found),
+                                                                  *sorted(found - set(roster))]}
+    return {m: d for m, d in docs.items() if 'train' in d['config']}  # not e.g. train_throughput.json
 
 
 def selection_note(docs: Dict[str, dict]) -> Dict[str, dict]:
