@@ -57,21 +57,25 @@ def test_training_results_only_reads(tmp_path, monkeypatch):
     monkeypatch.setattr(engine, 'train', lambda *a, **kw: pytest.fail('reading results trained a model'))
     assert reports.training_results('smoke') == {} and reports.training_results('cpu') == {}
     assert list(tmp_path.iterdir()) == []  # nothing written
-    results.save_result('smoke', 'train_u_pvt_test', [dict(epoch=1)])
+    for name in ('u_mine_test', 'u_pvt_test', 'u_halonet_test'):
+        results.save_result('smoke', f'train_{name}', [dict(epoch=1)], config=dict(train=dict(model=name)))
+    results.save_result('smoke', 'train_throughput', [dict(model='u_pvt_test')])  # a benchmark, not a training
     docs = reports.training_results('smoke')
-    assert list(docs) == ['u_pvt_test'] and docs['u_pvt_test']['records'] == [dict(epoch=1)]
+    assert list(docs) == ['u_halonet_test', 'u_pvt_test', 'u_mine_test']  # the paper's order, then the others
+    assert docs['u_pvt_test']['records'] == [dict(epoch=1)]
     assert reports.training_results('smoke', 'epochs40') == {}
 
 
 def test_ensure_smoke_results_trains_the_missing_models_with_a_real_command(tmp_path, monkeypatch):
     from stm_lab.training import engine
     monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path)
-    results.save_result('smoke', 'train_u_pvt_test', [dict(epoch=1)])
+    results.save_result('smoke', 'train_u_pvt_test', [dict(epoch=1)], config=dict(train={}))
     trained = []
 
     def fake_train(cfg, **kw):
         trained.append((cfg.model, kw['command']))
-        results.save_result('smoke', f'train_{cfg.model}', [dict(epoch=2)], prov=dict(command=kw['command']))
+        results.save_result('smoke', f'train_{cfg.model}', [dict(epoch=2)], config=dict(train={}),
+                            prov=dict(command=kw['command']))
     monkeypatch.setattr(engine, 'train', fake_train)
     missing = [m for m in config.SMOKE_MODELS if m != 'u_pvt_test']
     assert engine.ensure_smoke_results() == missing
