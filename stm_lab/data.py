@@ -25,7 +25,7 @@ import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -53,6 +53,19 @@ IMAGENETTE_WNIDS = ('n01440764', 'n02102040', 'n02979186', 'n03000684', 'n030280
                     'n03425413', 'n03445777', 'n03888605')
 IMAGENETTE_CLASSES = ('tench', 'English springer', 'cassette player', 'chain saw', 'church', 'French horn',
                       'garbage truck', 'gas pump', 'golf ball', 'parachute')
+
+
+def value_checker(prefix: str) -> Callable:
+    """``check(name, value, what, ok)``: raise ``ValueError('<prefix><name> must be <what>, got <value>')`` unless
+    ``ok(value)`` (a value of the wrong type fails too)."""
+    def check(name, value, what, ok):
+        try:
+            good = ok(value)
+        except (TypeError, ValueError):
+            good = False
+        if not good:
+            raise ValueError(f'{prefix}{name} must be {what}, got {value!r}')
+    return check
 
 
 @dataclass
@@ -93,14 +106,10 @@ class DataConfig:
 
     def check(self) -> None:
         """A bad value raises one clear ValueError here, not a traceback from inside timm later."""
+        checker = value_checker('data.')
+
         def check(name, ok, what):
-            value = getattr(self, name)
-            try:
-                good = ok(value)
-            except (TypeError, ValueError):
-                good = False
-            if not good:
-                raise ValueError(f'data.{name} must be {what}, got {value!r}')
+            checker(name, getattr(self, name), what, ok)
 
         def probability(v):
             return 0 <= v <= 1

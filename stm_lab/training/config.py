@@ -6,9 +6,9 @@ from __future__ import annotations
 import math
 import typing
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
-from ..data import DataConfig
+from ..data import DataConfig, value_checker
 from ..mixers import mixer_trait
 from ..models import FAMILIES, create_model, main_models
 
@@ -68,7 +68,7 @@ class TrainConfig:
         if self.amp not in ('none', 'bf16', 'fp16'):
             raise ValueError(f"amp must be 'none', 'bf16' or 'fp16', got {self.amp!r}")
         # bad values fail here, in one line, before anything is written (not as a traceback epochs later)
-        check = _checker('')
+        check = value_checker('')
         for name in ('epochs', 'batch_size', 'eval_every', 'nproc'):
             check(name, getattr(self, name), 'an integer of at least 1', lambda v: _is_int(v) and v >= 1)
         check('seed', self.seed, 'an integer of at least 0', lambda v: _is_int(v) and v >= 0)
@@ -108,19 +108,6 @@ class TrainConfig:
 
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _checker(prefix: str) -> Callable:
-    """``check(name, value, what, ok)``: raise ``ValueError('<prefix><name> must be <what>, got <value>')`` unless
-    ``ok(value)`` (a value of the wrong type fails too)."""
-    def check(name, value, what, ok):
-        try:
-            good = ok(value)
-        except (TypeError, ValueError):
-            good = False
-        if not good:
-            raise ValueError(f'{prefix}{name} must be {what}, got {value!r}')
-    return check
 
 
 def _positive(name: str, value: int) -> int:
