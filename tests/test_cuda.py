@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from stm_lab import results, train
+from stm_lab import results, training
 from stm_lab.data import BatchFinish, DataConfig, image_transform, load_dataset
 from stm_lab.ops import dcnv3_core
 
@@ -38,12 +38,12 @@ def _fixture_batch(record, n=32):
     return BatchFinish(cfg, False)(x), y
 
 
-@pytest.mark.parametrize('name', train.MICRO_MODELS)
+@pytest.mark.parametrize('name', training.MICRO_MODELS)
 def test_committed_models_give_the_same_logits_and_gradients_on_cuda(name):
     path = CPU_WEIGHTS / f'{name}.safetensors'
     if not path.exists():
         pytest.skip(f'{path} not present')
-    model, record = train.load_model(path)
+    model, record = training.load_model(path)
     x, y = _fixture_batch(record)
     out = {}
     for dev in ('cpu', 'cuda'):
@@ -91,14 +91,14 @@ def test_fp16_amp_training_on_cuda_resumes_where_it_stopped(tmp_path, monkeypatc
     monkeypatch.setenv('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
     torch.use_deterministic_algorithms(True, warn_only=True)
     monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path / 'results')
-    cfg = train.profile_config('u_swin_test', 'smoke', amp='fp16')
+    cfg = training.profile_config('u_swin_test', 'smoke', amp='fp16')
     kw = dict(limit_val=40, progress=False)
     try:
         with pytest.raises(KeyboardInterrupt):
-            train.train(cfg, tmp_path / 'b', resume='none', command='b', **kw)
+            training.train(cfg, tmp_path / 'b', resume='none', command='b', **kw)
         crash_in_second_epoch()  # lifts the interruption
-        resumed = train.train(cfg, tmp_path / 'b', resume='auto', command='b2', **kw)
-        ref = train.train(cfg, tmp_path / 'a', resume='none', command='a', **kw)
+        resumed = training.train(cfg, tmp_path / 'b', resume='auto', command='b2', **kw)
+        ref = training.train(cfg, tmp_path / 'a', resume='none', command='a', **kw)
     finally:
         torch.use_deterministic_algorithms(False)
     state = json.loads((tmp_path / 'b' / 'last.json').read_text())
