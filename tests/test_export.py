@@ -122,3 +122,32 @@ def test_int8_rewrite_of_a_small_model():
         export.OnnxClassifier(int8.SerializeToString())(x[:, :, :8])
     with pytest.raises(ValueError, match='weights must be'):
         export.export_onnx(model, 16, weights='fp16')
+
+
+def test_the_input_gradient_does_not_export_so_the_page_says_so(tmp_path, monkeypatch):
+    """The lab page says FGSM on a reader's own photo needs the kernel widget, because torch's exporter cannot
+    produce the input gradient: autograd inside ``forward`` fails in torch.export, and the traced forward+backward
+    graph (``make_fx`` of ``torch.func.grad``, equal to eager) holds ``aten.convolution_backward``, which has no
+    ONNX translation. When a torch release exports it, this fails: then the page can offer FGSM on any photo."""
+    import warnings
+    import timm
+    from torch.func import functional_call, grad
+    from torch.fx.experimental.proxy_tensor import make_fx
+    from stm_lab.ops import dwconv
+    monkeypatch.setattr(dwconv, '_compiled_ok', lambda *a, **k: False)  # autograd.Function has no functorch rule
+    torch.manual_seed(0)
+    model = timm.create_model('u_dwconv_test', num_classes=10, img_size=32).eval()
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    buffers = dict(model.named_buffers())
+    x, y = torch.rand(1, 3, 32, 32), torch.tensor([3])
+
+    def direction(x, y):
+        loss = lambda xx: nn.functional.cross_entropy(functional_call(model, (params, buffers), (xx,)), y)  # noqa
+        return grad(loss)(x).sign()
+
+    traced = make_fx(direction, decomposition_table=torch._decomp.core_aten_decompositions())(x, y)
+    assert torch.equal(traced(x, y), direction(x, y))
+    assert 'aten.convolution_backward.default' in {str(n.target) for n in traced.graph.nodes}
+    with warnings.catch_warnings(), pytest.raises(Exception, match='(?i)convert|export'):
+        warnings.simplefilter('ignore')
+        torch.onnx.export(traced, (x, y), str(tmp_path / 'grad.onnx'), dynamo=True, verbose=False)
