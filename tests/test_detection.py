@@ -19,7 +19,7 @@ from stm_lab.detection.data import DetectionSet, check_target
 from stm_lab.detection.model import (DetectorConfig, build_detector, family_and_scale, load_backbone,
                                      load_backbone_tensors)
 from stm_lab.detection.train import lr_at, profile_config, scaled_steps
-from stm_lab.models import create_model
+from stm_lab.models import create_model, main_models
 from stm_lab.results import ROOT
 
 TINY = shapes.ShapesConfig(img_size=48, train_images=3, val_images=2, photos='fixture', max_instances=3,
@@ -232,8 +232,7 @@ def test_box_consistency_is_1_for_a_scale_equivariant_detector_and_drops_otherwi
 
 # ------------------------------------------------------------------------------------------ the model
 
-@pytest.mark.parametrize('model', ['u_halonet_test', 'u_pvt_test', 'u_swin_test', 'u_dwconv_test',
-                                   'u_internimage_test'])
+@pytest.mark.parametrize('model', main_models('test'))
 def test_detector_trains_and_predicts_on_every_backbone(model):
     det = _tiny_detector(model)
     body = det.backbone.body

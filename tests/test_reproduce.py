@@ -10,6 +10,7 @@ import time
 import pytest
 
 from stm_lab import reproduce, results
+from stm_lab.models import main_models
 from stm_lab.reproduce import DONE, FAILED, RAN, SKIPPED, TODO, build_plan, execute
 
 COMMITTED = results.ROOT / 'results'
@@ -48,7 +49,7 @@ def _todo(plan):
     return [s.name for s in plan if s.status == TODO]
 
 
-MICRO = ('u_halonet_micro', 'u_pvt_micro', 'u_swin_micro', 'u_dwconv_micro', 'u_internimage_micro')
+MICRO = tuple(main_models('micro'))
 
 
 def test_everything_present_is_all_done_already(cpu_done):
