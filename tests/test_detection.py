@@ -383,6 +383,13 @@ def test_paper_dry_run_prints_the_config_and_torchrun_command():
                                             'u_swin_tiny --profile paper --data-dir /data/coco')
 
 
+def test_the_printed_torchrun_command_keeps_every_override(capsys):
+    assert run.main(['train', '--model', 'u_swin_tiny', '--profile', 'paper', '--epochs', '24', '--dry-run']) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == (
+        'torchrun --nproc_per_node=8 -m stm_lab.detection.run train --model u_swin_tiny --profile paper --epochs 24 '
+        '--data-dir $COCO')
+
+
 def test_schedule_known_values():
     cfg = profile_config('u_swin_micro', 'paper')
     assert lr_at(cfg, 0, 7330) == pytest.approx(1e-4 * 0.001)

@@ -79,6 +79,16 @@ def test_dry_run_prints_config_and_torchrun_command(capsys):
     assert 'per process: batch 512 on each of 8 processes' in out
     assert ('torchrun --nproc_per_node=8 -m stm_lab.training train --model u_dwconv_tiny --profile paper '
             '--data-dir /in1k') in out
+    # the printed command is the run itself: every override it was given, ImageNet's folder as a placeholder
+    assert cli.main(['train', '--model', 'u_dwconv_tiny', '--profile', 'paper', '--epochs', '100', '--set',
+                     'drop_path_rate=0.3', '--dry-run']) == 0
+    assert out_line(capsys.readouterr().out, 'torchrun') == (
+        'torchrun --nproc_per_node=8 -m stm_lab.training train --model u_dwconv_tiny --profile paper --epochs 100 '
+        '--set drop_path_rate=0.3 --data-dir $IMAGENET')
+
+
+def out_line(out: str, start: str) -> str:
+    return next(line for line in out.splitlines() if line.startswith(start))
 
 
 def test_cpu_profile_keeps_the_recipe_at_a_small_scale():

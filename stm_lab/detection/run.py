@@ -30,7 +30,7 @@ import torch
 from .. import results
 from ..models import display_name
 from ..paper import TABLE5_COLUMNS, TABLE5_MICRO
-from ..training.cli import guarded
+from ..training.cli import guarded, launch_command
 from . import coco_eval, scale, shapes
 from .data import collate
 from .model import family_and_scale
@@ -627,16 +627,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def torchrun_command(cfg: DetTrainConfig, data_dir: Optional[str]) -> str:
-    launcher = ['torchrun', f'--nproc_per_node={cfg.nproc}', '-m'] if cfg.nproc > 1 else ['python', '-m']
-    args = launcher + ['stm_lab.detection.run', 'train', '--model', cfg.model, '--profile', cfg.profile]
-    if cfg.dataset == 'coco':
-        args += ['--data-dir', data_dir or '$COCO']
-    return ' '.join(a if a == '$COCO' else shlex.quote(a) for a in args)
-
-
 def main(argv=None) -> int:
-    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv  # as given (the dry run prints the command back)
     return guarded(f'stm-lab detect {args.command}', lambda: _dispatch(args),
                    interrupted='interrupted; run the same command again to continue')
 
@@ -665,7 +659,8 @@ def _dispatch(args) -> int:
             print(f'backbone built for {cfg.detector.img_size} px (the classification rule): mixer options '
                   f'{mc["mixer_options"]}, per stage {list(mc["stage_mixer_options"])}')
             print(f'per process: {cfg.batch_size // cfg.nproc} images on each of {cfg.nproc} processes')
-            print(torchrun_command(cfg, args.data_dir))
+            print(launch_command('stm_lab.detection.run', args.argv, cfg.nproc,
+                                 '$COCO' if cfg.dataset == 'coco' else None))
             return 0
         if args.stop_after is not None and args.stop_after < 1:
             raise ValueError(f'--stop-after must be at least 1, got {args.stop_after}')

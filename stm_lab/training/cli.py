@@ -16,24 +16,27 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, List, Optional
 
 import torch
 import torch.distributed as dist
 
 from .. import results
 from ..results import atomic_write_bytes
-from .config import PROFILES, TrainConfig, _positive, apply_settings, profile_config, profile_models
+from .config import PROFILES, _positive, apply_settings, profile_config, profile_models
 from .engine import RunInterrupted, evaluate_checkpoint, train
 from .reports import format_summary, summary, summary_readme
 
 
-def torchrun_command(cfg: TrainConfig, data_dir: Optional[str]) -> str:
-    launcher = ['torchrun', f'--nproc_per_node={cfg.nproc}', '-m'] if cfg.nproc > 1 else ['python', '-m']
-    args = launcher + ['stm_lab.training', 'train', '--model', cfg.model, '--profile', cfg.profile]
-    if cfg.data.dataset == 'imagenet':
-        args += ['--data-dir', data_dir or '$IMAGENET']
-    return ' '.join(a if a == '$IMAGENET' else shlex.quote(a) for a in args)
+def launch_command(module: str, argv: List[str], nproc: int, data_dir: Optional[str] = None) -> str:
+    """The command that runs ``python -m <module> <argv>`` for real: ``argv`` as given (every override included),
+    less ``--dry-run``, under torchrun when the configuration takes several processes; ``data_dir`` (a placeholder
+    such as ``$IMAGENET``) is added as ``--data-dir`` unless ``argv`` names one."""
+    launcher = ['torchrun', f'--nproc_per_node={nproc}', '-m'] if nproc > 1 else ['python', '-m']
+    args = launcher + [module] + [a for a in argv if a != '--dry-run']
+    if data_dir and not any(a == '--data-dir' or a.startswith('--data-dir=') for a in args):
+        args += ['--data-dir', data_dir]
+    return ' '.join(a if a == data_dir else shlex.quote(a) for a in args)
 
 
 def cmd_train(args) -> int:
@@ -46,7 +49,8 @@ def cmd_train(args) -> int:
     if args.dry_run:
         print(json.dumps(cfg.to_dict(), indent=1))
         print(f'per process: batch {cfg.batch_size // cfg.nproc} on each of {cfg.nproc} processes')
-        print(torchrun_command(cfg, args.data_dir))
+        print(launch_command('stm_lab.training', args.argv, cfg.nproc,
+                             '$IMAGENET' if cfg.data.dataset == 'imagenet' else None))
         return 0
     command = _command()
     hook = None
@@ -177,6 +181,8 @@ def main(argv=None) -> int:
     if argv and argv[0] not in SUBCOMMANDS and argv[0] not in ('-h', '--help'):
         argv = ['train', *argv]
     args = build_parser().parse_args(argv)
+    args.argv = argv  # as given (the dry run prints the command back)
+
     def run():
         if getattr(args, 'threads', None) is not None:
             torch.set_num_threads(_positive('--threads', args.threads))
