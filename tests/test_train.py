@@ -309,6 +309,20 @@ def test_resume_refuses_other_workers_or_threads_and_keeps_the_recorded_threads(
     assert torch.get_num_threads() == 1 and again['top1_fp16'] == final['top1_fp16']
 
 
+def test_resume_on_another_device_type_is_refused(smoke_run, tmp_path, monkeypatch):
+    """A checkpoint trained on a GPU continued on the CPU would not give the uninterrupted run's numbers."""
+    monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path / 'results')
+    run = tmp_path / 'run'
+    engine.train(_cfg(), run, resume='none', stop_after=1, command='first', **SMOKE)
+    tensors, state = checkpoint.read_checkpoint(run / 'last.safetensors')
+    state['execution']['device'] = 'cuda'
+    checkpoint.write_checkpoint(run / 'last.safetensors', tensors, state)
+    before = _files(run)
+    with pytest.raises(ValueError, match=r'change the result \(trained on cuda there, cpu here\).*left in place'):
+        engine.train(_cfg(), run, **SMOKE)
+    assert _files(run) == before
+
+
 def test_a_second_run_on_a_locked_folder_is_refused_and_a_killed_holder_blocks_nothing(smoke_run, tmp_path,
                                                                                       monkeypatch, capsys):
     run, final, before = _copy_of_finished_run(smoke_run, tmp_path, monkeypatch)

@@ -238,7 +238,7 @@ class Run:
 def check_resume(state: dict, cfg: TrainConfig, d: Dist, path: Path, threads: Optional[int] = None) -> None:
     """Refuse a checkpoint whose continuation here would not give the numbers of an uninterrupted run: another
     configuration, or other execution settings (processes, loader workers, CPU threads on a CPU run: each changes
-    the result). Settings a checkpoint does not record (written before they were) count as this run's. Without
+    the result; so does another device type). Settings a checkpoint does not record (written before they were) count as this run's. Without
     an explicit ``threads``, a CPU run continues with the checkpoint's thread count."""
     diff = config_differences(TrainConfig.from_dict(state['config']), cfg)
     if diff:
@@ -246,6 +246,8 @@ def check_resume(state: dict, cfg: TrainConfig, d: Dist, path: Path, threads: Op
                          f'place. Use another --out folder, or --resume none to start over.')
     ex = state.get('execution') or {}
     problems = []
+    if ex.get('device', d.device.type) != d.device.type:  # other kernels, other numbers
+        problems.append(f'trained on {ex["device"]} there, {d.device.type} here')
     if ex.get('world_size', d.world) != d.world:
         problems.append(f'{ex["world_size"]} process(es) there, {d.world} here')
     workers = state['config'].get('data', {}).get('num_workers', cfg.data.num_workers)
