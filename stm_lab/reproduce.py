@@ -38,14 +38,13 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import results
+from .analysis.run import ANALYSES as ANALYSIS_NAMES, result_name
+from .cli import GENERATED_DIR, NOTEBOOKS_DIR
 from .results import ROOT
+from .training.config import PROFILES
 
-PROFILES = ('smoke', 'cpu', 'paper')
 SCALES = {'smoke': ('test',), 'cpu': ('micro',), 'paper': ('micro', 'tiny', 'small', 'base')}
-ANALYSES = {'erf': 'erf', 'invariance': 'invariance', 'fgsm': 'fgsm', 'demo': 'demo_rotation',
-            'erf_photos': 'erf_photos'}  # analysis -> its result name
-NOTEBOOKS_DIR = ROOT / 'notebooks'
-GENERATED_DIR = ROOT / 'book' / 'generated'
+ANALYSES = {what: result_name(what) for what in ANALYSIS_NAMES}  # analysis -> its result name
 BOOK_SOURCES = (ROOT / 'book', ROOT / '_toc.yml', ROOT / '_config.yml')
 BUILD_DIR = ROOT / '_build'
 

@@ -340,7 +340,7 @@ def analyze(what: str, profile: str, models: Optional[Sequence[str]] = None, lim
         log(f'[analyze] {what}: no model available at profile {profile}; nothing saved')
         return records
     if save:
-        name = 'demo_rotation' if what == 'demo' else what
+        name = result_name(what)
         on_demo = what in ('demo', 'erf_photos')
         config = dict(analysis=what, models=done, dataset='demo photos' if on_demo else prof.dataset,
                       split=None if on_demo else prof.split, n_images=None if on_demo else len(data[1]),
@@ -359,12 +359,17 @@ def analyze(what: str, profile: str, models: Optional[Sequence[str]] = None, lim
     return records
 
 
+def result_name(what: str) -> str:
+    """The result file an analysis writes (``results/<profile>/<name>.json``)."""
+    return 'demo_rotation' if what == 'demo' else what
+
+
 SAME_SETTINGS = ('analysis', 'dataset', 'split', 'n_images', 'trained', 'seed', 'epsilons_255', 'angles')
 
 
 def load_or_compute(what: str, profile: str) -> dict:
     """The saved result of an analysis; at the smoke profile a missing one is computed (seconds)."""
-    name = 'demo_rotation' if what == 'demo' else what
+    name = result_name(what)
     try:
         return results.load_result(profile, name)
     except FileNotFoundError:
