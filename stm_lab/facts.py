@@ -13,6 +13,7 @@ import math
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from .ablations import image_se
+from .bench.steps import BASELINE
 from .models import display_name
 from .paper import TABLE3, TABLE8, TABLE8_SIZES
 
@@ -30,7 +31,7 @@ def values_text(values: Iterable, sep: str = ' and ') -> str:
 # ------------------------------------------------------------------------------------------------ speed
 
 MIN_SPEED_RATIO = 0.5  # the speed page's floor: no unified model trains at less than half U-DWConv's speed
-SPEED_BASELINE = 'u_dwconv_micro'
+SPEED_BASELINE = BASELINE  # the model the speed ratios divide by
 
 
 def train_ratios(records: Iterable[dict]) -> Dict[str, float]:

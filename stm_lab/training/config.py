@@ -16,6 +16,7 @@ PROFILES = ('smoke', 'cpu', 'paper')  # training profiles (the notebooks use smo
 MICRO_MODELS = tuple(main_models('micro'))  # the roster at the cpu profile's scale
 SMOKE_MODELS = tuple(main_models('test'))  # what the smoke profile trains
 IMAGENET_TRAIN_IMAGES = 1281167
+IMAGENETTE_TRAIN_IMAGES = 9469  # the cpu profile's training split
 EXPORT_WEIGHTS = ('ema', 'model')  # the values of TrainConfig.export_weights
 
 # Table IV, per mixer family; warm-up start and final learning rates from the authors' launch scripts
@@ -153,7 +154,7 @@ def profile_config(model: str, profile: str, **overrides) -> TrainConfig:
                            # 300 epochs of 1.28M images; at 12 epochs of 9,469 it cost 13-17 points (data/README.md)
                            data=DataConfig(dataset='imagenette', img_size=64, scale=(0.35, 1.0), auto_augment=None,
                                            color_jitter=0.0, re_prob=0.0, mixup=0.0, cutmix=0.0))
-        n_train = 9469
+        n_train = IMAGENETTE_TRAIN_IMAGES
     elif profile == 'smoke':  # *_test models on the committed fixture, seconds
         base = TrainConfig(model=model, profile=profile, recipe=recipe, epochs=2, batch_size=32, lr_per_1024=3.2e-2,
                            warmup_lr=r['warmup_lr'], min_lr=r['min_lr'],
