@@ -131,8 +131,9 @@ def mixers_markdown(mixers: Dict[str, type]) -> str:
     import sys
     rows = ['| mixer | class | what it is |', '|---|---|---|']
     for name, cls in sorted(mixers.items()):
-        # the module's summary line (the built-in mixers have one module each), else the class's
-        doc = next(iter((sys.modules[cls.__module__].__doc__ or cls.__doc__ or '').strip().splitlines()), '')
+        # the first paragraph of the module's docstring (the built-in mixers have one module each), else the
+        # class's, joined: a summary wrapped over lines would otherwise be cut mid-sentence
+        doc = ' '.join((sys.modules[cls.__module__].__doc__ or cls.__doc__ or '').strip().split('\n\n')[0].split())
         rows.append(f'| `{name}` | `{cls.__name__}` | {doc} |')
     return '\n'.join(rows)
 

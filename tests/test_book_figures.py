@@ -181,6 +181,8 @@ def test_architecture_tables():
                                                                       '| 64 | 4 | 4 / 2 | 2-1-1-1 |']
     mixers = figures.mixers_markdown(MIXERS)
     assert mixers.count('\n') == len(MIXERS) + 1 and '| `sw_attn` |' in mixers
+    # a summary wrapped over lines in its docstring is shown whole, not cut at the line's end
+    assert 'Foundation Models with Deformable Convolutions", CVPR 2023). |' in mixers
     assert "| `_1px` (HaloNet) | mixer options {'halo': 1} |" in figures.variants_markdown()
 
 
