@@ -837,8 +837,8 @@ def lab_consistency_figure(records: Iterable[dict], crop_pct: float = 0.875) -> 
     from plotly.subplots import make_subplots
     records = list(records)
     transforms = ('shift', 'rotation', 'scale')
-    fig = make_subplots(rows=1, cols=3, shared_yaxes=True, horizontal_spacing=0.04,
-                        subplot_titles=['consistency vs shift', 'vs rotation', 'vs crop ratio'])
+    # no panel titles: the x-axis titles name each panel, and three titles overlap at a phone's width
+    fig = make_subplots(rows=1, cols=3, shared_yaxes=True, horizontal_spacing=0.04)
     for m in _models_in_order(records):
         for j, tr in enumerate(transforms, 1):
             rs = sorted((r for r in records if r['model'] == m and r['transform'] == tr), key=lambda r: r['magnitude'])
@@ -850,7 +850,7 @@ def lab_consistency_figure(records: Iterable[dict], crop_pct: float = 0.875) -> 
     for j, tr in enumerate(transforms, 1):
         fig.update_xaxes(title_text=INVARIANCE_AXES[tr].split(' (')[0] if tr != 'scale' else 'crop ratio', row=1, col=j)
     fig.update_yaxes(title_text='consistency', row=1, col=1)
-    fig.update_layout(template='plotly_white', height=330, margin=dict(l=60, r=20, t=40, b=50),
+    fig.update_layout(template='plotly_white', height=330, margin=dict(l=60, r=20, t=15, b=50),
                       shapes=[_marker(1, 0), _marker(2, 0), _marker(3, crop_pct)],
                       legend=dict(orientation='h', y=-0.3))
     return fig
