@@ -255,8 +255,8 @@ def erf_markdown(rows: Iterable[dict], t: float = 0.5) -> str:
     return '\n'.join(out)
 
 
-INVARIANCE_AXES = {'shift': 'shift (pixels at the model input)', 'rotation': 'rotation (degrees)',
-                   'scale': 'crop ratio (< 0.875 zooms in, > 0.875 out)'}
+# short: three panels share a phone's width (the pages' text says what each magnitude means)
+INVARIANCE_AXES = {'shift': 'shift (px)', 'rotation': 'rotation (°)', 'scale': 'crop ratio'}
 
 
 def invariance_curves(records: Iterable[dict]) -> go.Figure:
@@ -848,7 +848,7 @@ def lab_consistency_figure(records: Iterable[dict], crop_pct: float = 0.875) -> 
                             hovertemplate=f'{tr} %{{x}}: consistency %{{y:.3f}}<extra>{display_name(m)}</extra>',
                             row=1, col=j)
     for j, tr in enumerate(transforms, 1):
-        fig.update_xaxes(title_text=INVARIANCE_AXES[tr].split(' (')[0] if tr != 'scale' else 'crop ratio', row=1, col=j)
+        fig.update_xaxes(title_text=INVARIANCE_AXES[tr], row=1, col=j)
     fig.update_yaxes(title_text='consistency', row=1, col=1)
     fig.update_layout(template='plotly_white', height=330, margin=dict(l=60, r=20, t=15, b=50),
                       shapes=[_marker(1, 0), _marker(2, 0), _marker(3, crop_pct)],
