@@ -893,23 +893,22 @@ def erf_fig6(records: Iterable[dict], stages: Tuple[int, ...] = (3, 4), t: float
     if not models:
         raise ValueError(f'erf_fig6: no records of stages {stages}')
     index = {(r['model'], r['stage']): r for r in records}
-    titles = []
-    for s in stages:
-        for m in models:
-            r = index.get((m, s))
-            side = next((a['side_ratio'] for a in r['erf_at'] if a['t'] == t), None) if r else None
-            titles.append(f'{display_name(m)}<br>stage {s}' + (f', ERF@{round(100 * t)} {side:.2f}' if side else ''))
-    fig = make_subplots(rows=len(stages), cols=len(models), subplot_titles=titles, horizontal_spacing=0.01,
-                        vertical_spacing=0.08)
+    # models above the columns (a name's words on lines of their own), stages beside the rows, each map's ERF@t
+    # under it: titles that fit five columns on a phone
+    fig = make_subplots(rows=len(stages), cols=len(models), horizontal_spacing=0.01, vertical_spacing=0.1,
+                        column_titles=[display_name(m).replace(' ', '<br>') for m in models],
+                        row_titles=[f'stage {s}' for s in stages])
     for i, s in enumerate(stages, 1):
         for j, m in enumerate(models, 1):
             r = index.get((m, s))
             if r:
                 fig.add_trace(go.Image(source=map_uri(r['score_map']), hoverinfo='skip'), row=i, col=j)
-    fig.update_xaxes(visible=False)
+                side = next((a['side_ratio'] for a in r['erf_at'] if a['t'] == t), None)
+                fig.update_xaxes(title_text=f'ERF@{round(100 * t)}<br>{side:.2f}' if side else '', row=i, col=j)
+    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False, title_standoff=2, title_font_size=10)
     fig.update_yaxes(visible=False)
     fig.update_annotations(font_size=10)
-    fig.update_layout(template='plotly_white', height=180 * len(stages) + 80, margin=dict(l=10, r=10, t=50, b=10))
+    fig.update_layout(template='plotly_white', height=190 * len(stages) + 80, margin=dict(l=10, r=30, t=50, b=10))
     return fig
 
 
@@ -925,7 +924,7 @@ def erf_photo_figure(photo_records: Iterable[dict], avg_records: Iterable[dict],
     models = _models_in_order(photo_records)
     avg = {(r['model'], r['stage']): r for r in avg_records}
     per = {(r['model'], r['photo'], r['stage']): r for r in photo_records}
-    cols = ['photo'] + [c for s in stages for c in (f'stage {s}: this photo', f'stage {s}: average')]
+    cols = ['photo'] + [c for s in stages for c in (f'stage {s}<br>this photo', f'stage {s}<br>average')]
     fig = make_subplots(rows=len(models), cols=len(cols), column_titles=cols, row_titles=[display_name(m) for m in models],
                         horizontal_spacing=0.01, vertical_spacing=0.02)
     blank = map_uri([[0.0]])
@@ -961,7 +960,7 @@ def erf_photo_figure(photo_records: Iterable[dict], avg_records: Iterable[dict],
     fig.update_yaxes(visible=False)
     fig.update_annotations(font_size=10)
     fig.update_layout(
-        template='plotly_white', height=130 * len(models) + 150, margin=dict(l=10, r=110, t=40, b=80),
+        template='plotly_white', height=130 * len(models) + 160, margin=dict(l=10, r=110, t=50, b=80),
         sliders=[dict(active=0, currentvalue=dict(prefix='photo: '), pad=dict(t=10),
                       steps=[dict(method='animate', label=p['class'], args=[[p['file']], anim]) for p in photos])])
     return fig

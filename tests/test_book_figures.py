@@ -149,7 +149,9 @@ def test_erf_fig6_and_photo_figure():
            for m in models for s in (1, 2, 3, 4)]
     fig = erf_fig6(avg)
     assert len(fig.data) == 4 and all(d.type == 'image' for d in fig.data)
-    assert 'U-Swin Transformer<br>stage 3, ERF@50 0.50' in [a.text for a in fig.layout.annotations]
+    titles = [a.text for a in fig.layout.annotations]
+    assert 'U-Swin<br>Transformer' in titles and 'stage 3' in titles and 'stage 4' in titles
+    assert fig.layout.xaxis.title.text == 'ERF@50<br>0.50'  # under each map
     photos = [dict(file=f'{i}.jpg', **{'class': f'c{i}'}) for i in range(3)]
     per = [dict(model=m, photo=p['file'], stage=s, img_size=8,
                 score_u8=base64.b64encode(rng.integers(0, 256, 64, dtype=np.uint8).tobytes()).decode())
