@@ -47,7 +47,6 @@ from .training.engine import RUNS_DIR
 
 PROFILE, EPOCHS = 'cpu', 12
 SCALE = {'cpu': 'micro', 'smoke': 'test'}
-BASELINE_DIR = {'cpu': 'epochs12', 'smoke': ''}  # where the A models (seed 0) are: the same budget as the ablations
 
 
 @dataclass(frozen=True)
@@ -70,6 +69,19 @@ class AblationRun:
     def result(self) -> Path:
         return results.RESULTS_DIR / self.profile / self.subdir / f'train_{self.model}.json'
 
+    def analysis_command(self, python: str = 'python') -> Optional[List[str]]:
+        """A seed-set run's per-image outcomes (:mod:`stm_lab.analysis.outcomes`), made right after its training:
+        its weights are not committed."""
+        if self.table != 'seed':
+            return None
+        return [python, '-m', 'stm_lab.analysis.run', 'outcomes', '--profile', self.profile, '--seed',
+                str(self.seed), '--models', self.model, '--threads', '1']
+
+    @property
+    def outcomes(self) -> Path:
+        from .analysis.outcomes import paths
+        return paths(self.profile, self.seed, self.model)[1]
+
     def command(self, python: str = 'python') -> List[str]:
         cmd = [python, '-m', 'stm_lab.training', 'train', '--model', self.model, '--profile', self.profile]
         if self.profile == PROFILE:
@@ -86,11 +98,13 @@ class AblationRun:
 TABLE2_RUNS = (('halonet', 'resblock'), ('swin', 'patchds'), ('dwconv', 'patchds'))
 TABLE7_VARIANTS = ('switch', '1px', 'shift')
 CONSISTENCY_IMAGES = {'cpu': 200, 'smoke': 8}
-RESULT_FOLDERS = ('ablations', 'seed1')  # results/<profile>/<folder>/ written here (the ablations page shows them)
+SEED_SET = (1, 2, 3, 4)  # the seeds trained here beside seed 0 (the 12-epoch main set): stm_lab.claims.SEEDS
+RESULT_FOLDERS = ('ablations', *(f'seed{s}' for s in SEED_SET))  # results/<profile>/<folder>/ written here
 
 
 def planned_runs(profile: str = PROFILE) -> List[AblationRun]:
-    """All 31 runs of a profile, in the order they are started."""
+    """All 46 runs of a profile (Tables II, VI, VII and seeds 1-4 of the five A models), in the order they are
+    started."""
     scale = SCALE[profile]
     first = {('pvt', 'D'): 0, ('halonet', 'shift'): 0, ('halonet', 'resblock'): 1, ('swin', 'patchds'): 1,
              ('dwconv', 'D'): 3, ('dwconv', 'patchds'): 3}
@@ -102,8 +116,9 @@ def planned_runs(profile: str = PROFILE) -> List[AblationRun]:
     runs = [run(f, x, 'VI') for x in 'BCDE' for f in MAIN_FAMILIES]
     runs += [run('halonet', v, 'VII', priority=4) for v in TABLE7_VARIANTS]
     runs += [run(f, v, 'II') for f, v in TABLE2_RUNS]
-    runs += [AblationRun(f'u_{f}_{scale}', 'seed1', 'seed', f, 'A', seed=1, track_consistency=CONSISTENCY_IMAGES[profile],
-                         priority=2, profile=profile) for f in MAIN_FAMILIES]
+    runs += [AblationRun(f'u_{f}_{scale}', f'seed{s}', 'seed', f, 'A', seed=s,
+                         track_consistency=CONSISTENCY_IMAGES[profile], priority=2, profile=profile)
+             for s in SEED_SET for f in MAIN_FAMILIES]
     return sorted(runs, key=lambda r: r.priority)
 
 
@@ -123,6 +138,18 @@ def ensure_smoke_runs() -> None:
             hook = consistency_tracker('smoke', r.track_consistency, cfg.data)
         command = shlex.join(['stm-lab', *r.command()[3:], '--resume', 'none'])  # [python, -m, module]: stm-lab
         train(cfg, r.out, resume='none', progress=False, results_subdir=r.subdir, epoch_hook=hook, command=command)
+    ensure_smoke_outcomes()
+
+
+def ensure_smoke_outcomes() -> None:
+    """The smoke seed set's per-image outcomes (seed 0: the smoke A models), where their weights exist."""
+    from .analysis import outcomes
+    from .models import main_models
+    for seed in (0, *SEED_SET):
+        todo = [m for m in main_models('test') if not outcomes.paths('smoke', seed, m)[1].exists()
+                and outcomes.weights_path('smoke', seed, m).exists()]
+        if todo:
+            outcomes.run('smoke', seed, todo, log=lambda msg: None)
 
 
 # ------------------------------------------------------------------------------------------ tables, verdicts
@@ -135,10 +162,10 @@ def _final(path: Path) -> Optional[dict]:
 
 
 def baseline(profile: str, family: str, seed: int = 0) -> Optional[dict]:
-    """The final record of an A model (seed 0: the 12-epoch main set; seed 1: this module's second seed)."""
+    """The final record of an A model of the 12-epoch seed set (seed 0: the 12-epoch main set)."""
+    from .analysis.outcomes import seed_dir
     name = f'u_{family}_{SCALE[profile]}'
-    folder = BASELINE_DIR[profile] if seed == 0 else 'seed1'
-    return _final(results.RESULTS_DIR / profile / folder / f'train_{name}.json')
+    return _final(results.RESULTS_DIR / profile / seed_dir(seed, profile) / f'train_{name}.json')
 
 
 def image_se(top1: float, n: int) -> float:
@@ -148,15 +175,17 @@ def image_se(top1: float, n: int) -> float:
 
 
 def seed_sd(profile: str = PROFILE) -> Tuple[Optional[float], int]:
-    """(standard deviation of one run's top-1 from the seed alone, number of models it is estimated from)."""
-    diffs = []
+    """(standard deviation of one run's top-1 from the seed alone, number of A models it is estimated from): the
+    pooled variance over the 12-epoch seed set (:data:`stm_lab.claims.SEEDS`) of every A model with two seeds or
+    more."""
+    from .claims import SEEDS, Runs, pooled_seed_variance
+    runs = []
     for f in MAIN_FAMILIES:
-        a, b = baseline(profile, f, 0), baseline(profile, f, 1)
-        if a and b:
-            diffs.append(b['top1_fp16'] - a['top1_fp16'])
-    if not diffs:
-        return None, 0
-    return math.sqrt(sum(d * d for d in diffs) / len(diffs) / 2), len(diffs)
+        scores = {s: r['top1_fp16'] for s in SEEDS if (r := baseline(profile, f, s))}
+        if len(scores) > 1:
+            runs.append(Runs(f, scores))
+    var = pooled_seed_variance(runs)
+    return (None, 0) if var is None else (math.sqrt(var), len(runs))
 
 
 def diff_noise(top1: float, n: int, sd_seed: Optional[float]) -> float:
@@ -197,45 +226,23 @@ def ablation_rows(profile: str = PROFILE) -> List[dict]:
                                        order[2].index(r['family'])))
 
 
-# a "loses little or nothing" claim is supported only when the measurement rules out a loss of this many points (the
-# size of the effect the paper does report in Table VII: Shift -1.3)
-NULL_RESOLUTION = 1.0
-NO_LOSS = 'agrees (no loss beyond the noise)'
-
-
-def verdict(estimate: Optional[float], noise: Optional[float], claim: str) -> str:
-    """``claim``: '>0', '<0' or 'no loss'. Decided only beyond twice the noise (see the module docstring). 'no loss'
-    does not agree when the estimate is a loss beyond twice the noise, and agrees when even its low end (estimate minus
-    twice the noise) is a loss smaller than ``NULL_RESOLUTION`` points; a gain counts for the claim."""
-    if estimate is None:
-        return 'not yet measured'
-    beyond = abs(estimate) > 2 * noise
-    if claim == 'no loss':
-        if estimate < -2 * noise:
-            return 'does not agree'
-        return NO_LOSS if estimate - 2 * noise > -NULL_RESOLUTION else 'cannot tell at this scale'
-    if not beyond:
-        return 'cannot tell at this scale'
-    return 'agrees' if (estimate > 0) == (claim == '>0') else 'does not agree'
-
-
-def claims(profile: str = PROFILE) -> List[dict]:
-    """The paper's ablation claims (Secs. 4.1, 4.2, 5.3), each with the paper's evidence, ours, the noise of ours
-    and the verdict. Estimates are differences in top-1 points; a mean over k models has its noise / sqrt(k)."""
+def claims(profile: str = PROFILE) -> dict:
+    """The evidence for the paper's ablation claims (Secs. 4.1, 4.2, 5.3; registered with their statements in
+    :data:`stm_lab.claims.REGISTRY`): claim id -> ``{'ours', 'noise', 'paper', 'seed_sd'}``, differences in top-1
+    points (None where a run is missing); a mean over k models has its noise / sqrt(k)."""
     rows = ablation_rows(profile)
     by = {(r['family'], r['variant']): r for r in rows}
-    out = []
+    sd, _ = seed_sd(profile)
+    out = {}
 
     def mean_of(keys, field):
         vals = [by[k][field] for k in keys if by.get(k) and by[k][field] is not None]
         return (sum(vals) / len(vals), len(vals)) if len(vals) == len(keys) else (None, len(vals))
 
-    def add(cid, text, paper_keys, ours_fn, claim, paper_text=None):
+    def add(cid, paper, ours_fn):
         est, noise = ours_fn()
-        paper_est = paper_text if paper_text is not None else mean_of(paper_keys, 'paper_diff')[0]
-        out.append(dict(id=cid, claim=text, paper=None if paper_est is None else round(paper_est, 2), ours=None if est is None else round(est, 2),
-                        noise=None if noise is None else round(noise, 2), expects=claim,
-                        verdict=verdict(est, noise, claim)))
+        out[cid] = dict(ours=None if est is None else round(est, 2), noise=None if noise is None else round(noise, 2),
+                        paper=None if paper is None else round(paper, 2), seed_sd=sd or 0.0)
 
     def mean_diff(keys):
         def fn():
@@ -245,51 +252,39 @@ def claims(profile: str = PROFILE) -> List[dict]:
             return est, max(by[key]['noise'] for key in keys) / math.sqrt(k)
         return fn
 
-    def contrast(a_keys, b_keys):  # mean diff over a_keys minus mean diff over b_keys
+    def contrast(a_keys, b_keys, sign=1):  # sign * (mean diff over a_keys minus mean diff over b_keys)
         def fn():
             ea, ka = mean_of(a_keys, 'diff')
             eb, kb = mean_of(b_keys, 'diff')
             if ea is None or eb is None:
                 return None, None
             n = max(by[k]['noise'] for k in a_keys + b_keys)
-            return ea - eb, n * math.sqrt(1 / ka + 1 / kb)
+            return sign * (ea - eb), n * math.sqrt(1 / ka + 1 / kb)
         return fn
 
     fams = list(MAIN_FAMILIES)
     others = [f for f in fams if f != 'dwconv']
-    b_keys = [(f, 'B') for f in fams]
-    add('ln_after_pool', 'LN after global pooling (B) helps (mean of B - A over the five STMs)', b_keys,
-        mean_diff(b_keys), '>0')
+    b_keys, c_keys, d_keys = ([(f, v) for f in fams] for v in 'BCD')
+    d_keys = [(f, 'D') for f in others]
+    paper = {k: by[k]['paper_diff'] for k in by}
+    add('ln_after_pool', mean_of(b_keys, 'paper_diff')[0], mean_diff(b_keys))
 
     def c_minus_b():
-        est_c, k = mean_of([(f, 'C') for f in fams], 'diff')
+        est_c, k = mean_of(c_keys, 'diff')
         est_b, _ = mean_of(b_keys, 'diff')
         if est_c is None or est_b is None:
             return None, None
         return est_c - est_b, max(by[(f, v)]['noise'] for f in fams for v in 'BC') * math.sqrt(2 / k)
-    paper_cb = sum(by[(f, 'C')]['paper_diff'] - by[(f, 'B')]['paper_diff'] for f in fams) / len(fams)
-    add('no_stage_norm', 'Removing the stage norms as well (C) helps further (mean of C - B)', None, c_minus_b, '>0',
-        round(paper_cb, 2))
-    d_keys = [(f, 'D') for f in others]
-    add('convnext_block_hurts', "ConvNeXt's block (D) hurts the STMs other than DW-Conv (mean of D - A over four)",
-        d_keys, mean_diff(d_keys), '<0')
-    add('convnext_block_dwconv', "DW-Conv fares better with ConvNeXt's block than the others do "
-        '(D - A of DW-Conv minus the mean D - A of the four others)', None, contrast([('dwconv', 'D')], d_keys), '>0',
-        round(by[('dwconv', 'D')]['paper_diff'] - mean_of(d_keys, 'paper_diff')[0], 2))
-    add('sr_attn_block', "SR-Attn loses most with ConvNeXt's block (D - A)", [('pvt', 'D')],
-        mean_diff([('pvt', 'D')]), '<0')
-    add('halo_shift', 'Halo-Shift (query block at the corner of its window) loses accuracy (Shift - A)',
-        [('halonet', 'shift')], mean_diff([('halonet', 'shift')]), '<0')
-    for v in ('switch', '1px'):
-        add(f'halo_{v}', f'Halo-{v.capitalize() if v == "switch" else v} loses little or nothing ({v} - A)',
-            [('halonet', v)], mean_diff([('halonet', v)]), 'no loss')
-    paper_ds = -(by[('swin', 'patchds')]['paper_diff'] - by[('dwconv', 'patchds')]['paper_diff'])
-    add('overlap_swin_vs_dwconv', 'Overlapped downsampling helps SW-Attn more than DW-Conv '
-        '((A - non-overlapped) of Swin minus that of DW-Conv)', None,
-        lambda: _neg(contrast([('swin', 'patchds')], [('dwconv', 'patchds')])()), '>0', round(paper_ds, 2))
-    add('transformer_block_halo', "The unified (transformer) block helps HaloNet over its own bottleneck block "
-        '(A - bottleneck)', None, lambda: _neg(mean_diff([('halonet', 'resblock')])()), '>0',
-        -by[('halonet', 'resblock')]['paper_diff'])
+    add('no_stage_norm', sum(paper[(f, 'C')] - paper[(f, 'B')] for f in fams) / len(fams), c_minus_b)
+    add('convnext_block_hurts', mean_of(d_keys, 'paper_diff')[0], mean_diff(d_keys))
+    add('convnext_block_dwconv', paper[('dwconv', 'D')] - mean_of(d_keys, 'paper_diff')[0],
+        contrast([('dwconv', 'D')], d_keys))
+    add('sr_attn_block', paper[('pvt', 'D')], mean_diff([('pvt', 'D')]))
+    for v in ('shift', 'switch', '1px'):
+        add(f'halo_{v}', paper[('halonet', v)], mean_diff([('halonet', v)]))
+    add('overlap_swin_vs_dwconv', -(paper[('swin', 'patchds')] - paper[('dwconv', 'patchds')]),
+        contrast([('swin', 'patchds')], [('dwconv', 'patchds')], -1))
+    add('transformer_block_halo', -paper[('halonet', 'resblock')], lambda: _neg(mean_diff([('halonet', 'resblock')])()))
     return out
 
 
@@ -345,14 +340,17 @@ def run_queue(jobs: int = 2, only: Optional[List[str]] = None, python: str = sys
                 continue
             log = open(run.out / 'log.txt', 'a')
             print(f'[ablations] start {shlex.join(run.command())}', flush=True)
-            proc = subprocess.Popen(run.command(python), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+            cmd = shlex.join(run.command(python))
+            if run.analysis_command():  # outcomes right after the training, while its weights exist
+                cmd += ' && ' + shlex.join(run.analysis_command(python))
+            proc = subprocess.Popen(cmd, shell=True, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
             active[proc] = (run, lock, log)
         time.sleep(5)
         for proc in [p for p in active if p.poll() is not None]:
             run, lock, log = active.pop(proc)
             log.close()
             lock.close()
-            ok = proc.returncode == 0 and run.result.exists()
+            ok = proc.returncode == 0 and run.result.exists() and (not run.analysis_command() or run.outcomes.exists())
             failed += not ok
             print(f'[ablations] {"done" if ok else f"FAILED (exit {proc.returncode})"} {run.subdir}/{run.model}; '
                   f'log {run.out / "log.txt"}', flush=True)

@@ -312,7 +312,7 @@ def position_params_m(records: Iterable[dict], model: str) -> float:
 
 # ------------------------------------------------------------------------------------------------ ablations
 
-DECIDED = ('agrees', 'does not agree')  # with ablations.NO_LOSS: the verdicts that decide a claim
+DECIDED = ('agrees', 'does not agree')  # the verdicts that decide a claim (stm_lab.claims.Verdict)
 
 
 def measured_text(rows: Sequence[dict]) -> str:
@@ -321,10 +321,8 @@ def measured_text(rows: Sequence[dict]) -> str:
 
 
 def decided_text(claims: Sequence[dict]) -> str:
-    """'k of n': how many claims (``ablations.claims``) have a deciding verdict (agrees, does not agree, or no
-    loss)."""
-    from .ablations import NO_LOSS
-    return f'{sum(c["verdict"] in (*DECIDED, NO_LOSS) for c in claims)} of {len(claims)}'
+    """'k of n': how many claims (Findings rows) have a deciding verdict (agrees or does not agree)."""
+    return f'{sum(c["verdict"] in DECIDED for c in claims)} of {len(claims)}'
 
 
 def baseline_noise(baselines: Sequence[dict]) -> Tuple[int, Optional[float], Optional[float]]:
@@ -343,7 +341,7 @@ def seed_text(sd: Optional[float], n_seed: int) -> str:
     if sd is None:
         return ('not measured yet (the second-seed runs have not finished), so the noise below is the image '
                 'sampling alone and understates the true noise')
-    return f'{sd:.2f} points (from the {n_seed} A models trained again with seed 1)'
+    return f'{sd:.2f} points (pooled over the {n_seed} A models of the 12-epoch seed set, each trained with several seeds)'
 
 
 # ------------------------------------------------------------------------------------------------ the lab

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Dict, Iterable, Tuple
+from typing import Dict, Iterable, Sequence, Tuple
 
 import plotly.graph_objects as go
 import plotly.io as pio
@@ -586,11 +586,12 @@ def ablation_markdown(rows: Iterable[dict], table: str) -> str:
 
 
 def claims_markdown(claims: Iterable[dict]) -> str:
-    """The paper's claims with the paper's evidence, ours with two noise standard deviations, and the verdict."""
-    out = ['| claim | paper | ours (± 2 sd) | verdict |', '|---|---:|---:|---|']
+    """The paper's claims (:meth:`stm_lab.claims.Result.row`) with the paper's difference, ours with two standard
+    errors (top-1 points), and the verdict."""
+    out = ['| claim | paper | ours (± 2 SE) | verdict |', '|---|---:|---:|---|']
     for c in claims:
-        ours = '-' if c['ours'] is None else f'{_signed(c["ours"])} ± {2 * c["noise"]:.2f}'
-        out.append(f'| {c["claim"]} | {_signed(c["paper"])} | {ours} | {c["verdict"]} |')
+        ours = '-' if c['effect'] is None else f'{_signed(c["effect"])} ± {2 * c["se"]:.2f}'
+        out.append(f'| {c["claim"]} | {_signed(c["paper_effect"])} | {ours} | {c["verdict"]} |')
     return '\n'.join(out)
 
 
@@ -803,12 +804,52 @@ def detection_demo_figure(demo: Iterable[dict], images: Iterable[dict], categori
 
 
 def findings_table_markdown(rows: Iterable[dict]) -> str:
-    """Rows of :mod:`stm_lab.findings` as the Findings page shows them: claim, paper, ours (noise), verdict."""
-    lines = ['| claim | paper | ours (noise) | verdict |', '|---|---|---|---|']
+    """Rows of :mod:`stm_lab.findings` as the Findings page shows them: claim, paper, ours (noise), the deciding
+    effect with two standard errors and the smallest effect the comparison could decide (2 SE), verdict."""
+    lines = ['| claim | paper | ours (noise) | effect ± 2 SE | smallest decidable | verdict |',
+             '|---|---|---|---:|---:|---|']
     for r in rows:
         ours = r['ours'] if r['noise'] in ('-', '') else f"{r['ours']} ({r['noise']})"
-        lines.append(f"| {r['claim']} | {r['paper']} | {ours} | **{r['verdict']}** |")
+        effect = '-' if r['effect'] is None else (f"{_signed(r['effect'])}" + ('' if r['se'] is None else
+                                                                                f" ± {2 * r['se']:.2f}"))
+        detect = '-' if r['detectable'] is None else f"{r['detectable']:.2f}"
+        lines.append(f"| {r['claim']} | {r['paper']} | {ours} | {effect} | {detect} | **{r['verdict']}** |")
     return '\n'.join(lines)
+
+
+VERDICT_COLORS = {'agrees': '#1a9850', 'does not agree': '#d73027', 'cannot tell at this scale': '#7f7f7f',
+                  'not yet measured': '#bdbdbd'}
+
+
+def forest_figure(rows: Sequence[dict]):
+    """The Findings page at a glance: one row per claim measured as a difference in points (top-1, consistency or
+    AP), our effect with its two-standard-error interval coloured by verdict, the paper's value of the same
+    difference as an open diamond where it gives one, and the zero line. A positive effect is the claimed
+    direction for every claim but the ablations' losses (their sign is the paper's)."""
+    rows = [r for r in rows if r['effect'] is not None and r['unit'] == 'points']
+    labels = [r['label'] for r in rows]
+    fig = go.Figure()
+    for verdict, color in VERDICT_COLORS.items():
+        sub = [r for r in rows if r['verdict'] == verdict]
+        if not sub:
+            continue
+        fig.add_trace(go.Scatter(
+            x=[r['effect'] for r in sub], y=[r['label'] for r in sub], mode='markers', name=verdict,
+            marker=dict(color=color, size=9),
+            error_x=dict(type='data', array=[2 * (r['se'] or 0) for r in sub], color=color, thickness=2, width=4),
+            customdata=[[r['claim'], 2 * (r['se'] or 0)] for r in sub],
+            hovertemplate='%{customdata[0]}<br>ours %{x:+.2f} ± %{customdata[1]:.2f} points<extra></extra>'))
+    paper = [r for r in rows if r['paper_effect'] is not None]
+    if paper:
+        fig.add_trace(go.Scatter(x=[r['paper_effect'] for r in paper], y=[r['label'] for r in paper], mode='markers',
+                                 name='paper', marker=dict(symbol='diamond-open', color='#000', size=10),
+                                 hovertemplate='paper %{x:+.2f} points<extra></extra>'))
+    fig.add_vline(x=0, line=dict(color='#444', width=1))
+    fig.update_yaxes(categoryorder='array', categoryarray=labels[::-1], automargin=True)
+    fig.update_xaxes(title_text='effect (points)', zeroline=False)
+    fig.update_layout(height=110 + 24 * len(rows), margin=dict(l=10, r=10, t=10, b=40),
+                      legend=dict(orientation='h', y=-0.12, yanchor='top', x=0), template='plotly_white')
+    return fig
 
 
 def coverage_markdown(cover: Iterable[dict]) -> str:

@@ -1,22 +1,26 @@
 """What the reproduction found: every claim of the paper that this project tests, with the paper's evidence, ours,
 the noise behind ours and a verdict, computed from ``results/`` (the book's Findings page shows it).
 
-Verdicts: ``agrees`` / ``does not agree`` only when our deciding difference is beyond twice its noise;
-``cannot tell at this scale`` when it is not; ``not yet measured`` when the results do not exist yet. The noise is
-the image-sampling standard error and, where a second seed exists, the seed-to-seed spread (stm_lab.ablations).
+The claims and the rule that decides them are :mod:`stm_lab.claims` (one registry, one checker); this module
+gathers the evidence each claim needs from ``results/``: the 12-epoch seed set (every seed's training result and,
+where made, its per-image outcomes) for the model-vs-model claims, the ablation runs, the detectors, the GPU timing.
 """
 from __future__ import annotations
 
 import json
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
 
 from . import ablations, results
-from .models import display_name
+from .analysis import outcomes
+from .analysis.outcomes import seed_dir
+from .claims import (BY_ID, REGISTRY, SEEDS, Claim, Result, Runs, Verdict, check_difference, check_rank,
+                     check_rank_draws, deciding_pair)
+from .models import display_name, family_of, main_models
 from .paper import TABLE3, TABLE8
 
-VERDICTS = ('agrees', 'does not agree', 'cannot tell at this scale', 'not yet measured',
-            ablations.NO_LOSS)
-NOT_YET = 'not yet measured'
+NOT_YET = Verdict.NOT_MEASURED.value
 
 
 def _load(profile: str, name: str) -> Optional[dict]:
@@ -26,18 +30,8 @@ def _load(profile: str, name: str) -> Optional[dict]:
         return None
 
 
-def _row(page: str, claim: str, paper: str, ours: str, noise: str, verdict: str) -> dict:
-    assert verdict in VERDICTS, verdict
-    return dict(page=page, claim=claim, paper=paper, ours=ours, noise=noise, verdict=verdict)
-
-
-def _from_rank(page: str, claim: Optional[dict], text: str, paper: str) -> dict:
-    """A row from :func:`stm_lab.analysis.run.rank_claim` (None: not measured)."""
-    if claim is None:
-        return _row(page, text, paper, '-', '-', NOT_YET)
-    verdict = 'cannot tell at this scale' if claim['separable'] is False else claim['verdict']
-    noise = claim['noise'].strip('()') if claim['noise'] else 'no image counts recorded'
-    return _row(page, text, paper, claim['ranking'], noise, verdict)
+def _scale(profile: str) -> str:
+    return 'test' if profile == 'smoke' else 'micro'
 
 
 def _paper_order(scale: str, index: int, reverse: bool = True) -> str:
@@ -45,95 +39,173 @@ def _paper_order(scale: str, index: int, reverse: bool = True) -> str:
     return ', '.join(f'{display_name(m)} {TABLE3[m][index]}' for m in models)
 
 
-def accuracy_findings(profile: str) -> List[dict]:
-    """Table III at the micro scale: which unified model is the most and the least accurate."""
-    from .analysis.run import rank_claim
-    from .training.config import MICRO_MODELS, SMOKE_MODELS
-    from .training.reports import summary
-    rows = summary(profile, models=SMOKE_MODELS if profile == 'smoke' else MICRO_MODELS)
-    docs = {r['model']: _load(profile, f'train_{r["model"]}') for r in rows}
-    scores = {r['model']: r['top1'] / 100 for r in rows}
-    n = {m: d['records'][-1].get('val_images') for m, d in docs.items() if d}
-    paper = 'Table III, micro: ' + _paper_order('micro', 2)
-    page = 'Training'
-    return [_from_rank(page, rank_claim('', 'top-1', scores, n, {'halonet'}, 'top'),
-                       'In the unified architecture, halo attention is the most accurate mixer (micro scale)', paper),
-            _from_rank(page, rank_claim('', 'top-1', scores, n, {'pvt'}, 'bottom'),
-                       'SR attention (U-PVT) is the least accurate (micro scale)', paper)]
+def _paper_gap(claim: Claim, values: Dict[str, float]) -> Optional[float]:
+    """The paper's value of a ranking claim's deciding difference (``values``: family -> the paper's number)."""
+    pair = deciding_pair(values, claim.families, claim.at, lambda f: f)
+    return None if pair is None else round(values[pair[0]] - values[pair[1]], 2)
 
 
-def robustness_findings(profile: str) -> List[dict]:
-    """Sec. 6.2-6.3 (Figs. 7 and 8), from the invariance and FGSM results."""
-    from .analysis.run import paper_claims
-    inv, adv = _load(profile, 'invariance'), _load(profile, 'fgsm')
-    claims = paper_claims(inv['records'] if inv else [], adv['records'] if adv else [])
-    texts = {'shift_conv_best': ('Convolution mixers (DW-Conv, DCNv3) are the most translation-invariant', 'Fig. 7, row 1'),
-             'shift_pvt_worst': ('SR attention (U-PVT) is the least translation-invariant', 'Fig. 7, row 1'),
-             'rotation_dcn_best': ('DCNv3 is the most rotation-invariant', 'Fig. 7, row 2'),
-             'scale_dcn_best': ('DCNv3 is the most scale-invariant', 'Fig. 7, row 3'),
-             'fgsm_halo_dcn_best': ('U-HaloNet and U-InternImage are the most robust to FGSM', 'Fig. 8'),
-             'fgsm_pvt_worst': ('U-PVT is the least robust to FGSM', 'Fig. 8')}
-    return [_from_rank('Robustness', claims.get(cid), text, paper) for cid, (text, paper) in texts.items()]
+# ------------------------------------------------------------------------------------------------ the seed set
+
+def _final(profile: str, seed: int, model: str) -> Optional[dict]:
+    path = results.RESULTS_DIR / profile / seed_dir(seed, profile) / f'train_{model}.json'
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())['records'][-1]
 
 
-def ablation_findings(profile: str) -> List[dict]:
-    """Tables II, VI and VII (stm_lab.ablations)."""
-    out = []
-    for c in ablations.claims(profile):
-        ours = '-' if c['ours'] is None else f'{c["ours"]:+.2f} points'
-        noise = '-' if c['noise'] is None else f'1 sd {c["noise"]:.2f} points'
-        out.append(_row('Ablations', c['claim'], f'{c["paper"]:+.2f} points', ours, noise, c['verdict']))
+def seed_set(profile: str, metric: str, models: Optional[Sequence[str]] = None) -> Dict[str, Runs]:
+    """model -> its :class:`~stm_lab.claims.Runs` of a metric over the 12-epoch seed set: 'top1' (the exported
+    weights' top-1 of every seed's training; per-image correctness where the seed's outcomes were made), 'shift',
+    'rotation', 'scale' (mean consistency over the non-zero views), 'fgsm' (mean top-1 over the non-zero epsilons),
+    from the seeds with per-image outcomes (:mod:`stm_lab.analysis.outcomes`). Models with no score are left out."""
+    out = {}
+    for model in models or main_models(_scale(profile)):
+        scores, rows, n = {}, [], None
+        for s in SEEDS:
+            arrays = outcomes.load(profile, s, model)
+            if metric == 'top1':
+                rec = _final(profile, s, model)
+                if rec is None:
+                    continue
+                scores[s], n = rec['top1_fp16'], rec.get('val_images')
+                if arrays is not None:
+                    rows.append(outcomes.correct(arrays, 'clean'))
+            elif arrays is not None:
+                per = (outcomes.correct(arrays, 'fgsm') if metric == 'fgsm'
+                       else outcomes.consistency(arrays, metric))
+                rows.append(per)
+                scores[s], n = 100 * float(per.mean()), len(per)
+        if scores:
+            out[model] = Runs(model, scores, np.stack(rows) if rows else None, n)
     return out
 
 
-def speed_findings() -> List[dict]:
-    """Table VIII: the fastest and slowest micro model at 256 px on a GPU (the paper: an RTX 3090)."""
+def _seeds_text(seeds: Sequence[int]) -> str:
+    return ', '.join(map(str, seeds)) or 'none'
+
+
+def seed_set_text(profile: str) -> str:
+    """Which seeds of the 12-epoch seed set each model has (training results, and per-image outcomes with their
+    image counts)."""
+    models = main_models(_scale(profile))
+    trained = {m: [s for s in SEEDS if _final(profile, s, m)] for m in models}
+    analysed = {m: outcomes.seeds_with_outcomes(profile, m, SEEDS) for m in models}
+    groups: Dict[tuple, List[str]] = {}
+    for m in models:
+        groups.setdefault((tuple(trained[m]), tuple(analysed[m])), []).append(display_name(m))
+    parts = []
+    for (t, a), names in groups.items():
+        who = 'every model' if len(groups) == 1 else ', '.join(names)
+        parts.append(f'{who}: seeds {_seeds_text(t)} trained, per-image outcomes of seeds {_seeds_text(a)}')
+    sizes = ''
+    for m in models:
+        if analysed[m]:
+            doc = json.loads(outcomes.paths(profile, analysed[m][0], m)[0].read_text())['config']
+            sizes = (f' (top-1 and FGSM on all {doc["images"]:,} validation images, invariance on a fixed subset of '
+                     f'{doc["invariance_images"]:,})')
+            break
+    return '; '.join(parts) + sizes
+
+
+def _seed_rank(profile: str, claim: Claim, paper: str = '-', paper_effect: Optional[float] = None) -> Result:
+    return check_rank(claim, seed_set(profile, claim.metric), family_of, display_name, paper_effect, paper)
+
+
+# ------------------------------------------------------------------------------------------------ by page
+
+def accuracy_results(profile: str) -> List[Result]:
+    """Table III at the micro scale: which unified model is the most and the least accurate, over the seed set."""
+    paper = 'Table III, micro: ' + _paper_order('micro', 2)
+    top1 = {family_of(m): v[2] for m, v in TABLE3.items() if m.endswith('_micro')}
+    return [_seed_rank(profile, BY_ID[cid], paper, _paper_gap(BY_ID[cid], top1))
+            for cid in ('acc_halo_best', 'acc_pvt_worst')]
+
+
+ROBUSTNESS_IDS = ('shift_conv_best', 'shift_pvt_worst', 'rotation_dcn_best', 'scale_dcn_best', 'fgsm_halo_dcn_best',
+                  'fgsm_pvt_worst')
+
+
+def robustness_results(profile: str) -> List[Result]:
+    """Sec. 6.2-6.3 (Figs. 7 and 8), over the seed set's per-image outcomes. The paper shows these as curves
+    without printed values, so there is no paper effect to mark."""
+    return [_seed_rank(profile, BY_ID[cid], BY_ID[cid].paper_ref) for cid in ROBUSTNESS_IDS]
+
+
+def ablation_results(profile: str) -> List[Result]:
+    """Tables II, VI and VII (:func:`stm_lab.ablations.claims`: effects and noise in top-1 points)."""
+    out = []
+    for cid, c in ablations.claims(profile).items():
+        noise = None if c['noise'] is None else f'SE {c["noise"]:.2f} points (one run each; seed sd {c["seed_sd"]:.2f})'
+        out.append(check_difference(BY_ID[cid], c['ours'], c['noise'], noise_text=noise or '-',
+                                    paper='-' if c['paper'] is None else f'{c["paper"]:+.2f} points',
+                                    paper_effect=c['paper']))
+    return out
+
+
+def speed_results() -> List[Result]:
+    """Table VIII: the fastest and slowest micro model at 256 px on a GPU (the paper: an RTX 3090). A timing of
+    one run: no sampling noise, so the verdict is the ranking itself."""
     doc = _load('bench', 'table8_throughput_micro_cuda')
     micro = {m: v[0] for m, v in TABLE8.items() if m.endswith('_micro')}
-    paper_fast, paper_slow = max(micro, key=micro.get), min(micro, key=micro.get)
-    rows = []
-    for claim, paper_model, pick in (('fastest', paper_fast, max), ('slowest', paper_slow, min)):
-        text = f'{display_name(paper_model)} is the {claim} micro model at 256x256 on a GPU'
+    out = []
+    for cid, pick in (('speed_fastest', max), ('speed_slowest', min)):
+        claim = BY_ID[cid]
+        paper_model = pick(micro, key=micro.get)
+        claim = Claim(claim.id, claim.page, f'{display_name(paper_model)} {claim.statement}', claim.paper_ref,
+                      claim.kind)
         paper = f'Table VIII (RTX 3090): {display_name(paper_model)} {micro[paper_model]} img/s'
         if doc is None:
-            rows.append(_row('Speed', text, paper, '-', '-', NOT_YET))
+            out.append(Result(claim, Verdict.NOT_MEASURED, paper=paper))
             continue
         ours = {r['model']: r['images_per_sec'] for r in doc['records'] if r['img_size'] == 256}
         found = pick(ours, key=ours.get)
-        rows.append(_row('Speed', text, paper, f'{doc["provenance"].get("gpu")}: {display_name(found)} '
-                         f'{ours[found]:.0f} img/s', 'timing of one run (no sampling noise)',
-                         'agrees' if found == paper_model else 'does not agree'))
-    return rows
+        out.append(Result(claim, Verdict.AGREES if found == paper_model else Verdict.DISAGREES,
+                          ours=f'{doc["provenance"].get("gpu")}: {display_name(found)} {ours[found]:.0f} img/s',
+                          noise_text='timing of one run (no sampling noise)', paper=paper, unit='img/s'))
+    return out
+
+
+def detection_results(profile: str = 'cpu') -> List[Result]:
+    """Table V, Fig. 5 and the detection row of Fig. 7 (:func:`stm_lab.detection.run.claims`: box AP and box
+    consistency with paired-bootstrap noise over the images, one detector per backbone)."""
+    from .detection.run import claims as detection_claims
+    from .paper import TABLE5_MICRO
+    c = detection_claims(profile)
+    order = sorted(TABLE5_MICRO, key=lambda m: -TABLE5_MICRO[m][0])
+    table5 = 'Table V, micro (COCO box AP): ' + ', '.join(f'{display_name(m)} {TABLE5_MICRO[m][0]}' for m in order)
+    box = {family_of(m): v[0] for m, v in TABLE5_MICRO.items()}
+    out = [check_rank_draws(BY_ID[cid], *c['box'], family_of, display_name, table5, _paper_gap(BY_ID[cid], box),
+                            what='box AP') for cid in ('det_best', 'det_pvt_worst')]
+    e, claim = c['erf'], BY_ID['det_erf']
+    paper = 'Fig. 5: U-HaloNet detects as well as U-InternImage with a smaller ERF@50'
+    out.append(Result(claim, Verdict.NOT_MEASURED, paper=paper) if e is None else
+               Result(claim, Verdict(e['verdict']), ours=e['ranking'], noise_text=e['noise'], paper=paper,
+                      unit='rank correlation'))
+    out.append(check_rank_draws(BY_ID['det_scale_dcn_best'], *c['consistency'], family_of, display_name,
+                                'Fig. 7, row 3: DCNv3 keeps the highest box consistency for scales above 1',
+                                what='box consistency mAP, mean over the upscales 1.25-3'))
+    return out
 
 
 def detection_findings(profile: str = 'cpu') -> List[dict]:
-    """Table V, Fig. 5 and the detection row of Fig. 7, from ``results/<profile>/detection.json``
-    (stm_lab.detection.run): box AP rankings with paired-bootstrap noise, ERF@50 against AP_S/M/L, and box
-    consistency when upscaling."""
-    from .detection.run import claims
-    from .paper import TABLE5_MICRO
-    c = claims(profile)
-    order = sorted(TABLE5_MICRO, key=lambda m: -TABLE5_MICRO[m][0])
-    table5 = 'Table V, micro (COCO box AP): ' + ', '.join(f'{display_name(m)} {TABLE5_MICRO[m][0]}'
-                                                          for m in order)
-    page = 'Detection'
-    rows = [_from_rank(page, c['best'], 'DCNv3 and halo attention give the best box AP (Table V)', table5),
-            _from_rank(page, c['pvt_worst'], 'SR attention (U-PVT) gives the lowest box AP (Table V, micro)', table5)]
-    text, paper = ('A larger ERF does not mean better detection (Fig. 5)',
-                   'Fig. 5: U-HaloNet detects as well as U-InternImage with a smaller ERF@50')
-    e = c['erf']
-    rows.append(_row(page, text, paper, '-', '-', NOT_YET) if e is None else
-                _row(page, text, paper, e['ranking'], e['noise'], e['verdict']))
-    rows.append(_from_rank(page, c['scale_dcn_best'], 'DCNv3 is the most scale-invariant detector when upscaling '
-                                                      '(Fig. 7, detection row)',
-                           'Fig. 7, row 3: DCNv3 keeps the highest box consistency for scales above 1'))
-    return rows
+    """The Detection page's rows of the Findings table."""
+    return [r.row() for r in detection_results(profile)]
+
+
+def results_of(profile: str) -> List[Result]:
+    """Every registered claim checked, page by page (the registry's order)."""
+    got = {r.claim.id: r for r in (accuracy_results(profile) + ablation_results(profile) + speed_results()
+                                   + robustness_results(profile) + detection_results(profile))}
+    missing = [c.id for c in REGISTRY if c.id not in got]
+    if missing:
+        raise KeyError(f'claims registered but not checked: {", ".join(missing)}')
+    return [got[c.id] for c in REGISTRY]
 
 
 def findings(profile: str) -> List[dict]:
-    """Every tested claim, page by page."""
-    return (accuracy_findings(profile) + ablation_findings(profile) + speed_findings() + robustness_findings(profile)
-            + detection_findings(profile))
+    """Every tested claim as a Findings table row (:meth:`stm_lab.claims.Result.row`)."""
+    return [r.row() for r in results_of(profile)]
 
 
 DETECTION_SETTING = ('micro backbones in Mask R-CNN with slim heads, on a generated shapes set in COCO format at '
@@ -183,11 +255,31 @@ def coverage() -> List[dict]:
 
 
 def verdict_counts(rows: List[dict]) -> Dict[str, int]:
-    """How many claims (:func:`findings` rows) there are and how many of them agree (an ablation's 'no loss beyond
-    the noise' included), do not agree, cannot tell at this scale, and are not yet measured."""
-    n = {v: sum(r['verdict'] == v for r in rows) for v in VERDICTS}
-    return dict(total=len(rows), agree=n['agrees'] + n[ablations.NO_LOSS], disagree=n['does not agree'],
-                cannot=n['cannot tell at this scale'], not_yet=n[NOT_YET])
+    """How many claims (:func:`findings` rows) there are and how many of them agree, do not agree, cannot tell at
+    this scale, and are not yet measured."""
+    n = {v: sum(r['verdict'] == v.value for r in rows) for v in Verdict}
+    return dict(total=len(rows), agree=n[Verdict.AGREES], disagree=n[Verdict.DISAGREES],
+                cannot=n[Verdict.CANNOT_TELL], not_yet=n[Verdict.NOT_MEASURED])
+
+
+def headline(rows: List[dict]) -> str:
+    """Two sentences for the landing page, from the :func:`findings` rows: how many claims were decided, and the
+    strongest agreement and disagreement (largest |effect| / noise among the decided difference claims)."""
+    c = verdict_counts(rows)
+    text = (f'Of the paper\'s {c["total"]} claims tested here, {c["agree"] + c["disagree"]} are decided at this scale '
+            f'({c["agree"]} agree, {c["disagree"]} do not) and {c["cannot"]} cannot be told apart from the noise'
+            + (f'; {c["not_yet"]} are not yet measured.' if c['not_yet'] else '.'))
+
+    def strongest(verdict):
+        decided = [r for r in rows if r['verdict'] == verdict.value and r['se']]
+        return max(decided, key=lambda r: abs(r['effect']) / r['se'], default=None)
+    parts = []
+    for verdict, word in ((Verdict.AGREES, 'agreement'), (Verdict.DISAGREES, 'disagreement')):
+        r = strongest(verdict)
+        if r:
+            parts.append(f'the strongest {word} is "{r["claim"]}" ({r["effect"]:+.1f} {r["unit"]}, '
+                         f'{abs(r["effect"]) / r["se"]:.1f} standard errors)')
+    return text + (' ' + '; '.join(parts).capitalize()[0] + '; '.join(parts)[1:] + '.' if parts else '')
 
 
 def coverage_text(cover: List[dict], status: str) -> str:

@@ -241,6 +241,11 @@ def main_models(scale: str = 'micro') -> list:
 REFERENCE_DISPLAY = {'timm_swin_micro': "timm's Swin (same shape)"}
 
 
+def family_of(model: str) -> str:
+    """The family of a unified model name (``u_<family>_<scale>[_<variant>]``): 'swin' for 'u_swin_micro_patchds'."""
+    return model.split('_')[1]
+
+
 def display_name(model: str) -> str:
     """A model's name on every page, table and figure: the paper's name of its family (``paper.DISPLAY``: U-HaloNet,
     U-Swin Transformer, ...) at any scale or variant; a registered family the paper does not name (a user's) is

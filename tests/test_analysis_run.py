@@ -96,36 +96,6 @@ def test_figure_builders(smoke):
     assert len(fig.data) == len(photos) + 1 and len(fig.frames[0].data) == len(photos) + 1
 
 
-def test_paper_claims_follow_the_numbers():
-    inv = [dict(model=f'u_{f}_micro', transform=t, magnitude=1, consistency=c)
-           for f, c in (('halonet', 0.7), ('pvt', 0.5), ('swin', 0.6), ('dwconv', 0.9), ('internimage', 0.8))
-           for t in ('shift', 'rotation', 'scale')]
-    fgsm = [dict(model=f'u_{f}_micro', epsilon=e, top1=a) for f, a in
-            (('halonet', 0.5), ('pvt', 0.1), ('swin', 0.2), ('dwconv', 0.3), ('internimage', 0.4)) for e in (0, 0.01)]
-    c = run.paper_claims(inv, fgsm)
-    assert c['shift_conv_best']['agrees'] and c['shift_pvt_worst']['agrees']
-    assert not c['rotation_dcn_best']['agrees'] and c['rotation_dcn_best']['best'] == 'U-DWConv'
-    assert c['fgsm_halo_dcn_best']['agrees'] and c['fgsm_pvt_worst']['agrees']
-    assert 'does not agree' in c['scale_dcn_best']['sentence']
-    assert run.paper_claims(inv[:3], fgsm[:2]) == {}  # only U-HaloNet: no claim can be checked
-    assert c['shift_conv_best']['stderr'] is None and c['shift_conv_best']['noise'] == ''  # no image counts
-
-
-def test_paper_claims_say_when_the_deciding_gap_is_within_sampling_noise():
-    def claims(n):
-        inv = [dict(model=f'u_{f}_micro', transform='rotation', magnitude=5, consistency=c, n=n)
-               for f, c in (('internimage', 0.6), ('dwconv', 0.5), ('pvt', 0.4))]
-        return run.paper_claims(inv, [])['rotation_dcn_best']
-    few, many = claims(100), claims(10000)
-    # U-InternImage 0.6 against U-DWConv 0.5: standard error sqrt(0.24/n + 0.25/n)
-    assert few['gap'] == pytest.approx(0.1) and few['stderr'] == pytest.approx(0.07)
-    assert few['agrees'] and not few['separable'] and 'cannot separate' in few['noise']
-    assert many['stderr'] == pytest.approx(0.007) and many['separable'] and 'separable on these' in many['noise']
-    worst = run.paper_claims([dict(model=f'u_{f}_micro', transform='shift', magnitude=2, consistency=c, n=400)
-                              for f, c in (('pvt', 0.7), ('swin', 0.5))], [])['shift_pvt_worst']
-    assert not worst['agrees'] and worst['gap'] == pytest.approx(-0.2) and worst['separable']
-
-
 def test_analysing_one_model_adds_to_the_saved_result(results_dir):
     """Running one model keeps the other models' records (and the provenance they were computed under); settings
     that make records incomparable refuse the merge."""
@@ -167,15 +137,6 @@ def test_erf_shape_verdict_from_the_asymmetry_of_swin_and_halonet():
     assert erf_shape_verdict({'swin': 0.1, 'halonet': 0.3}) == 'does not agree with'
     assert erf_shape_verdict({'halonet': 0.1}) == 'does not agree with'  # no U-Swin: 0
     assert erf_shape_verdict({'swin': 0.1}) == 'agrees with'
-
-
-def test_claim_texts_with_and_without_a_claim():
-    from stm_lab.analysis.run import claim_texts
-    assert claim_texts(None) == ('cannot be checked (a model it names was not analysed)', 'n/a',
-                                 '(no image counts recorded)')
-    assert claim_texts(dict(verdict='agrees', ranking='U-DWConv 0.9', noise='')) == \
-        ('agrees', 'U-DWConv 0.9', '(no image counts recorded)')
-    assert claim_texts(dict(verdict='agrees', ranking='r', noise='(gap)')) == ('agrees', 'r', '(gap)')
 
 
 def test_consistency_over_training_order_and_gains():

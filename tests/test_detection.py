@@ -454,18 +454,18 @@ def test_detection_verdicts_follow_the_numbers(tmp_path, monkeypatch):
     erf = dict(halonet=0.2, internimage=0.5, dwconv=0.3, swin=0.4, pvt=0.6)  # largest ERF (PVT) detects worst
     _det_doc(tmp_path, ranks, erf=erf, cons=dict(halonet=0.5, internimage=0.7, dwconv=0.5, swin=0.4, pvt=0.3))
     c = run.claims('cpu')
-    assert c['best']['verdict'] == 'agrees' and c['best']['separable']
-    assert c['pvt_worst']['verdict'] == 'agrees' and c['scale_dcn_best']['verdict'] == 'agrees'
     assert c['erf']['verdict'] == 'agrees' and c['erf']['counterexample']['larger'] == 'u_pvt_micro'
-    rows = {r['claim'][:20]: r for r in findings.detection_findings('cpu')}
+    rows = {r['id']: r for r in findings.detection_findings('cpu')}
     assert [r['verdict'] for r in rows.values()] == ['agrees'] * 4
+    assert rows['det_best']['effect'] == pytest.approx(100 * (0.58 - 0.50))  # U-InternImage - U-DWConv, in points
     # the order reversed, beyond the noise
     _det_doc(tmp_path, dict(halonet=0.40, internimage=0.42, dwconv=0.50, swin=0.55, pvt=0.60),
              erf=dict(halonet=0.1, internimage=0.2, dwconv=0.3, swin=0.4, pvt=0.5))
     c = run.claims('cpu')
-    assert c['best']['verdict'] == 'does not agree' and c['pvt_worst']['verdict'] == 'does not agree'
+    rows = {r['id']: r for r in findings.detection_findings('cpu')}
+    assert rows['det_best']['verdict'] == 'does not agree' and rows['det_pvt_worst']['verdict'] == 'does not agree'
     assert c['erf']['verdict'] == 'does not agree'  # ERF order = AP order in every bucket
-    assert c['scale_dcn_best'] is None
+    assert rows['det_scale_dcn_best']['verdict'] == 'not yet measured'
     # everything within the noise
     _det_doc(tmp_path, dict(halonet=0.501, internimage=0.500, dwconv=0.499, swin=0.5, pvt=0.498), boot_sd=0.02)
     rows = findings.detection_findings('cpu')

@@ -199,9 +199,8 @@ def test_values_text_joins_distinct_values_in_order():
 # ------------------------------------------------------------------------------------------------ ablations
 
 def test_measured_and_decided_texts():
-    from stm_lab.ablations import NO_LOSS
     assert facts.measured_text([dict(ours=1.0), dict(ours=None), dict(ours=0.0)]) == '2 of 3'
-    claims = [dict(verdict='agrees'), dict(verdict=NO_LOSS), dict(verdict='cannot tell at this scale'),
+    claims = [dict(verdict='agrees'), dict(verdict='agrees'), dict(verdict='cannot tell at this scale'),
               dict(verdict='does not agree'), dict(verdict='not yet measured')]
     assert facts.decided_text(claims) == '3 of 5'
 
@@ -213,7 +212,8 @@ def test_baseline_noise_of_one_model_and_of_a_difference():
 
 
 def test_seed_text():
-    assert facts.seed_text(0.456, 5) == '0.46 points (from the 5 A models trained again with seed 1)'
+    assert facts.seed_text(0.456, 5) == ('0.46 points (pooled over the 5 A models of the 12-epoch seed set, each trained '
+                                         'with several seeds)')
     assert facts.seed_text(None, 0).startswith('not measured yet')
 
 

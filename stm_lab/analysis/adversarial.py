@@ -17,7 +17,7 @@ Two captum settings, and why:
 """
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -84,7 +84,7 @@ def _logits(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def fgsm_sweep(model: nn.Module, data: Data, /, epsilons: Sequence[float] = PAPER_EPSILONS, *,
                batch_size: int = 64, mean=None, std=None, reuse_gradient: bool = True,
-               progress: bool = True, **fields) -> List[dict]:
+               progress: bool = True, keep: Optional[dict] = None, **fields) -> List[dict]:
     """Top-1 accuracy and mean loss of the model on FGSM examples at each epsilon ([0, 1] pixel units).
 
     ``data``: (images, labels) tensors or an iterable of such batches (labels are required).
@@ -92,6 +92,7 @@ def fgsm_sweep(model: nn.Module, data: Data, /, epsilons: Sequence[float] = PAPE
     once per batch (at epsilon 1, unbounded) and every epsilon reuses its sign, clamped to [0, 1]: one
     forward+backward per batch instead of one per epsilon. The clean logits come from that same forward.
     With ``reuse_gradient=False`` captum's ``perturb`` runs for each epsilon (identical results, slower).
+    ``keep``: a dict that receives each image's predicted class at every epsilon, ``keep[epsilon]`` (N,).
     Records: ``{'attack': 'fgsm', 'epsilon', 'epsilon_255', 'top1', 'clean_top1', 'loss', 'n'}`` plus
     ``fields``; epsilon 0 is the clean accuracy."""
     device = model_device(model)
@@ -117,10 +118,16 @@ def fgsm_sweep(model: nn.Module, data: Data, /, epsilons: Sequence[float] = PAPE
                     logits = clean  # x + 0 * direction = x
                 else:
                     logits = _logits(net, (x + eps * direction).clamp(0, 1))
-                correct[eps] += (logits.argmax(-1) == y).sum().item()
+                pred = logits.argmax(-1)
+                correct[eps] += (pred == y).sum().item()
+                if keep is not None:
+                    keep.setdefault(eps, []).append(pred.cpu())
                 loss_sum[eps] += _per_image_ce(logits.float(), y).sum().item()
             n += len(y)
     if n == 0:
         raise ValueError('fgsm_sweep got no images')
+    if keep is not None:
+        for k, parts in keep.items():
+            keep[k] = torch.cat(parts)
     return [dict(**fields, attack='fgsm', epsilon=eps, epsilon_255=round(eps * 255, 4), top1=correct[eps] / n,
                  clean_top1=clean_correct / n, loss=loss_sum[eps] / n, n=n) for eps in eps_list]

@@ -96,9 +96,11 @@ def _predict(net: nn.Module, views: torch.Tensor, batch_size: int) -> torch.Tens
 
 
 def _sweep(model, data, transform: str, magnitudes: Sequence, make_views, img_size, crop_pct, batch_size,
-           mean, std, progress, fields) -> List[dict]:
+           mean, std, progress, fields, keep: Optional[dict] = None) -> List[dict]:
     """Shared loop: per batch, reference predictions, then each magnitude's views (``make_views(resized,
-    magnitude, batch_index)`` -> (V * B, 3, S, S) with V views per image)."""
+    magnitude, batch_index)`` -> (V * B, 3, S, S) with V views per image). ``keep``: a dict that receives the
+    predicted classes of every image, ``keep['reference']`` (N,) and ``keep[magnitude]`` (V, N), for per-image
+    outcomes (:mod:`stm_lab.analysis.outcomes`)."""
     net = PixelSpace(model, mean, std).to(model_device(model))
     stats = {m: [0, 0, 0] for m in magnitudes}  # consistent, correct, views
     has_labels = True
@@ -107,13 +109,20 @@ def _sweep(model, data, transform: str, magnitudes: Sequence, make_views, img_si
             x = resize_short(x.to(model_device(model)), int(img_size / crop_pct))
             ref = _predict(net, crop(x, img_size), batch_size)
             has_labels = has_labels and y is not None
+            if keep is not None:
+                keep.setdefault('reference', []).append(ref.cpu())
             for m in magnitudes:
                 pred = _predict(net, make_views(x, m, b), batch_size).view(-1, len(ref))  # (V, B)
+                if keep is not None:
+                    keep.setdefault(m, []).append(pred.cpu())
                 stats[m][0] += (pred == ref).sum().item()
                 stats[m][1] += (pred == y.to(pred.device)).sum().item() if has_labels else 0
                 stats[m][2] += pred.numel()
     if not all(n for _, _, n in stats.values()):
         raise ValueError(f'{transform} sweep got no images')
+    if keep is not None:
+        for k, parts in keep.items():
+            keep[k] = torch.cat(parts, -1)
     return [dict(**fields, transform=transform, magnitude=m, consistency=c / n,
                  top1=(k / n if has_labels else None), n=n) for m, (c, k, n) in stats.items()]
 
@@ -121,7 +130,7 @@ def _sweep(model, data, transform: str, magnitudes: Sequence, make_views, img_si
 def translation_sweep(model: nn.Module, data: Data, /, shifts: Optional[Sequence[int]] = None, *,
                       img_size: int = 64, crop_pct: float = 0.875, directions: str = 'random',
                       fill: str = 'zeros', seed: int = 0, batch_size: int = 64, mean=None, std=None,
-                      progress: bool = True, **fields) -> List[dict]:
+                      progress: bool = True, keep: Optional[dict] = None, **fields) -> List[dict]:
     """Prediction consistency and accuracy under translation by each shift ``s`` (pixels at ``img_size``).
 
     ``directions='random'``: one of the 8 directions per image (seeded; the same direction for an image at
@@ -154,12 +163,13 @@ def translation_sweep(model: nn.Module, data: Data, /, shifts: Optional[Sequence
                     out.append(torch.roll(crop(x[i:i + 1], img_size), (-dy, -dx), dims=(-2, -1)))
         return torch.cat(out)
 
-    return _sweep(model, data, 'shift', shifts, views, img_size, crop_pct, batch_size, mean, std, progress, fields)
+    return _sweep(model, data, 'shift', shifts, views, img_size, crop_pct, batch_size, mean, std, progress, fields,
+                  keep)
 
 
 def rotation_sweep(model: nn.Module, data: Data, /, angles: Sequence[float] = ANGLES, *, img_size: int = 64,
                    crop_pct: float = 0.875, batch_size: int = 64, mean=None, std=None,
-                   progress: bool = True, **fields) -> List[dict]:
+                   progress: bool = True, keep: Optional[dict] = None, **fields) -> List[dict]:
     """Consistency and accuracy when the resized image is rotated (counter-clockwise, black corners) before
     the centre crop (the paper's ``pre_rotation``). Angle 0 is the reference view itself (no resampling)."""
     def views(x, a, b):
@@ -169,12 +179,12 @@ def rotation_sweep(model: nn.Module, data: Data, /, angles: Sequence[float] = AN
         return crop(rotated, img_size)
 
     return _sweep(model, data, 'rotation', tuple(angles), views, img_size, crop_pct, batch_size, mean, std,
-                  progress, fields)
+                  progress, fields, keep)
 
 
 def scale_sweep(model: nn.Module, data: Data, /, crop_pcts: Sequence[float] = CROP_PCTS, *, img_size: int = 64,
                 crop_pct: float = 0.875, batch_size: int = 64, mean=None, std=None,
-                progress: bool = True, **fields) -> List[dict]:
+                progress: bool = True, keep: Optional[dict] = None, **fields) -> List[dict]:
     """Classification form of the scale test: the short side is resized to ``int(img_size / r)`` and the centre
     ``img_size`` crop taken (zero-padded when the image is smaller), for each crop ratio r (r < ``crop_pct``
     zooms in, r > 1 zooms out); consistency is against the reference view at ``crop_pct``."""
@@ -182,7 +192,7 @@ def scale_sweep(model: nn.Module, data: Data, /, crop_pcts: Sequence[float] = CR
         return crop(resize_short(x, int(img_size / r)), img_size)
 
     return _sweep(model, data, 'scale', tuple(crop_pcts), views, img_size, crop_pct, batch_size, mean, std,
-                  progress, fields)
+                  progress, fields, keep)
 
 
 def zhang_consistency(model: nn.Module, data: Data, /, *, img_size: int = 64, max_offset: Optional[int] = None,

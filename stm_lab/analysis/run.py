@@ -27,14 +27,14 @@ Outputs (``results/<profile>/``), one record schema for both profiles:
   (the procedure of ``erf.json`` with a single image), stored as 8-bit (``score_u8``: base64 of S x S bytes,
   score x 255 rounded; :func:`erf_photo_score` decodes it), for the ERF page's per-photo maps beside the average.
 
-:func:`paper_claims` compares the qualitative claims of Sec. 6.2-6.3 with the saved numbers.
+The qualitative claims of Sec. 6.2-6.3 are decided over the 12-epoch seed set's per-image outcomes
+(:mod:`stm_lab.analysis.outcomes`, :mod:`stm_lab.claims`, :func:`stm_lab.findings.robustness_results`).
 """
 from __future__ import annotations
 
 import argparse
 import base64
 import io
-import math
 import os
 import sys
 import time
@@ -411,14 +411,6 @@ def erf_shape_verdict(asymmetry: Dict[str, float]) -> str:
     return 'agrees with' if asymmetry.get('swin', 0) > asymmetry.get('halonet', 0) else 'does not agree with'
 
 
-def claim_texts(claim: Optional[dict]) -> Tuple[str, str, str]:
-    """(verdict, ranking, noise) of a :func:`rank_claim` answer as the pages state them; what they say when the
-    claim could not be checked (None) or no image counts were recorded."""
-    if claim is None:
-        return 'cannot be checked (a model it names was not analysed)', 'n/a', '(no image counts recorded)'
-    return claim['verdict'], claim['ranking'], claim['noise'] or '(no image counts recorded)'
-
-
 def consistency_records(docs: Dict[str, dict], key: str = 'consistency_shift') -> Dict[str, List[dict]]:
     """model -> the records of its training run (``train_<model>.json`` documents) that measured ``key`` (the
     consistency over training, Fig. 7(c))."""
@@ -435,99 +427,6 @@ def consistency_order_text(recs: Dict[str, List[dict]], at: int, key: str = 'con
 def consistency_gains_text(recs: Dict[str, List[dict]], key: str = 'consistency_shift') -> str:
     """'U-X +3.0, U-Y -1.2': each model's change of ``key`` (points) from its first to its last measurement."""
     return ', '.join(f'{display_name(m)} {100 * (r[-1][key] - r[0][key]):+.1f}' for m, r in recs.items())
-
-
-def mean_by_model(records: Sequence[dict], key: str, where=lambda r: True) -> Dict[str, float]:
-    out: Dict[str, List[float]] = {}
-    for r in records:
-        if where(r) and r[key] is not None:
-            out.setdefault(r['model'], []).append(r[key])
-    return {m: float(np.mean(v)) for m, v in out.items()}
-
-
-def _ranked(scores: Dict[str, float]) -> List[str]:
-    return sorted(scores, key=lambda m: -scores[m])
-
-
-def rank_claim(paper: str, metric: str, scores: Dict[str, float], n: Dict[str, int], claimed: set,
-               at: str) -> Optional[dict]:
-    """Check a claim that the models of the families ``claimed`` rank at the ``at`` ('top' or 'bottom') of
-    ``scores`` (model -> a proportion measured on ``n[model]`` images); None when a claimed family was not measured.
-    Returns ``{'paper', 'metric', 'best', 'worst', 'ranking', 'scores', 'agrees', 'verdict', 'gap', 'stderr',
-    'separable', 'noise', 'sentence'}``.
-
-    ``gap``: how far the deciding pair of models is apart (the claimed models' worst score against the best of the
-    others, for a claim about the top; mirrored for the bottom). ``stderr``: the standard error of that difference
-    from image sampling, taking each score as a proportion over its ``n`` images (an upper bound for a mean over
-    several transforms of the same images) and the two models as independent; ``separable``: |gap| > 2 stderr."""
-    if not scores or not claimed <= {family(m) for m in scores}:
-        return None
-    ranked = _ranked(scores)
-    k = len(claimed)
-    ok = {family(m) for m in (ranked[:k] if at == 'top' else ranked[-k:])} == claimed
-    inside = [m for m in ranked if family(m) in claimed]
-    outside = [m for m in ranked if family(m) not in claimed]
-    if at == 'top':
-        a, b = min(inside, key=scores.get), max(outside, key=scores.get)
-    else:
-        a, b = min(outside, key=scores.get), max(inside, key=scores.get)
-    gap = scores[a] - scores[b]
-    se = None
-    if n.get(a) and n.get(b):
-        se = math.sqrt(sum(scores[m] * (1 - scores[m]) / n[m] for m in (a, b)))
-    separable = None if se is None else abs(gap) > 2 * se
-    noise = ('' if se is None else
-             f'(deciding gap {display_name(a)} - {display_name(b)} = {(round(gap, 3) or 0.0):+.3f}, standard error about '
-             f'{se:.3f}: ' + ('separable on these images)' if separable else 'within two standard errors, so these '
-                              'images cannot separate the two)'))
-    verdict = 'agrees' if ok else 'does not agree'
-    order = ', '.join(f'{display_name(m)} {scores[m]:.3f}' for m in ranked)
-    return dict(paper=paper, metric=metric, best=display_name(ranked[0]), worst=display_name(ranked[-1]), ranking=order,
-                scores=scores, agrees=ok, verdict=verdict, gap=gap, stderr=se, separable=separable, noise=noise,
-                sentence=f'Ours, {metric}: {order}. This {verdict} with the paper' + (f' {noise}.' if noise else '.'))
-
-
-def paper_claims(invariance: Sequence[dict], fgsm: Sequence[dict]) -> Dict[str, dict]:
-    """The qualitative claims of Sec. 6.2-6.3, each checked against our numbers by :func:`rank_claim`:
-    ``{claim_id: rank_claim(...)}``. A claim is only checked when the models it names were analysed (otherwise it
-    is absent)."""
-    out = {}
-    models = {r['model'] for r in invariance} | {r['model'] for r in fgsm}
-
-    def add(cid, *args):
-        claim = rank_claim(*args)
-        if claim is not None:
-            out[cid] = claim
-
-    if models:
-        def pick(records, key, where):
-            return mean_by_model(records, key, where), images_by_model(records, where)
-        shift = pick(invariance, 'consistency', lambda r: r['transform'] == 'shift' and r['magnitude'] > 0)
-        rot = pick(invariance, 'consistency', lambda r: r['transform'] == 'rotation' and r['magnitude'] > 0)
-        scale = pick(invariance, 'consistency', lambda r: r['transform'] == 'scale')
-        adv = pick(fgsm, 'top1', lambda r: r['epsilon'] > 0)
-        add('shift_conv_best', 'convolution STMs (DW-Conv, DCNv3) are the most translation-invariant',
-            'mean consistency over the non-zero shifts', *shift, {'dwconv', 'internimage'}, 'top')
-        add('shift_pvt_worst', 'U-PVT (global attention) is the least translation-invariant',
-            'mean consistency over the non-zero shifts', *shift, {'pvt'}, 'bottom')
-        add('rotation_dcn_best', 'DCNv3 (U-InternImage) is the most rotation-invariant',
-            'mean consistency over the rotations 5-45 degrees', *rot, {'internimage'}, 'top')
-        add('scale_dcn_best', 'DCNv3 (U-InternImage) is the most scale-invariant',
-            'mean consistency over the 15 crop ratios', *scale, {'internimage'}, 'top')
-        add('fgsm_halo_dcn_best', 'U-HaloNet and U-InternImage are the most robust to FGSM',
-            'mean FGSM top-1 over the non-zero epsilons', *adv, {'halonet', 'internimage'}, 'top')
-        add('fgsm_pvt_worst', 'U-PVT is the least robust to FGSM', 'mean FGSM top-1 over the non-zero epsilons',
-            *adv, {'pvt'}, 'bottom')
-    return out
-
-
-def images_by_model(records: Sequence[dict], where=lambda r: True) -> Dict[str, int]:
-    """The fewest images behind any selected record of each model (``n``); models whose records lack it are left out."""
-    out: Dict[str, int] = {}
-    for r in records:
-        if where(r) and r.get('n'):
-            out[r['model']] = min(out.get(r['model'], r['n']), r['n'])
-    return out
 
 
 def image_data_uri(img: np.ndarray, quality: int = 90) -> str:
@@ -557,13 +456,16 @@ def demo_view_uris(img_size: int, crop_pct: float = 0.875, angles: Sequence[floa
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='stm-lab analyze', description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('what', choices=(*ANALYSES, 'all'), help='which analysis (all: every one, in turn)')
+    p.add_argument('what', choices=(*ANALYSES, 'all', 'outcomes'),
+                   help='which analysis (all: every one, in turn; outcomes: the per-image outcomes of the '
+                        'runs of one --seed, stm_lab.analysis.outcomes)')
     p.add_argument('--profile', default='smoke', choices=tuple(PROFILES))
     p.add_argument('--models', nargs='*', help='model names (default: the profile\'s five)')
     p.add_argument('--limit', type=int, help='at most this many images (default: the profile\'s count)')
     p.add_argument('--threads', type=int, default=1,
                    help='torch intra-op threads (1 on a shared 2-core machine, see stm_lab.bench.analyses)')
     p.add_argument('--no-save', dest='save', action='store_false', help='print only')
+    p.add_argument('--seed', type=int, help='outcomes: the training seed whose runs are analysed')
     return p
 
 
@@ -571,6 +473,13 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     torch.set_num_threads(args.threads)
     try:
+        if args.what == 'outcomes':
+            from .outcomes import run as run_outcomes
+            if args.seed is None:
+                raise ValueError('outcomes needs --seed (the training seed whose runs are analysed)')
+            if not run_outcomes(args.profile, args.seed, args.models):
+                raise FileNotFoundError(f'no weights of seed {args.seed} to analyse')
+            return 0
         for what in (ANALYSES if args.what == 'all' else (args.what,)):
             analyze(what, args.profile, args.models, args.limit, args.save)
     except (KeyError, ValueError, FileNotFoundError) as e:
