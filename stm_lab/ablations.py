@@ -324,9 +324,11 @@ def _take(run: AblationRun):
 
 
 def run_queue(jobs: int = 2, only: Optional[List[str]] = None, python: str = sys.executable,
-              profile: str = PROFILE) -> int:
-    """Train every missing run of a profile, ``jobs`` at a time; returns the number of failed runs."""
-    todo = [r for r in planned_runs(profile) if not r.result.exists() and (not only or r.model in only)]
+              profile: str = PROFILE, which: str = 'all') -> int:
+    """Train every missing run of a profile, ``jobs`` at a time; returns the number of failed runs. ``which``:
+    'ablations' (Tables II, VI, VII), 'seeds' (the seed set) or 'all'."""
+    todo = [r for r in planned_runs(profile) if not r.result.exists() and (not only or r.model in only)
+            and which in ('all', 'seeds' if r.table == 'seed' else 'ablations')]
     active, failed = {}, 0
     env = dict(os.environ, OMP_WAIT_POLICY='PASSIVE', PYTHONUNBUFFERED='1')
     while todo or active:
@@ -367,6 +369,9 @@ def main(argv=None) -> int:
     s.add_argument('--profile', default=PROFILE, choices=tuple(SCALE), help='cpu (default) or smoke (the *_test layouts)')
     s.add_argument('--jobs', type=int, default=2, help='runs side by side, one thread each (default 2)')
     s.add_argument('--only', nargs='*', help='model names')
+    s.add_argument('--which', default='all', choices=('all', 'ablations', 'seeds'),
+                   help='the ablation runs (Tables II, VI, VII), the seed set (seeds 1-4 of the five models, each '
+                        'analysed right after its training), or both (default)')
     sub.add_parser('complexity', help='parameters and MACs at 224 -> results/paper/ablation_complexity.json')
     args = p.parse_args(argv)
     if args.what == 'complexity':
@@ -386,7 +391,7 @@ def main(argv=None) -> int:
         return 0
     if args.jobs < 1:
         p.error('--jobs must be at least 1')
-    return 1 if run_queue(args.jobs, args.only, profile=args.profile) else 0
+    return 1 if run_queue(args.jobs, args.only, profile=args.profile, which=args.which) else 0
 
 
 if __name__ == '__main__':

@@ -10,8 +10,9 @@ result it makes:
   interrupted run from its run folder;
 - ``summary``: trained top-1 beside Table III (``table3_accuracy.json``);
 - ``analyze:<what>``: ERF, invariance, FGSM, the rotation demo, per-photo ERFs (smoke, cpu);
-- ``ablations``: the runs of Tables II, VI, VII and the second seed (smoke, cpu; ``results/<profile>/ablations/``
-  and ``seed1/``);
+- ``ablations``: the runs of Tables II, VI, VII (smoke, cpu; ``results/<profile>/ablations/``);
+- ``seeds``: seeds 1-4 of the five models at 12 epochs, each with its per-image outcomes made right after its
+  training (``results/<profile>/seed<k>/``; seed 0 is ``epochs12/``): the basis of the model-vs-model claims;
 - ``detect:data``, ``detect:train:<model>``, ``detect:evaluate``: Mask R-CNN (``results/<profile>/detection*``);
 - ``notebooks``: the executed notebooks (``book/generated/``; rerun when missing, executed at another profile,
   failed, or older than their source or than a result), then ``book``: ``jupyter-book build`` into ``_build/html``.
@@ -236,18 +237,21 @@ def _train_steps(profile: str, models: Sequence[str]) -> List[Step]:
 def _ablation_steps(profile: str, models: Sequence[str], restricted: bool) -> List[Step]:
     from .ablations import planned_runs
     families = {m.split('_')[1] for m in models}
-    runs = [r for r in planned_runs(profile) if r.family in families]
-    if not runs:
-        return []
-    argv = ['ablations', 'run', '--profile', profile]
-    if restricted:
-        argv += ['--only', *[r.model for r in runs]]
+    steps = []
+    for which in ('ablations', 'seeds'):
+        runs = [r for r in planned_runs(profile) if r.family in families and (r.table == 'seed') == (which == 'seeds')]
+        if not runs:
+            continue
+        argv = ['ablations', 'run', '--profile', profile, '--which', which]
+        if restricted:
+            argv += ['--only', *sorted({r.model for r in runs})]
 
-    def check():
-        lack = [f'{r.subdir}/{r.model}' for r in runs if not r.result.exists()]
-        return None if not lack else (f'{len(lack)} of {len(runs)} runs to train'
-                                      + (f' ({", ".join(lack)})' if len(lack) <= 3 else ''))
-    return [Step('ablations', tuple(argv), check)]
+        def check(runs=runs):
+            lack = [f'{r.subdir}/{r.model}' for r in runs if not r.result.exists()]
+            return None if not lack else (f'{len(lack)} of {len(runs)} runs to train'
+                                          + (f' ({", ".join(lack)})' if len(lack) <= 3 else ''))
+        steps.append(Step(which, tuple(argv), check))
+    return steps
 
 
 def _detector_check(profile: str, model: str) -> Callable[[], Optional[str]]:

@@ -33,6 +33,11 @@ def cpu_done(tmp_path, monkeypatch):
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 os.symlink(src, dest)
     monkeypatch.setattr(results, 'RESULTS_DIR', root)
+    from stm_lab.ablations import planned_runs
+    for r in planned_runs('cpu'):  # seed-set runs still training when these results were committed
+        if not r.result.exists():
+            r.result.parent.mkdir(parents=True, exist_ok=True)
+            r.result.write_text('{}')
     gen = tmp_path / 'generated'
     gen.mkdir()
     for src in reproduce.NOTEBOOKS_DIR.glob('*.ipynb'):
@@ -57,7 +62,7 @@ def test_everything_present_is_all_done_already(cpu_done):
     names = [s.name for s in plan]
     assert names[:2] == ['complexity:table3', 'complexity:ablations']
     assert [n for n in names if n.startswith('train:')] == [f'train:{m}' for m in MICRO]
-    for name in ('summary', 'analyze:erf', 'analyze:erf_photos', 'ablations', 'detect:data', 'detect:evaluate'):
+    for name in ('summary', 'analyze:erf', 'analyze:erf_photos', 'ablations', 'seeds', 'detect:data', 'detect:evaluate'):
         assert name in names
     assert names[-2:] == ['notebooks', 'book']
     assert _todo(plan) == []
@@ -135,9 +140,11 @@ def test_models_restricts_the_per_model_steps(cpu_done):
     assert step['analyze:erf'].argv[-2:] == ('--models', 'u_swin_micro')
     assert step['detect:evaluate'].argv[-2:] == ('--models', 'u_swin_micro')
     abl = step['ablations'].argv
-    assert abl[:5] == ('ablations', 'run', '--profile', 'cpu', '--only')
-    assert set(abl[5:]) == {'u_swin_micro_b', 'u_swin_micro_c', 'u_swin_micro_d', 'u_swin_micro_e',
-                            'u_swin_micro_patchds', 'u_swin_micro'}  # Tables VI, II and the second seed
+    assert abl[:7] == ('ablations', 'run', '--profile', 'cpu', '--which', 'ablations', '--only')
+    assert set(abl[7:]) == {'u_swin_micro_b', 'u_swin_micro_c', 'u_swin_micro_d', 'u_swin_micro_e',
+                            'u_swin_micro_patchds'}  # Tables VI and II
+    assert step['seeds'].argv == ('ablations', 'run', '--profile', 'cpu', '--which', 'seeds', '--only',
+                                  'u_swin_micro')  # its seeds 1-4
     assert _todo(plan) == []
     # a registered model outside the roster is accepted (no ablation runs for its family)
     names = [s.name for s in build_plan('cpu', models=['u_identity_micro'])]
@@ -221,7 +228,7 @@ def test_dry_run_prints_the_plan_and_runs_nothing(cpu_done, capsys):
     assert reproduce.main(['--profile', 'cpu', '--dry-run'], runner=lambda s: pytest.fail('ran')) == 0
     out = capsys.readouterr().out
     assert 'stm-lab analyze erf --profile cpu' in out and f'(no {cpu_done / "cpu" / "erf.json"})' in out
-    assert '23 steps at profile cpu: 20 done already, 3 to run' in out
+    assert '24 steps at profile cpu: 21 done already, 3 to run' in out
 
 
 def test_paper_prints_the_commands_and_runs_nothing(tmp_path, monkeypatch, capsys):
