@@ -657,13 +657,22 @@ def original_vs_unified(ours: Dict[str, float], ours_label: str) -> go.Figure:
 
 
 def consistency_over_training(docs: dict) -> go.Figure:
-    """Fig. 7(c): mean translation and rotation consistency after every epoch, one line per model
-    (``docs``: model -> a ``train_<model>.json`` document whose records carry ``consistency_*``)."""
+    """Fig. 7(c): mean translation and rotation consistency after every epoch, one line per model: the mean over the
+    seeds that tracked it, each seed a thin line of the same colour (``docs``: model -> a ``train_<model>.json``
+    document whose records carry ``consistency_*``, or a list of them, one per seed)."""
+    from .analysis.run import mean_consistency_records
     fig = _two_panels(['translation', 'rotation'])
-    for m, doc in docs.items():
-        recs = [r for r in doc['records'] if 'consistency_shift' in r]
+    for m, seeds in docs.items():
+        seeds = seeds if isinstance(seeds, list) else [seeds]
+        curves = [[r for r in d['records'] if 'consistency_shift' in r] for d in seeds]
+        mean = mean_consistency_records(curves)
         for row, key in ((1, 'consistency_shift'), (2, 'consistency_rotation')):
-            fig.add_scatter(x=[r['epoch'] for r in recs], y=[100 * r[key] for r in recs], mode='lines+markers',
+            if len(curves) > 1:
+                for recs in curves:
+                    fig.add_scatter(x=[r['epoch'] for r in recs], y=[100 * r[key] for r in recs], mode='lines',
+                                    legendgroup=m, showlegend=False, opacity=0.35, hoverinfo='skip',
+                                    line=dict(color=color_of(m), width=1), row=row, col=1)
+            fig.add_scatter(x=[r['epoch'] for r in mean], y=[100 * r[key] for r in mean], mode='lines+markers',
                             name=display_name(m), legendgroup=m, showlegend=row == 1,
                             line=dict(color=color_of(m)),
                             hovertemplate='epoch %{x}: %{y:.1f}%<extra>' + display_name(m) + '</extra>', row=row, col=1)
@@ -671,6 +680,32 @@ def consistency_over_training(docs: dict) -> go.Figure:
     fig.update_yaxes(title_text='mean consistency (%)')
     fig.update_layout(template='plotly_white', height=600, margin=dict(l=60, r=20, t=40, b=50),
                       legend=dict(orientation='h', y=-0.12))
+    return fig
+
+
+def seed_spread_figure(panels: Dict[str, dict], unit: str = 'points') -> go.Figure:
+    """Each model's score for every training seed as a dot and their mean as a bar, one panel per metric
+    (``panels``: title -> model -> :class:`stm_lab.claims.Runs`), stacked (a phone's width)."""
+    from plotly.subplots import make_subplots
+    panels = {t: p for t, p in panels.items() if p}
+    fig = make_subplots(rows=max(len(panels), 1), cols=1, subplot_titles=list(panels), vertical_spacing=0.14)
+    for row, (title, runs) in enumerate(panels.items(), start=1):
+        models = list(runs)
+        for m in models:
+            r = runs[m]
+            name = display_name(m)
+            fig.add_scatter(x=list(r.scores.values()), y=[name] * len(r.scores), mode='markers', showlegend=False,
+                            marker=dict(color=color_of(m), size=8, opacity=0.75),
+                            customdata=list(r.scores), row=row, col=1,
+                            hovertemplate='seed %{customdata}: %{x:.2f}<extra>' + name + '</extra>')
+            fig.add_scatter(x=[r.mean], y=[name], mode='markers', showlegend=False, row=row, col=1,
+                            marker=dict(symbol='line-ns-open', color='#222', size=18, line=dict(width=2)),
+                            hovertemplate=f'mean of {len(r.scores)} seeds: %{{x:.2f}}<extra>{name}</extra>')
+        fig.update_yaxes(categoryorder='array', categoryarray=[display_name(m) for m in models][::-1], row=row,
+                         col=1, automargin=True)
+        fig.update_xaxes(title_text=unit, row=row, col=1)
+    fig.update_layout(template='plotly_white', height=90 + 210 * max(len(panels), 1),
+                      margin=dict(l=10, r=10, t=40, b=40))
     return fig
 
 

@@ -411,6 +411,16 @@ def erf_shape_verdict(asymmetry: Dict[str, float]) -> str:
     return 'agrees with' if asymmetry.get('swin', 0) > asymmetry.get('halonet', 0) else 'does not agree with'
 
 
+def mean_consistency_records(curves: Sequence[Sequence[dict]]) -> List[dict]:
+    """Per epoch, the mean of ``consistency_shift`` and ``consistency_rotation`` over several seeds' records (the
+    epochs that every seed measured)."""
+    by_epoch = [{r['epoch']: r for r in recs} for recs in curves]
+    epochs = sorted(set.intersection(*(set(b) for b in by_epoch))) if by_epoch else []
+    return [dict(epoch=e, consistency_images=by_epoch[0][e].get('consistency_images'), seeds=len(by_epoch),
+                 **{k: float(np.mean([b[e][k] for b in by_epoch])) for k in ('consistency_shift', 'consistency_rotation')})
+            for e in epochs]
+
+
 def consistency_records(docs: Dict[str, dict], key: str = 'consistency_shift') -> Dict[str, List[dict]]:
     """model -> the records of its training run (``train_<model>.json`` documents) that measured ``key`` (the
     consistency over training, Fig. 7(c))."""
