@@ -14,7 +14,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 
 from .mixers import mixer_trait
-from .models import display_name
+from .models import display_name, family_of  # noqa: F401  (family_of: the notebooks import it from here)
 from .results import ROOT
 
 STATIC_DIR = ROOT / 'book' / '_static'
@@ -64,9 +64,6 @@ def use_book_renderer() -> None:
     pio.renderers['stm_book'] = _BookRenderer()
     pio.renderers.default = 'stm_book'
 
-
-def family_of(model_name: str) -> str:
-    return model_name.split('_')[1]
 
 
 def scale_of(model_name: str) -> str:

@@ -47,7 +47,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import results
-from ..models import display_name, main_models
+from ..models import display_name, family_of as family, main_models
 from .invariance import ANGLES, CROP_PCTS, crop, resize_short
 
 MICRO = tuple(main_models('micro'))
@@ -94,9 +94,6 @@ class Loaded:
     trained: bool
     source: str  # checkpoint path (relative to the project where possible) or 'untrained, seed 0'
 
-
-def family(model: str) -> str:
-    return model.split('_')[1]
 
 
 def _rel(path) -> str:

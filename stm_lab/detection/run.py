@@ -271,7 +271,8 @@ def erf_claim(profile: str) -> Optional[dict]:
             if se is not None and gap > 2 * se and (counter is None or gap / se > counter['z']):
                 counter = dict(larger=a['model'], smaller=b['model'], bucket=k, gap=gap, se=se, z=gap / se)
     strong = all(r is not None and abs(r) >= 0.9 for r in rho.values())
-    verdict = 'does not agree' if strong else ('agrees' if counter else 'cannot tell at this scale')
+    from ..claims import Verdict
+    verdict = Verdict.DISAGREES if strong else (Verdict.AGREES if counter else Verdict.CANNOT_TELL)
     ours = ', '.join(f'{k} {v:+.2f}' if v is not None else f'{k} n/a' for k, v in rho.items())
     noise = (f'{display_name(counter["larger"])} has the larger ERF@50 but {counter["bucket"]} lower than '
              f'{display_name(counter["smaller"])} by {counter["gap"]:.3f} (bootstrap standard error {counter["se"]:.3f})'
