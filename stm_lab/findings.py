@@ -266,9 +266,12 @@ def headline(rows: List[dict]) -> str:
     """Two sentences for the landing page, from the :func:`findings` rows: how many claims were decided, and the
     strongest agreement and disagreement (largest |effect| / noise among the decided difference claims)."""
     c = verdict_counts(rows)
-    text = (f'Of the paper\'s {c["total"]} claims tested here, {c["agree"] + c["disagree"]} are decided at this scale '
-            f'({c["agree"]} agree, {c["disagree"]} do not) and {c["cannot"]} cannot be told apart from the noise'
-            + (f'; {c["not_yet"]} are not yet measured.' if c['not_yet'] else '.'))
+    def n(k, one, many):
+        return f'{k} {one if k == 1 else many}'
+    text = (f'Of the paper\'s {c["total"]} claims tested here, {c["agree"] + c["disagree"]} '
+            f'{"is" if c["agree"] + c["disagree"] == 1 else "are"} decided at this scale ({n(c["agree"], "agrees", "agree")}, '
+            f'{n(c["disagree"], "does not", "do not")}) and {c["cannot"]} cannot be told apart from the noise'
+            + (f'; {n(c["not_yet"], "is", "are")} not yet measured.' if c['not_yet'] else '.'))
 
     def strongest(verdict):
         decided = [r for r in rows if r['verdict'] == verdict.value and r['se']]
