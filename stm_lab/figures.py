@@ -836,16 +836,16 @@ def detection_demo_figure(demo: Iterable[dict], images: Iterable[dict], categori
 
 
 def findings_table_markdown(rows: Iterable[dict]) -> str:
-    """Rows of :mod:`stm_lab.findings` as the Findings page shows them: claim, paper, ours (noise), the deciding
-    effect with two standard errors and the smallest effect the comparison could decide (2 SE), verdict."""
-    lines = ['| claim | paper | ours (noise) | effect ± 2 SE | smallest decidable | verdict |',
-             '|---|---|---|---:|---:|---|']
+    """Rows of :mod:`stm_lab.findings` as the Findings page shows them: claim, paper, ours (the deciding difference
+    with two standard errors first, two standard errors being the smallest difference the comparison could decide;
+    then what was measured and the noise), verdict. Four columns, as a phone's width allows."""
+    lines = ['| claim | paper | ours: difference ± 2 SE; measured (noise) | verdict |', '|---|---|---|---|']
     for r in rows:
         ours = r['ours'] if r['noise'] in ('-', '') else f"{r['ours']} ({r['noise']})"
-        effect = '-' if r['effect'] is None else (f"{_signed(r['effect'])}" + ('' if r['se'] is None else
-                                                                                f" ± {2 * r['se']:.2f}"))
-        detect = '-' if r['detectable'] is None else f"{r['detectable']:.2f}"
-        lines.append(f"| {r['claim']} | {r['paper']} | {ours} | {effect} | {detect} | **{r['verdict']}** |")
+        if r['effect'] is not None:
+            ours = (f"**{_signed(r['effect'])}" + ('' if r['se'] is None else f" ± {2 * r['se']:.2f}")
+                    + f" {r['unit']}**; {ours}")
+        lines.append(f"| {r['claim']} | {r['paper']} | {ours} | **{r['verdict']}** |")
     return '\n'.join(lines)
 
 
