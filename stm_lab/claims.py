@@ -14,7 +14,8 @@ One rule for every claim, fixed before the runs it judges (``../shared/reference
 The noise of a model-vs-model difference (:func:`difference`) adds two terms, neither replacing the other:
 
 - the **seed** term ``s_A^2 / n_A + s_B^2 / n_B``: each model's variance over its training seeds (the 12-epoch seed
-  set, :data:`SEEDS`); a model with one seed borrows the pooled seed variance of the models that have several;
+  set, :data:`SEEDS`); a model with one seed borrows the pooled seed variance of the models that have several, and
+  where none has several the seed term is unknown and a ranking claim is not decided on image noise alone;
 - the **image** term: a paired bootstrap over the images (the same resampled images for both models) of the
   per-image difference of the two models' seed-averaged outcomes (:mod:`stm_lab.analysis.outcomes`); without
   per-image outcomes, the binomial standard error of two independent proportions (larger: it ignores pairing).
@@ -96,6 +97,7 @@ class Difference:
     seeds: Tuple[int, int]  # seeds behind A's and B's mean
     paired: bool  # image term from per-image outcomes (else binomial, unpaired)
     pooled_seed: bool  # a model with one seed borrowed the pooled seed variance
+    seed_unknown: bool = False  # a model with one seed and no pooled variance to borrow: the seed term is missing
 
     @property
     def detectable(self) -> float:
@@ -129,7 +131,7 @@ def pooled_seed_variance(runs: Sequence[Runs]) -> Optional[float]:
 
 def difference(a: Runs, b: Runs, pooled: Optional[float] = None) -> Difference:
     """The effect A - B and its noise (seed term and image term, see the module docstring)."""
-    seed_var, borrowed = 0.0, False
+    seed_var, borrowed, unknown = 0.0, False, False
     for r in (a, b):
         k = len(r.scores)
         if k > 1:
@@ -137,12 +139,14 @@ def difference(a: Runs, b: Runs, pooled: Optional[float] = None) -> Difference:
         elif pooled is not None:
             seed_var += pooled / k
             borrowed = True
+        else:
+            unknown = True
     if a.per_image is not None and b.per_image is not None:
         image, paired = paired_image_se(a.per_image, b.per_image), True
     else:
         image, paired = math.sqrt(sum(_binomial_var(r) for r in (a, b))), False
     return Difference(a.model, b.model, a.mean - b.mean, math.sqrt(seed_var + image ** 2), math.sqrt(seed_var),
-                      image, (len(a.scores), len(b.scores)), paired, borrowed)
+                      image, (len(a.scores), len(b.scores)), paired, borrowed, unknown)
 
 
 def _binomial_var(r: Runs) -> float:
@@ -218,13 +222,15 @@ def check_rank(claim: Claim, runs: Dict[str, Runs], family: Callable[[str], str]
         return Result(claim, Verdict.NOT_MEASURED, paper=paper, paper_effect=paper_effect)
     a, b = pair
     d = difference(runs[a], runs[b], pooled_seed_variance(list(runs.values())))
-    verdict = decide(d.effect, d.noise, '>0')
+    # one seed per model and no seed spread to borrow: the image noise alone would understate the noise
+    verdict = Verdict.CANNOT_TELL if d.seed_unknown else decide(d.effect, d.noise, '>0')
     seeds = sorted({len(r.scores) for r in runs.values()})
     ranking = ', '.join(f'{display(m)} {fmt.format(scores[m])}' for m in sorted(scores, key=lambda m: -scores[m]))
     noise = (f'deciding pair {display(a)} - {display(b)}; SE {d.noise:.2f} from seeds {d.seed_term:.2f}'
              f'{" (pooled)" if d.pooled_seed else ""} and images {d.image_term:.2f} '
              f'({"paired" if d.paired else "unpaired"}); {"-".join(map(str, seeds[::len(seeds) - 1 or 1]))} '
-             f'seed{"s" if seeds[-1] > 1 else ""} per model')
+             f'seed{"s" if seeds[-1] > 1 else ""} per model'
+             + ('; the seed spread is not measured yet, so nothing is decided' if d.seed_unknown else ''))
     return Result(claim, verdict, ours=ranking, noise_text=noise, paper=paper, effect=d.effect, noise=d.noise,
                   paper_effect=paper_effect, detail=dict(pair=pair, difference=d))
 

@@ -68,6 +68,10 @@ def test_rank_claims_are_decided_on_their_deciding_pair():
     assert r.effect == pytest.approx(5.0)
     r = claims.check_rank(claims.BY_ID['acc_pvt_worst'], runs, fam, str)
     assert r.verdict == 'agrees' and r.detail['pair'] == ('u_dwconv_micro', 'u_pvt_micro')
+    one = {m: Runs(m, {0: r.scores[0]}, n_images=4000) for m, r in runs.items()}  # one seed each: no seed spread
+    r = claims.check_rank(claim, one, fam, str)
+    assert r.verdict == 'cannot tell at this scale' and r.detail['difference'].seed_unknown
+    assert 'not measured yet' in r.noise_text
     del runs['u_pvt_micro']
     assert claims.check_rank(claims.BY_ID['acc_pvt_worst'], runs, fam, str).verdict == 'not yet measured'
 
