@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from .. import results
 from ..models import display_name, family_of as family, main_models
 from .invariance import ANGLES, CROP_PCTS, crop, resize_short
+from .outcomes import subset_indices
 
 MICRO = tuple(main_models('micro'))
 TEST = tuple(main_models('test'))
@@ -148,7 +149,7 @@ def load_images(profile: Profile, limit: int) -> Tuple[torch.Tensor, torch.Tenso
         labels, classes = d['labels'].astype(np.int64), [str(c) for c in d['classes']]
     arr = decoded_images(path)
     n = len(labels)
-    idx = sorted(np.random.default_rng(SEED).permutation(n)[:min(limit, n)].tolist())
+    idx = subset_indices(n, limit, SEED)
     x = torch.from_numpy(np.ascontiguousarray(arr[idx])).permute(0, 3, 1, 2).float().div_(255)
     return x, torch.from_numpy(labels[idx]), classes
 
