@@ -97,13 +97,15 @@ def seed_set_text(profile: str) -> str:
     parts = []
     for (t, a), names in groups.items():
         who = 'every model' if len(groups) == 1 else ', '.join(names)
-        parts.append(f'{who}: seeds {_seeds_text(t)} trained, per-image outcomes of seeds {_seeds_text(a)}')
+        parts.append(f'{who}: trained with seeds {_seeds_text(t)}, per-image outcomes of '
+                     + (f'seed{"s" if len(a) > 1 else ""} {_seeds_text(a)}' if a else 'no seed yet'))
     sizes = ''
     for m in models:
         if analysed[m]:
             doc = json.loads(outcomes.paths(profile, analysed[m][0], m)[0].read_text())['config']
-            sizes = (f' (top-1 and FGSM on all {doc["images"]:,} validation images, invariance on a fixed subset of '
-                     f'{doc["invariance_images"]:,})')
+            inv = ('all of them' if doc['invariance_images'] == doc['images']
+                   else f'a fixed subset of {doc["invariance_images"]:,}')
+            sizes = f' (top-1 and FGSM on all {doc["images"]:,} validation images, every invariance view on {inv})'
             break
     return '; '.join(parts) + sizes
 
