@@ -97,8 +97,9 @@ def seed_set_text(profile: str) -> str:
     parts = []
     for (t, a), names in groups.items():
         who = 'every model' if len(groups) == 1 else ', '.join(names)
-        parts.append(f'{who}: trained with seeds {_seeds_text(t)}, per-image outcomes of '
-                     + (f'seed{"s" if len(a) > 1 else ""} {_seeds_text(a)}' if a else 'no seed yet'))
+        parts.append(f'{who}: trained with seeds {_seeds_text(t)}, '
+                     + (f'per-image outcomes of seed{"s" if len(a) > 1 else ""} {_seeds_text(a)}' if a
+                        else 'no per-image outcomes yet'))
     sizes = ''
     for m in models:
         if analysed[m]:
