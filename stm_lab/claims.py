@@ -186,6 +186,7 @@ class Result:
     paper_effect: Optional[float] = None
     unit: str = 'points'
     detail: dict = field(default_factory=dict)
+    noise_complete: bool = True  # False: a noise term is missing (the seed spread of one-seed models), nothing decided
 
     @property
     def detectable(self) -> Optional[float]:
@@ -196,7 +197,8 @@ class Result:
         return dict(id=self.claim.id, label=LABELS.get(self.claim.id, self.claim.id), page=self.claim.page,
                     claim=self.claim.statement, paper=self.paper,
                     ours=self.ours, noise=self.noise_text, verdict=self.verdict.value, effect=self.effect,
-                    se=self.noise, detectable=self.detectable, paper_effect=self.paper_effect, unit=self.unit)
+                    se=self.noise, detectable=self.detectable, paper_effect=self.paper_effect, unit=self.unit,
+                    noise_complete=self.noise_complete)
 
 
 def deciding_pair(scores: Dict[str, float], claimed: Sequence[str], at: str, family: Callable[[str], str]
@@ -232,7 +234,7 @@ def check_rank(claim: Claim, runs: Dict[str, Runs], family: Callable[[str], str]
              f'seed{"s" if seeds[-1] > 1 else ""} per model'
              + ('; the seed spread is not measured yet, so nothing is decided' if d.seed_unknown else ''))
     return Result(claim, verdict, ours=ranking, noise_text=noise, paper=paper, effect=d.effect, noise=d.noise,
-                  paper_effect=paper_effect, detail=dict(pair=pair, difference=d))
+                  paper_effect=paper_effect, detail=dict(pair=pair, difference=d), noise_complete=not d.seed_unknown)
 
 
 def check_rank_draws(claim: Claim, scores: Dict[str, float], draws: Dict[str, Sequence[Optional[float]]],

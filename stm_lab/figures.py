@@ -857,17 +857,20 @@ def forest_figure(rows: Sequence[dict]):
     """The Findings page at a glance: one row per claim measured as a difference in points (top-1, consistency or
     AP), our effect with its two-standard-error interval coloured by verdict, the paper's value of the same
     difference as an open diamond where it gives one, and the zero line. A positive effect is the claimed
-    direction for every claim but the ablations' losses (their sign is the paper's)."""
+    direction for every claim but the ablations' losses (their sign is the paper's). Claims whose noise lacks a term
+    (one seed per model, no seed spread to borrow) show an open circle: their interval is the image noise alone."""
     rows = [r for r in rows if r['effect'] is not None and r['unit'] == 'points']
     labels = [r['label'] for r in rows]
     fig = go.Figure()
-    for verdict, color in VERDICT_COLORS.items():
-        sub = [r for r in rows if r['verdict'] == verdict]
+    groups = [(v, c, True) for v, c in VERDICT_COLORS.items()] + [('cannot tell at this scale', '#7f7f7f', False)]
+    for verdict, color, complete in groups:
+        sub = [r for r in rows if r['verdict'] == verdict and r.get('noise_complete', True) == complete]
         if not sub:
             continue
         fig.add_trace(go.Scatter(
-            x=[r['effect'] for r in sub], y=[r['label'] for r in sub], mode='markers', name=verdict,
-            marker=dict(color=color, size=9),
+            x=[r['effect'] for r in sub], y=[r['label'] for r in sub], mode='markers',
+            name=verdict if complete else 'not decided: image noise only (seed spread not yet measured)',
+            marker=dict(color=color, size=9, symbol='circle' if complete else 'circle-open', line=dict(width=2)),
             error_x=dict(type='data', array=[2 * (r['se'] or 0) for r in sub], color=color, thickness=2, width=4),
             customdata=[[r['claim'], 2 * (r['se'] or 0)] for r in sub],
             hovertemplate='%{customdata[0]}<br>ours %{x:+.2f} ± %{customdata[1]:.2f} points<extra></extra>'))
