@@ -228,7 +228,8 @@ def check_rank(claim: Claim, runs: Dict[str, Runs], family: Callable[[str], str]
     verdict = Verdict.CANNOT_TELL if d.seed_unknown else decide(d.effect, d.noise, '>0')
     seeds = sorted({len(r.scores) for r in runs.values()})
     ranking = ', '.join(f'{display(m)} {fmt.format(scores[m])}' for m in sorted(scores, key=lambda m: -scores[m]))
-    noise = (f'deciding pair {display(a)} - {display(b)}; SE {d.noise:.2f} from seeds {d.seed_term:.2f}'
+    noise = (f'deciding pair {display(a)} - {display(b)} = {d.effect:+.2f} points, SE {d.noise:.2f} from seeds '
+             f'{d.seed_term:.2f}'
              f'{" (pooled)" if d.pooled_seed else ""} and images {d.image_term:.2f} '
              f'({"paired" if d.paired else "unpaired"}); {"-".join(map(str, seeds[::len(seeds) - 1 or 1]))} '
              f'seed{"s" if seeds[-1] > 1 else ""} per model'
