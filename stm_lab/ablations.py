@@ -1,4 +1,5 @@
-"""The paper's architecture ablations at CPU scale (Tables II, VI, VII) and the second seed of the main set (Fig. 7c).
+"""The paper's architecture ablations at CPU scale (Tables II, VI, VII) and the runs of the 12-epoch seed set (seeds 1-4
+of the five A models: the seed spread of every model comparison, and Fig. 7c).
 
 Every run is the ``cpu`` profile's light recipe at 12 epochs on Imagenette 64x64, micro scale, one thread; the A
 column is the committed 12-epoch main set (``results/cpu/epochs12/``). Each run exports its result JSON to
@@ -6,7 +7,9 @@ column is the committed 12-epoch main set (``results/cpu/epochs12/``). Each run 
 
     stm-lab ablations list               the runs, their commands and which are done
     stm-lab ablations run --jobs 2       run what is missing, two one-thread runs side by side; resumable:
-                                         a killed run continues from its last epoch, finished runs are skipped
+                                         a killed run continues from its last epoch, finished runs are skipped;
+                                         a seed-set run is followed by its per-image outcomes (--which seeds: only
+                                         those)
     stm-lab ablations complexity         parameters and MACs at 224 of every variant -> results/paper/
 
 The ``smoke`` profile plans the same runs on the ``*_test`` layouts (seconds each, trained in-process by
@@ -16,10 +19,10 @@ same code.
 
 Noise. Two sources separate an ablation's top-1 from its A model's: which validation images were drawn (binomial
 standard error, ``sqrt(p (1 - p) / n)`` per model, so ``sqrt(2)`` times that for a difference of two models, counted
-as if independent, which overstates it for models that err on the same images) and which seed trained it (the
-second seed of the five A models: ``sd_seed = sqrt(mean(d^2) / 2)`` over their seed-to-seed differences ``d``, and
-``sqrt(2) sd_seed`` for a difference of two runs). A difference is *beyond the noise* when it exceeds twice their
-combined standard deviation; a claim's verdict is decided only then.
+as if independent, which overstates it for models that err on the same images: the variants' weights are not kept, so
+there are no per-image outcomes to pair) and which seed trained it (:func:`seed_sd`: the pooled variance of the A
+models over the seed set, and ``sqrt(2) sd_seed`` for a difference of two runs). The verdicts are
+:mod:`stm_lab.claims`'s, by its one rule.
 
 A run folder is locked (``flock``) while a process trains it, so two runners never take the same run; the kernel
 drops the lock when the process dies, so a killed runner leaves no stale lock.
@@ -42,6 +45,7 @@ import math
 
 from . import results
 from .results import ROOT
+from .claims import SEEDS
 from .models import MAIN_FAMILIES  # the roster
 from .training.engine import RUNS_DIR
 
@@ -98,7 +102,7 @@ class AblationRun:
 TABLE2_RUNS = (('halonet', 'resblock'), ('swin', 'patchds'), ('dwconv', 'patchds'))
 TABLE7_VARIANTS = ('switch', '1px', 'shift')
 CONSISTENCY_IMAGES = {'cpu': 200, 'smoke': 8}
-SEED_SET = (1, 2, 3, 4)  # the seeds trained here beside seed 0 (the 12-epoch main set): stm_lab.claims.SEEDS
+SEED_SET = tuple(s for s in SEEDS if s)  # the seeds trained here beside seed 0 (the 12-epoch main set)
 RESULT_FOLDERS = ('ablations', *(f'seed{s}' for s in SEED_SET))  # results/<profile>/<folder>/ written here
 
 
@@ -178,7 +182,7 @@ def seed_sd(profile: str = PROFILE) -> Tuple[Optional[float], int]:
     """(standard deviation of one run's top-1 from the seed alone, number of A models it is estimated from): the
     pooled variance over the 12-epoch seed set (:data:`stm_lab.claims.SEEDS`) of every A model with two seeds or
     more."""
-    from .claims import SEEDS, Runs, pooled_seed_variance
+    from .claims import Runs, pooled_seed_variance
     runs = []
     for f in MAIN_FAMILIES:
         scores = {s: r['top1_fp16'] for s in SEEDS if (r := baseline(profile, f, s))}

@@ -48,10 +48,7 @@ def _paper_gap(claim: Claim, values: Dict[str, float]) -> Optional[float]:
 # ------------------------------------------------------------------------------------------------ the seed set
 
 def _final(profile: str, seed: int, model: str) -> Optional[dict]:
-    path = results.RESULTS_DIR / profile / seed_dir(seed, profile) / f'train_{model}.json'
-    if not path.exists():
-        return None
-    return json.loads(path.read_text())['records'][-1]
+    return ablations._final(results.RESULTS_DIR / profile / seed_dir(seed, profile) / f'train_{model}.json')
 
 
 def seed_set(profile: str, metric: str, models: Optional[Sequence[str]] = None) -> Dict[str, Runs]:

@@ -140,12 +140,16 @@ def test_erf_shape_verdict_from_the_asymmetry_of_swin_and_halonet():
 
 
 def test_consistency_over_training_order_and_gains():
-    from stm_lab.analysis.run import consistency_gains_text, consistency_order_text, consistency_records
-    docs = {'u_swin_micro': dict(records=[dict(epoch=1), dict(epoch=2, consistency_shift=0.80),
-                                          dict(epoch=3, consistency_shift=0.85)]),
-            'u_dwconv_micro': dict(records=[dict(epoch=2, consistency_shift=0.90), dict(epoch=3, consistency_shift=0.88)])}
-    recs = consistency_records(docs)
-    assert [len(r) for r in recs.values()] == [2, 2]
-    assert consistency_order_text(recs, 0) == 'U-DWConv 90.0% > U-Swin Transformer 80.0%'
-    assert consistency_order_text(recs, -1) == 'U-DWConv 88.0% > U-Swin Transformer 85.0%'
+    from stm_lab.analysis.run import consistency_gains_text, consistency_order_text, mean_consistency_records
+
+    def rec(epoch, shift):
+        return dict(epoch=epoch, consistency_shift=shift, consistency_rotation=shift / 2, consistency_images=200)
+    seeds = {'u_swin_micro': [[dict(epoch=1), rec(2, 0.80), rec(3, 0.85)], [rec(2, 0.70), rec(3, 0.75)]],
+             'u_dwconv_micro': [[rec(2, 0.90), rec(3, 0.88)]]}
+    recs = {m: mean_consistency_records([[r for r in c if 'consistency_shift' in r] for c in curves])
+            for m, curves in seeds.items()}
+    assert [len(r) for r in recs.values()] == [2, 2] and recs['u_swin_micro'][0]['seeds'] == 2
+    assert recs['u_swin_micro'][1]['consistency_rotation'] == pytest.approx(0.4)  # mean of 0.425 and 0.375
+    assert consistency_order_text(recs, 0) == 'U-DWConv 90.0% > U-Swin Transformer 75.0%'
+    assert consistency_order_text(recs, -1) == 'U-DWConv 88.0% > U-Swin Transformer 80.0%'
     assert consistency_gains_text(recs) == 'U-Swin Transformer +5.0, U-DWConv -2.0'

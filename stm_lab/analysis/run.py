@@ -419,12 +419,6 @@ def mean_consistency_records(curves: Sequence[Sequence[dict]]) -> List[dict]:
             for e in epochs]
 
 
-def consistency_records(docs: Dict[str, dict], key: str = 'consistency_shift') -> Dict[str, List[dict]]:
-    """model -> the records of its training run (``train_<model>.json`` documents) that measured ``key`` (the
-    consistency over training, Fig. 7(c))."""
-    return {m: [r for r in d['records'] if key in r] for m, d in docs.items()}
-
-
 def consistency_order_text(recs: Dict[str, List[dict]], at: int, key: str = 'consistency_shift') -> str:
     """'U-X 91.0% > U-Y 88.5% > ...': the models by ``key`` at their ``at``-th measurement (0 first, -1 last), most
     consistent first."""
