@@ -78,6 +78,21 @@ def seed_set(profile: str, metric: str, models: Optional[Sequence[str]] = None) 
     return out
 
 
+def erf_seed_set(profile: str, stage: int, t: float = 0.5, models: Optional[Sequence[str]] = None) -> Dict[str, Runs]:
+    """model -> ERF@t of one stage (side of the square, % of the input side) for every seed of the 12-epoch seed
+    set with per-image outcomes (each measured on the same 100 images; no per-image rows: the ERF is one map)."""
+    out = {}
+    for model in models or main_models(_scale(profile)):
+        scores = {}
+        for s in outcomes.seeds_with_outcomes(profile, model, SEEDS):
+            doc = json.loads(outcomes.paths(profile, s, model)[0].read_text())
+            at = next(r['erf_at'] for r in doc['summary']['erf'] if r['stage'] == stage)
+            scores[s] = 100 * next(a['side_ratio'] for a in at if a['t'] == t)
+        if scores:
+            out[model] = Runs(model, scores)
+    return out
+
+
 def _seeds_text(seeds: Sequence[int]) -> str:
     return ', '.join(map(str, seeds)) or 'none'
 

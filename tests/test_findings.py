@@ -74,3 +74,20 @@ def test_rows_by_page_keep_the_order_of_first_appearance():
     rows = [dict(page='Training', n=1), dict(page='Speed', n=2), dict(page='Training', n=3)]
     assert {p: [r['n'] for r in rs] for p, rs in findings.by_page(rows).items()} == {'Training': [1, 3], 'Speed': [2]}
     assert list(findings.by_page(rows)) == ['Training', 'Speed']
+
+
+def test_erf_seed_set_reads_erf50_of_every_seed_with_outcomes(tmp_path, monkeypatch):
+    from stm_lab.analysis import outcomes
+    monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path)
+    model = 'u_swin_micro'
+    for seed, side3 in ((2, 0.453125), (4, 0.5)):  # seed 3 made no outcomes: it is left out
+        jpath, npath = outcomes.paths('cpu', seed, model)
+        jpath.parent.mkdir(parents=True, exist_ok=True)
+        erf = [dict(stage=st, erf_at=[dict(t=0.2, side_ratio=0.1), dict(t=0.5, side_ratio=side)])
+               for st, side in ((3, side3), (4, 0.75))]
+        jpath.write_text(json.dumps(dict(summary=dict(erf=erf))))
+        npath.write_bytes(b'')  # its presence marks the seed as analysed
+    runs = findings.erf_seed_set('cpu', 3, models=[model])[model]
+    assert runs.scores == {2: 45.3125, 4: 50.0}
+    assert findings.erf_seed_set('cpu', 4, models=[model])[model].mean == 75.0
+    assert findings.erf_seed_set('cpu', 3, models=['u_pvt_micro']) == {}
