@@ -1,9 +1,10 @@
 """The paper's architecture ablations at CPU scale (Tables II, VI, VII) and the runs of the 12-epoch seed set (seeds 1-4
 of the five A models: the seed spread of every model comparison, and Fig. 7c).
 
-Every run is the ``cpu`` profile's light recipe at 12 epochs on Imagenette 64x64, micro scale, one thread; the A
-column is the committed 12-epoch main set (``results/cpu/epochs12/``). Each run exports its result JSON to
-``results/cpu/<subdir>/train_<model>.json`` (weights there too, not committed: the command re-creates them).
+Every run is the ``cpu`` profile's light recipe at 12 epochs on Imagenette 64x64, micro scale, one thread, seed 0; the A
+column is the mean of the A model's seeds in the 12-epoch seed set (seed 0 in ``results/cpu/epochs12/``). Each run
+exports its result JSON to ``results/cpu/<subdir>/train_<model>.json`` (weights there too, not committed: the command
+re-creates them).
 
     stm-lab ablations list               the runs, their commands and which are done
     stm-lab ablations run --jobs 2       run what is missing, two one-thread runs side by side; resumable:
@@ -13,15 +14,15 @@ column is the committed 12-epoch main set (``results/cpu/epochs12/``). Each run 
     stm-lab ablations complexity         parameters and MACs at 224 of every variant -> results/paper/
 
 The ``smoke`` profile plans the same runs on the ``*_test`` layouts (seconds each, trained in-process by
-:func:`ensure_smoke_runs`,
-or as subprocesses by ``stm-lab ablations run --profile smoke``), so the book's ablation page is built in CI from the
-same code.
+:func:`ensure_smoke_runs`, or as subprocesses by ``stm-lab ablations run --profile smoke``), so the book's ablation
+page is built in CI from the same code.
 
 Noise. Two sources separate an ablation's top-1 from its A model's: which validation images were drawn (binomial
 standard error, ``sqrt(p (1 - p) / n)`` per model, so ``sqrt(2)`` times that for a difference of two models, counted
 as if independent, which overstates it for models that err on the same images: the variants' weights are not kept, so
 there are no per-image outcomes to pair) and which seed trained it (:func:`seed_sd`: the pooled variance of the A
-models over the seed set, and ``sqrt(2) sd_seed`` for a difference of two runs). The verdicts are
+models over the seed set, ``sd_seed^2 (1 + 1/k)`` for one run minus a mean of k seeds: :func:`diff_noise`). The
+verdicts are
 :mod:`stm_lab.claims`'s, by its one rule.
 
 A run folder is locked (``flock``) while a process trains it, so two runners never take the same run; the kernel
@@ -29,7 +30,6 @@ drops the lock when the process dies, so a killed runner leaves no stale lock.
 """
 from __future__ import annotations
 
-import argparse
 import fcntl
 import os
 import shlex
@@ -192,17 +192,21 @@ def seed_sd(profile: str = PROFILE) -> Tuple[Optional[float], int]:
     return (None, 0) if var is None else (math.sqrt(var), len(runs))
 
 
-def diff_noise(top1: float, n: int, sd_seed: Optional[float]) -> float:
-    """Standard deviation of the difference of two runs' top-1 (image sampling and, when known, the seed)."""
-    return math.sqrt(2 * image_se(top1, n) ** 2 + 2 * (sd_seed or 0.0) ** 2)
+def diff_noise(top1: float, n: int, sd_seed: Optional[float], seeds_a: int = 1) -> float:
+    """Standard deviation of a variant's top-1 (one run) minus the mean of its A model over ``seeds_a`` seeds: the
+    image sampling of each, the seed spread of the variant's run and of A's mean (s^2 + s^2 / seeds_a, as
+    :func:`stm_lab.claims.difference` has it), where the seed spread is known."""
+    return math.sqrt(2 * image_se(top1, n) ** 2 + (sd_seed or 0.0) ** 2 * (1 + 1 / seeds_a))
 
 
 def ablation_rows(profile: str = PROFILE) -> List[dict]:
-    """One row per planned ablation run (not the second seed): the paper's value and its difference to the
-    paper's A, ours and our difference to our A, the noise of that difference, and whether it is beyond the noise
-    (twice the noise). Runs without results have ``ours=None``."""
+    """One row per planned ablation run (not the seed set): the paper's value and its difference to the
+    paper's A, ours and our difference to our A (the mean over A's seeds, ``seeds_a`` of them), the noise of that
+    difference, and whether it is beyond the noise (twice the noise). Runs without results have ``ours=None``."""
     from .paper import TABLE2_BLOCK, TABLE2_STAGE, TABLE6, TABLE7
     sd, _ = seed_sd(profile)
+    # A is the mean of every seed of its A model (the 12-epoch seed set), each variant one run (seed 0)
+    a_seeds = {f: [x for s in SEEDS if (x := baseline(profile, f, s))] for f in MAIN_FAMILIES}
     rows = []
     for r in planned_runs(profile):
         if r.table == 'seed':
@@ -214,13 +218,16 @@ def ablation_rows(profile: str = PROFILE) -> List[dict]:
             paper, paper_a = TABLE7[f'u_halonet_small_{r.variant}'][1], TABLE7['u_halonet_small'][1]
         else:
             paper_a, paper = (TABLE2_BLOCK if r.variant == 'resblock' else TABLE2_STAGE)[r.family][::-1]
-        ours, a = _final(r.result), baseline(profile, r.family)
+        ours, a_runs = _final(r.result), a_seeds[r.family]
+        a = a_runs[0] if a_runs else None
+        mean_a = sum(x['top1_fp16'] for x in a_runs) / len(a_runs) if a_runs else None
         row = dict(table=r.table, family=r.family, variant=r.variant, model=r.model, paper=paper, paper_a=paper_a,
-                   paper_diff=round(paper - paper_a, 2), ours=None, ours_a=a['top1_fp16'] if a else None,
-                   diff=None, noise=None, beyond_noise=None, params=None, params_a=a['params'] if a else None)
+                   paper_diff=round(paper - paper_a, 2), ours=None, ours_a=None if a is None else round(mean_a, 2),
+                   seeds_a=len(a_runs), diff=None, noise=None, beyond_noise=None, params=None,
+                   params_a=a['params'] if a else None)
         if ours and a:
-            noise = diff_noise(a['top1_fp16'], a['val_images'], sd)
-            d = ours['top1_fp16'] - a['top1_fp16']
+            noise = diff_noise(mean_a, a['val_images'], sd, len(a_runs))
+            d = ours['top1_fp16'] - mean_a
             row.update(ours=ours['top1_fp16'], diff=round(d, 2), noise=round(noise, 2),
                        beyond_noise=abs(d) > 2 * noise, params=ours['params'],
                        cpu=ours['doc']['provenance'].get('cpu'), command=ours['doc']['provenance'].get('command'))
@@ -363,21 +370,13 @@ def run_queue(jobs: int = 2, only: Optional[List[str]] = None, python: str = sys
     return failed
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog='stm-lab ablations', description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest='what', required=True)
-    s = sub.add_parser('list', help='the planned runs and which are done')
-    s.add_argument('--profile', default=PROFILE, choices=tuple(SCALE), help='cpu (default) or smoke (the *_test layouts)')
-    s = sub.add_parser('run', help='train the missing runs (resumable)')
-    s.add_argument('--profile', default=PROFILE, choices=tuple(SCALE), help='cpu (default) or smoke (the *_test layouts)')
-    s.add_argument('--jobs', type=int, default=2, help='runs side by side, one thread each (default 2)')
-    s.add_argument('--only', nargs='*', help='model names')
-    s.add_argument('--which', default='all', choices=('all', 'ablations', 'seeds'),
-                   help='the ablation runs (Tables II, VI, VII), the seed set (seeds 1-4 of the five models, each '
-                        'analysed right after its training), or both (default)')
-    sub.add_parser('complexity', help='parameters and MACs at 224 -> results/paper/ablation_complexity.json')
-    args = p.parse_args(argv)
+def main(argv=None, prog: str = 'stm-lab ablations') -> int:
+    from .parsers import command_parser  # the options, with the rest of the stm-lab command tree
+    return run_parsed(command_parser('ablations', prog).parse_args(argv))
+
+
+def run_parsed(args) -> int:
+    """Run parsed arguments (``args.what``: list, run or complexity)."""
     if args.what == 'complexity':
         from .results import provenance, save_result
         t0 = time.time()
@@ -394,7 +393,8 @@ def main(argv=None) -> int:
             print(f'{state:8s} Table {r.table:4s} {shlex.join(r.command())}')
         return 0
     if args.jobs < 1:
-        p.error('--jobs must be at least 1')
+        print('stm-lab ablations run: error: --jobs must be at least 1', file=sys.stderr)
+        return 2
     return 1 if run_queue(args.jobs, args.only, profile=args.profile, which=args.which) else 0
 
 

@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, LayerScale, Mlp, trunc_normal_
 from timm.models import checkpoint_seq
+from timm.models._features import feature_take_indices
 
 from .mixers import create_mixer, get_mixer_class, stage_input, stage_sides
 
@@ -235,12 +236,16 @@ class UnifiedNet(nn.Module):
         # without stage norms and without LN after pooling, the last stage gets one norm (as in the paper's code)
         self.end_norm = (nn.LayerNorm(dims[-1], eps=1e-6) if not cfg.stage_norm and not cfg.norm_after_pool
                          else nn.Identity())
-        self.num_features = self.head_hidden_size = int(dims[-1] * cfg.head_ratio)
+        # timm's meaning: num_features is what forward_features returns (the last stage's channels),
+        # head_hidden_size what forward_head(pre_logits=True) returns (the 1x1 conv head's width, 1.5 x C4)
+        self.num_features = dims[-1]
+        self.head_hidden_size = int(dims[-1] * cfg.head_ratio)
         self.conv_head = nn.Sequential(
-            nn.Conv2d(dims[-1], self.num_features, 1, bias=False), nn.BatchNorm2d(self.num_features), nn.GELU())
+            nn.Conv2d(dims[-1], self.head_hidden_size, 1, bias=False), nn.BatchNorm2d(self.head_hidden_size),
+            nn.GELU())
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.pool_norm = nn.LayerNorm(self.num_features, eps=1e-6) if cfg.norm_after_pool else nn.Identity()
-        self.head = nn.Linear(self.num_features, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        self.pool_norm = nn.LayerNorm(self.head_hidden_size, eps=1e-6) if cfg.norm_after_pool else nn.Identity()
+        self.head = nn.Linear(self.head_hidden_size, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
         self.feature_info = [dict(num_chs=d, reduction=2 ** (i + 2), module=f'stages.{i}') for i, d in enumerate(dims)]
         self.init_weights()
 
@@ -272,7 +277,7 @@ class UnifiedNet(nn.Module):
 
     def reset_classifier(self, num_classes: int):
         self.num_classes = self.config.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
 
     def _check_input(self, x):
         if x.ndim != 4:  # else an internal error from deep inside a mixer
@@ -305,24 +310,18 @@ class UnifiedNet(nn.Module):
         """Stage outputs (after each stage's norm, as the paper's ERF analysis takes them), NCHW.
 
         Args:
-            indices: stages to return; an int n means the last n stages; None means all.
+            indices: stages to return; an int n means the last n stages; None means all; negative indices count
+                from the end (timm's ``feature_take_indices``: an index out of range is refused).
             norm: unused (stage outputs are already normalized when stage norms are on); kept for timm's API.
             stop_early: stop after the last requested stage (only with ``intermediates_only``).
             intermediates_only: return only the list of maps.
         """
         if output_fmt != 'NCHW':
             raise ValueError(f"output_fmt {output_fmt!r} not supported; use 'NCHW'")
-        n = len(self.stages)
-        if indices is None:
-            take = list(range(n))
-        elif isinstance(indices, int):
-            take = list(range(n - indices, n))
-        else:
-            take = [i % n for i in indices]
+        take, last = feature_take_indices(len(self.stages), indices)
         feats = []
         self._check_input(x)
         x = self.stem(x)
-        last = max(take)
         for i, stage in enumerate(self.stages):
             x = stage(x).permute(0, 3, 1, 2)
             if i in take:
@@ -333,3 +332,18 @@ class UnifiedNet(nn.Module):
             return feats
         x = self.end_norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         return x, feats
+
+    def prune_intermediate_layers(self, indices: Union[int, Sequence[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
+        """Drop what the stage outputs ``indices`` do not need (timm's API; ``features_only`` calls it): the stages
+        after the last one taken, the end norm, the head. Returns the absolute indices kept."""
+        take, last = feature_take_indices(len(self.stages), indices)
+        cut = last < len(self.stages) - 1
+        self.stages = self.stages[:last + 1]
+        if prune_norm or cut:  # the end norm is sized for (and only applied after) the last stage
+            self.end_norm = nn.Identity()
+        if prune_head or cut:  # the conv head is sized for the last stage too; features end at the last kept one
+            self.conv_head, self.pool_norm = nn.Identity(), nn.Identity()
+            self.num_features = self.head_hidden_size = self.feature_info[last]['num_chs']
+            self.reset_classifier(0)
+        return take

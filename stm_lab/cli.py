@@ -1,36 +1,22 @@
-"""The ``stm-lab`` command. ``stm-lab --import my_mixers <command> ...`` first imports a module that registers your own
-mixers and model families (also for the notebook kernels and training runs the command starts).
+"""The ``stm-lab`` command: one tree of subcommands (stm_lab/parsers.py), each run by the module that does the work.
 
-    stm-lab models [PATTERN]             list the registered models (timm names) with their parameter counts
-    stm-lab mixers                       list the registered spatial token mixers
-    stm-lab complexity [--models ...]    parameters and MACs at 224x224 beside the paper's Table III
-    stm-lab notebooks [--profile P]      execute notebooks/*.ipynb with papermill into book/generated/
-    stm-lab train --model M --profile P  train with the paper's recipe (resumable); also: eval, summary
-    stm-lab analyze {erf,invariance,fgsm,demo,all} --profile P   ERF, invariance, FGSM, rotate-a-photo demo
-    stm-lab ablations {list,run}         Tables II, VI, VII and the second seed at CPU scale (resumable queue)
-    stm-lab detect {data,train,evaluate,bench,run,commands}   Mask R-CNN on the unified backbones (Table V, Fig. 5)
-    stm-lab lab {runtime,build,check,measure}   the book's in-browser lab: ONNX models, parity, browser speed
-    stm-lab bench                        the list of benchmarks (stm_lab/bench/); NAME --help: one's options
-    stm-lab bench dcnv3                  DCNv3 core and U-InternImage training speed, compiled vs pure PyTorch
-    stm-lab bench train-speed            training/inference images/s of the micro models and timm's Swin
-    stm-lab bench train-profile          where a training step goes: parts (stem, stages, head), top operators
-    stm-lab bench table8                 inference throughput with the protocol of Table VIII
-    stm-lab bench analyses               time of the ERF and FGSM analyses on the micro models
-    stm-lab bench cpu-profile            training images/s per model at a profile's settings
-    stm-lab reproduce --profile P        every step of a profile that is missing, then the book (--dry-run: the plan)
+    stm-lab --help                       the commands; stm-lab <command> --help: one command's options
+    stm-lab --version
+    stm-lab --import my_mixers <command> ...   first import a module that registers your own mixers and model
+                                         families (also for the notebook kernels and training runs the command starts)
+
+Building the parsers imports neither torch nor timm, so help and usage errors come at once; a command imports what
+it needs when it runs (``handler`` in stm_lab.parsers).
 """
 from __future__ import annotations
 
-import argparse
+import importlib
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
-from .notebook_params import NOTEBOOK_PROFILES
-from .results import ROOT
-
-NOTEBOOKS_DIR = ROOT / 'notebooks'
-GENERATED_DIR = ROOT / 'book' / 'generated'
+from .parsers import GENERATED_DIR, NOTEBOOKS_DIR, ROOT, TRAINING_COMMANDS, build_parser  # noqa: F401
 
 
 def cmd_models(args) -> int:
@@ -123,58 +109,39 @@ def cmd_notebooks(args) -> int:
     return 1 if failed else 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog='stm-lab', description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    sub = p.add_subparsers(dest='command', required=True)
-    s = sub.add_parser('models', help='list the registered models')
-    s.add_argument('pattern', nargs='?', default='u_*')
-    s.add_argument('--params', action='store_true', help='also build each model and print its parameter count')
-    s.set_defaults(func=cmd_models)
-    s = sub.add_parser('mixers', help='list the registered spatial token mixers')
-    s.set_defaults(func=cmd_mixers)
-    s = sub.add_parser('complexity', help="parameters and MACs beside the paper's Table III")
-    s.add_argument('--models', nargs='*', help='model names (default: the 20 models of Table III)')
-    s.add_argument('--img-size', type=int, default=224)
-    s.add_argument('--no-save', dest='save', action='store_false',
-                   help='print only; by default results/paper/table3_complexity.json is written')
-    s.set_defaults(func=cmd_complexity)
-    for name, text in (('train', 'train a model (see `stm-lab train --help`)'), ('eval', 'evaluate a checkpoint'),
-                       ('summary', 'trained top-1 beside Table III'), ('bench', 'benchmarks (see the list above)'),
-                       ('analyze', 'Sec. 6 analyses: erf, invariance, fgsm, demo (see stm-lab analyze --help)'),
-                       ('ablations', 'the ablation runs at CPU scale (see stm-lab ablations --help)'),
-                       ('detect', 'detection: Mask R-CNN, Table V, Fig. 5 (see stm-lab detect --help)'),
-                       ('lab', "the book's in-browser lab: ONNX export, checks, speed (see stm-lab lab --help)"),
-                       ('reproduce', 'run what a profile lacks, then the book (see stm-lab reproduce --help)')):
-        sub.add_parser(name, help=text)  # listed for --help; handled by _passthrough
-    s = sub.add_parser('notebooks', help='execute the notebooks into book/generated/')
-    s.add_argument('--profile', default='smoke', choices=NOTEBOOK_PROFILES,
-                   help='smoke or cpu (no model is trained at the paper profile here)')
-    s.add_argument('--only', nargs='*', help='notebook names (without .ipynb)')
-    s.add_argument('--src', default=str(NOTEBOOKS_DIR), help='folder of notebook sources')
-    s.add_argument('--out', default=str(GENERATED_DIR), help='folder for the executed copies')
-    s.set_defaults(func=cmd_notebooks)
-    return p
-
-
-def _passthrough(argv):
-    """Commands whose module owns its arguments: (module, argv for its main), or None."""
-    if not argv:
+def extra_for(module: str, preferred: Optional[str] = None) -> Optional[str]:
+    """The optional extra of stm-lab's metadata that installs the (top-level) ``module``: ``preferred`` (the
+    command's own extra) if it has it, else the smallest that has it; None if none does. A distribution's import name
+    is its normalized name (jupyter-book -> jupyter_book), which holds for every extra but the tests' pyyaml."""
+    import importlib.metadata as md
+    import re
+    try:
+        requires = md.requires('stm-lab') or []
+    except md.PackageNotFoundError:
         return None
-    if argv[0] in ('train', 'eval', 'summary'):
-        return 'stm_lab.training.cli', argv
-    if argv[0] == 'analyze':
-        return 'stm_lab.analysis.run', argv[1:]
-    if argv[0] == 'ablations':
-        return 'stm_lab.ablations', argv[1:]
-    if argv[0] == 'detect':
-        return 'stm_lab.detection.run', argv[1:]
-    if argv[0] == 'lab':
-        return 'stm_lab.lab', argv[1:]
-    if argv[0] == 'reproduce':
-        return 'stm_lab.reproduce', argv[1:]
-    if argv[0] == 'bench':  # the list of benchmarks, or one of them (stm_lab/bench/)
-        return 'stm_lab.bench.cli', argv[1:]
-    return None
+    extras: dict = {}
+    for req in requires:
+        name = re.split(r'[<>=!~;\[ ]', req, maxsplit=1)[0].strip().lower().replace('-', '_')
+        extra = re.search(r'extra\s*==\s*["\']([^"\']+)', req)
+        if extra and extra.group(1) != 'dev':
+            extras.setdefault(extra.group(1), set()).add(name)
+    having = [e for e, names in extras.items() if module in names]
+    if preferred in having:
+        return preferred
+    return min(having, key=lambda e: len(extras[e]), default=None)
+
+
+# the extra each command needs beyond the core
+COMMAND_EXTRAS = {'notebooks': 'book', 'reproduce': 'book', 'detect': 'detect', 'lab': 'lab'}
+
+
+# commands that read or write the checkout's notebooks/ and book/ (not shipped in a wheel)
+CHECKOUT_COMMANDS = {('notebooks',), ('reproduce',), ('lab', 'build'), ('lab', 'measure')}
+
+
+def _needs_checkout(args) -> bool:
+    return ((args.command,) in CHECKOUT_COMMANDS or (args.command, getattr(args, 'what', None)) in CHECKOUT_COMMANDS
+            ) and not (ROOT / 'notebooks').is_dir()
 
 
 def _take_imports(argv: list) -> list:
@@ -194,6 +161,28 @@ def _take_imports(argv: list) -> list:
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     modules = _take_imports(argv)
+    args = build_parser().parse_args(argv)  # --help, --version and usage errors end here, before torch is imported
+    if args.command == 'bench' and args.benchmark is None:  # the list of benchmarks is its help
+        return importlib.import_module('stm_lab.bench.cli').run_parsed(args)
+    if _needs_checkout(args):
+        print(f'stm-lab: error: `stm-lab {" ".join(argv[:2])}` works in the project\'s checkout (it reads notebooks/ '
+              f'and writes book/), which this installed copy ({ROOT}) is not: clone the repository and run it there',
+              file=sys.stderr)
+        return 2
+    try:
+        return _run(args, argv, modules)
+    except ModuleNotFoundError as e:  # an optional dependency: name the extra that installs it
+        extra = extra_for((e.name or '').split('.')[0], COMMAND_EXTRAS.get(args.command))
+        if extra is None:
+            raise
+        print(f"stm-lab: error: `stm-lab {args.command}` needs {e.name}, an optional dependency: "
+              f"pip install 'stm-lab[{extra}]'", file=sys.stderr)
+        return 2
+
+
+def _run(args, argv: list, modules: list) -> int:
+    import stm_lab
+    stm_lab._load()  # the stm-lab program imports the package without registering the models: now it runs one
     if modules:
         import os
         from .mixers import IMPORT_ENV, import_user_modules
@@ -208,14 +197,14 @@ def main(argv=None) -> int:
                                                                         *modules])))
         os.environ['PYTHONPATH'] = os.pathsep.join(dict.fromkeys(filter(None, [
             os.getcwd(), *os.environ.get('PYTHONPATH', '').split(os.pathsep)])))
-    target = _passthrough(argv)
-    if target is not None:
-        import importlib
-        module, rest = target
-        return importlib.import_module(module).main(rest)
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
+    # argv as the module's own main would get it (the dry runs print the command back): train/eval/summary keep
+    # their name, the others start after theirs
+    args.argv = argv if argv[0] in TRAINING_COMMANDS else argv[1:]
+    module, function = args.handler.split(':')
+    if module != 'stm_lab.cli':  # the other modules report their errors themselves
+        return getattr(importlib.import_module(module), function)(args)
+    try:  # this module's own commands (looked up here: this file may run as __main__)
+        return globals()[function](args)
     except (KeyError, ValueError, FileNotFoundError) as e:
         print(f'stm-lab: error: {e.args[0] if e.args else e}', file=sys.stderr)
         return 2

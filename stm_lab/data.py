@@ -6,8 +6,8 @@ Datasets (``DataConfig.dataset``):
   (format in ``data/README.md``) read from ``$STM_LAB_DATA`` or ``../shared/data``; where neither has them they
   are fetched from the original sources (fast.ai's Imagenette archive, torchvision's CIFAR-10 download) and
   packed into the same shard format under the cache folder. Each shard is decoded once into a ``uint8
-  (N, H, W, 3)`` array cached as ``.npy`` (``$STM_LAB_CACHE`` or ``.cache/`` at the project root) and then
-  memory-mapped.
+  (N, H, W, 3)`` array cached as ``.npy`` (``$STM_LAB_CACHE``, else ``.cache/`` in a checkout and
+  ``~/.cache/stm_lab`` for an installed package) and then memory-mapped.
 - ``fixture``: the tiny committed shards in ``data/fixture/`` (tests and the ``smoke`` profile).
 - ``imagenet``: an ImageNet-1k folder in the standard layout (``<data_dir>/{train,val}/<wnid>/*.JPEG``), read
   with torchvision's ``ImageFolder`` (``paper`` profile).
@@ -34,12 +34,13 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Mixup, create
 from timm.data.auto_augment import RandAugment
 from timm.data.random_erasing import RandomErasing
 
-from .results import ROOT, atomic_write_bytes
+from .assets import demo_dir
+from .results import ROOT, atomic_write_bytes, cache_dir
 
 DATA_DIR = Path(os.environ.get('STM_LAB_DATA', ROOT.parent / 'shared' / 'data'))
-CACHE_DIR = Path(os.environ.get('STM_LAB_CACHE', ROOT / '.cache'))
+CACHE_DIR = cache_dir()  # never inside an installed package (results.cache_dir)
 FIXTURE_DIR = ROOT / 'data' / 'fixture'
-DEMO_DIR = ROOT / 'data' / 'demo'
+DEMO_DIR = demo_dir()  # data/demo of the checkout, or the copy a wheel carries (stm_lab.assets)
 
 # dataset -> (folder, {split: shard file}, native image side)
 SHARDS: Dict[str, Tuple[str, Dict[str, str], int]] = {

@@ -296,28 +296,18 @@ def check(profile: str = 'cpu', n_images: Optional[int] = None, save: bool = Tru
 
 # ------------------------------------------------------------------------------------------------ CLI
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog='stm-lab lab', description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest='what', required=True)
-    sub.add_parser('runtime', help='copy ONNX Runtime Web into book/_static/lab/ort')
-    for name, text in (('build', 'export the models and the lab data'),
-                       ('check', 'exported vs PyTorch -> results/<profile>/lab_export.json'),
-                       ('measure', 'speed in headless Chromium -> results/<profile>/lab_browser.json')):
-        s = sub.add_parser(name, help=text)
-        s.add_argument('--profile', default='cpu', choices=('cpu', 'smoke'))
-        s.add_argument('--threads', type=int, default=1, help='torch intra-op threads')
-        if name == 'check':
-            s.add_argument('--images', type=int, help='validation images (default: the profile\'s 500)')
-        if name == 'measure':
-            s.add_argument('--html', default=str(ROOT / '_build' / 'html'), help='the built book')
-            s.add_argument('--repeats', type=int, default=20, help='timed runs per measurement')
-        s.add_argument('--no-save', dest='save', action='store_false')
-    return p
+def build_parser(prog: str = 'stm-lab lab') -> argparse.ArgumentParser:
+    """The options of ``stm-lab lab`` (defined in stm_lab.parsers, with the rest of the command tree)."""
+    from .parsers import command_parser
+    return command_parser('lab', prog)
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+def main(argv=None, prog: str = 'stm-lab lab') -> int:
+    return run_parsed(build_parser(prog).parse_args(list(sys.argv[1:] if argv is None else argv)))
+
+
+def run_parsed(args) -> int:
+    """Run parsed arguments (``args.what``: runtime, build, check or measure)."""
     if hasattr(args, 'threads'):
         torch.set_num_threads(args.threads)
     try:

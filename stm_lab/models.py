@@ -4,6 +4,19 @@ After ``import stm_lab``::
 
     timm.create_model('u_swin_micro', num_classes=10, img_size=64)
     timm.list_models('u_*')
+    timm.create_model('u_swin_micro', pretrained=True)        # the trained weights: u_swin_micro.cpu_imagenette_64
+    timm.list_models('u_*', pretrained=True)                  # the five tags
+    timm.create_model('u_swin_test', features_only=True, out_indices=(1, 3))   # stage maps (timm's FeatureGetterNet)
+
+Pretrained tags (:func:`trained_cfg`): the committed weights of a model at the ``cpu`` profile
+(:func:`stm_lab.assets.find_weights`, the five ``u_*_micro``) are registered as ``<model>.<profile>_<dataset>_<size>``,
+``u_swin_micro.cpu_imagenette_64``: the tag names how they were made (timm's ``<recipe>_<dataset>[_<size>]``), the
+profile being the recipe (``stm-lab train --profile cpu``); the dataset is spelled out (Imagenette is not one of
+timm's ImageNet abbreviations). Their cfg (input size, crop, interpolation, mean, std, classes) is read from the
+checkpoint's own record of its evaluation, and ``file=`` points at it: ``pretrained=True`` works offline and timm's
+``resolve_model_data_config`` + ``create_transform`` reproduce ``stm-lab eval``'s input pipeline. The untagged cfg of
+every model stays the default (the paper's ImageNet-1k setting: 224 px, 1000 classes, no weights), so
+``create_model(name)`` builds what it always built; ``pretrained=True`` without a tag takes the model's trained tag.
 
 Families (prefix -> mixer): ``u_halonet`` halo_attn, ``u_pvt`` sr_attn, ``u_swin`` sw_attn, ``u_dwconv`` dw_conv,
 ``u_internimage`` dcnv3, plus the lower bounds ``u_identity`` and ``u_pooling``. Scales ``micro``, ``tiny``,
@@ -27,12 +40,15 @@ Register a family for your own mixer with :func:`register_family`.
 from __future__ import annotations
 
 import difflib
+import importlib.metadata
+import warnings
 from dataclasses import dataclass, field
+from functools import lru_cache, partial
 from typing import Callable, Dict, Optional, Tuple
 
 import timm
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 
 from .backbone import UnifiedNet
 from .mixers import mixer_trait, size_options, stage_sides
@@ -145,15 +161,19 @@ def adapt_to_img_size(mixer: str, img_size: int, num_stages: int = 4) -> Tuple[d
     return size_options(mixer, img_size, num_stages)
 
 
+def _layout(family: str, scale: str) -> Layout:
+    layouts = {**FAMILIES[family].layouts, 'test': _TEST}
+    if scale not in layouts:
+        raise KeyError(f'family {family!r} has no scale {scale!r}; valid: {", ".join(layouts)}')
+    return layouts[scale]
+
+
 def model_config(family: str, scale: str, img_size: int = 224, **overrides) -> dict:
     """Keyword arguments of :class:`UnifiedNet` for a family at a scale (``overrides`` win)."""
     if family not in FAMILIES:
         raise KeyError(f'unknown model family {family!r}; valid: {", ".join(sorted(FAMILIES))}')
     fam = FAMILIES[family]
-    layouts = {**fam.layouts, 'test': _TEST}
-    if scale not in layouts:
-        raise KeyError(f'family {family!r} has no scale {scale!r}; valid: {", ".join(layouts)}')
-    lay = layouts[scale]
+    lay = _layout(family, scale)
     options, stage_options = adapt_to_img_size(fam.mixer, img_size, len(lay.depths))
     cfg = dict(mixer=fam.mixer, depths=lay.depths, dims=lay.dims, heads=lay.heads, mlp_ratios=lay.mlp_ratios,
                drop_path_rate=lay.drop_path_rate, norm_eps=fam.norm_eps, img_size=img_size,
@@ -165,13 +185,128 @@ def model_config(family: str, scale: str, img_size: int = 224, **overrides) -> d
     return cfg
 
 
-default_cfgs: Dict[str, dict] = {}  # read by timm's register_model
+default_cfgs: Dict[str, object] = {}  # read by timm's register_model: a DefaultCfg (tags) per model
+
+PRETRAINED_PROFILE = 'cpu'  # the profile whose committed weights are published as timm pretrained tags
+PAPER = dict(paper_name='Demystify Transformers & Convolutions in Modern Image Deep Networks',
+             paper_ids='arXiv:2211.05781')
+DATA_TERMS = ('Data: Imagenette (fast.ai) is a 10-class subset of ImageNet; its images fall under the ImageNet '
+              'terms of access (non-commercial research and educational use only, https://image-net.org/download). '
+              'These weights are derived from those images: use them within those terms.')
 
 
-def _pretrained_cfg(img_size: int) -> dict:
-    return dict(url='', num_classes=1000, input_size=(3, img_size, img_size), pool_size=None,
+@lru_cache(maxsize=None)
+def _project_license() -> Optional[str]:
+    try:
+        return importlib.metadata.metadata('stm-lab').get('License-Expression')
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout without installing it
+        return None
+
+
+def _untrained_cfg(img_size: int) -> dict:
+    """The paper's ImageNet-1k setting, without weights (what ``create_model(name)`` builds)."""
+    # fixed_input_size: img_size is a construction argument (windows, halo blocks, SR ratios and position tables
+    # adapt to it), so timm passes the cfg's input size to the model as img_size
+    return dict(num_classes=1000, input_size=(3, img_size, img_size), fixed_input_size=True, pool_size=None,
                 crop_pct=0.875, interpolation='bicubic', mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
-                first_conv='stem.0', classifier='head', license='apache-2.0')
+                first_conv='stem.0', classifier='head', license=_project_license(), **PAPER)
+
+
+def pretrained_tag(profile: str, data: dict) -> str:
+    """A trained checkpoint's timm tag, from its record: ``<profile>_<dataset>_<img size>``."""
+    return f'{profile}_{data["dataset"]}_{data["img_size"]}'
+
+
+def trained_cfg(model: str, profile: str = PRETRAINED_PROFILE) -> Optional[Tuple[str, dict]]:
+    """``(tag, pretrained cfg)`` of the committed weights of ``model`` at ``profile``; None where there are none.
+    Everything about the input comes from the checkpoint's record of how it was evaluated (``data``)."""
+    from .assets import find_weights
+    from .data import IMAGENETTE_CLASSES, IMAGENETTE_WNIDS
+    from .training.checkpoint import read_checkpoint
+    path = find_weights(model, profile)
+    if path is None:
+        return None
+    try:
+        state = read_checkpoint(path, tensors=False)[1]
+    except ValueError as e:  # a damaged file must not stop `import stm_lab`: no tag, and say why
+        warnings.warn(f'{model}: no pretrained tag registered ({e})')
+        return None
+    data, classes, config = state['data'], list(state['classes']), state['model_config']
+    if classes == list(IMAGENETTE_CLASSES):  # timm's convention: label_names are synsets, described in words
+        names, descriptions = tuple(IMAGENETTE_WNIDS), dict(zip(IMAGENETTE_WNIDS, classes))
+    else:
+        names, descriptions = tuple(classes), None
+    epochs = state.get('metrics', {}).get('epoch')
+    cfg = dict(
+        file=str(path), num_classes=len(classes), input_size=(config['in_chans'], data['img_size'], data['img_size']),
+        fixed_input_size=True, pool_size=None, crop_pct=data['crop_pct'],
+        crop_mode='center',  # stm_lab.data.image_transform leaves timm's eval crop at its default: center
+        interpolation=data['interpolation'], mean=tuple(data['mean']), std=tuple(data['std']),
+        label_names=names, label_descriptions=descriptions, first_conv='stem.0', classifier='head',
+        license=_project_license(),
+        description=(f'{display_name(model)} ({model}) trained by stm-lab at the {profile} profile: {data["dataset"]}, '
+                     f'{len(classes)} classes, {data["img_size"]}x{data["img_size"]}'
+                     + (f', {epochs} epochs' if epochs else '') + f', {state.get("weights", "model")} weights'),
+        notes=(f'Made by `stm-lab train --model {model} --profile {profile}`; its training record is '
+               f'results/{profile}/train_{model}.json in the stm-lab repository.',
+               DATA_TERMS,
+               f'Weights: released with stm-lab under its license ({_project_license() or "see LICENSE"}), '
+               'within the data terms above.'),
+        **PAPER)
+    return pretrained_tag(profile, data), cfg
+
+
+_TRAINED_FILES: Dict[str, str] = {}  # registered tag file -> model (the files the pretrained filter verifies)
+
+
+def _default_cfg(name: str, img_size: int):
+    """timm's DefaultCfg of a model: the untagged paper cfg first (the default), then the trained tag if any."""
+    cfgs = {name: _untrained_cfg(img_size)}
+    trained = trained_cfg(name)
+    if trained is not None:
+        tag, cfg = trained
+        cfgs[f'{name}.{tag}'] = cfg
+        _TRAINED_FILES[cfg['file']] = name
+    default = generate_default_cfgs(cfgs)[name]
+    # timm puts the first tag with weights first (the default); the untagged cfg stays first here, so that
+    # create_model(name) keeps building the paper's 224 px / 1000 class model (Table III's counts, the tests)
+    default.tags.remove('')
+    default.tags.appendleft('')
+    return default
+
+
+def trained_tag(name: str) -> Optional[str]:
+    """The pretrained tag a model's ``pretrained=True`` loads (its first tag with weights), or None."""
+    default = default_cfgs.get(name)
+    return next((t for t in getattr(default, 'tags', ()) if t and default.cfgs[t].has_weights), None)
+
+
+def _verified_weights(state_dict: dict, model) -> dict:
+    """timm's ``pretrained_filter_fn``: a registered stm-lab checkpoint is checked as ``load_model`` checks it
+    (the digests of its tensors and state, the pairing with its result JSON) and its verified tensors are loaded;
+    any other file (a ``pretrained_cfg_overlay``) goes through as timm read it."""
+    from .training.checkpoint import check_export, read_checkpoint
+    path = model.pretrained_cfg.get('file')
+    if path not in _TRAINED_FILES:
+        return state_dict
+    tensors, state = read_checkpoint(path)
+    check_export(path, state)
+    return tensors
+
+
+def _build(family: str, scale: str, variant: dict, default_img_size: int, img_size=None, **kwargs) -> UnifiedNet:
+    """The model class timm's builder calls, with the cfg's defaults (img_size, num_classes, in_chans) applied."""
+    if img_size is None:  # a pretrained_cfg of the caller's without fixed_input_size
+        img_size = default_img_size
+    if not isinstance(img_size, int):
+        sides = tuple(img_size)
+        if len(sides) != 2 or sides[0] != sides[1]:
+            raise ValueError(f'the unified models are built for square images: img_size must be an int S or (S, S), '
+                             f'got {img_size!r}')
+        img_size = int(sides[0])
+    extra = dict(variant)
+    extra['mixer_options'] = {**extra.get('mixer_options', {}), **kwargs.pop('mixer_options', {})}
+    return UnifiedNet(**model_config(family, scale, img_size, **extra, **kwargs))
 
 
 def _register(name: str, family: str, scale: str, variant: Optional[dict] = None,
@@ -179,19 +314,29 @@ def _register(name: str, family: str, scale: str, variant: Optional[dict] = None
     variant = dict(variant or {})
 
     def entrypoint(pretrained: bool = False, **kwargs):
-        if pretrained:
-            raise ValueError(f'{name}: no pretrained weights are published under this name; train one with '
-                             f'`stm-lab train` and load its checkpoint')
-        img_size = kwargs.pop('img_size', default_img_size)
-        extra = dict(variant)
-        extra['mixer_options'] = {**extra.get('mixer_options', {}), **kwargs.pop('mixer_options', {})}
-        cfg = model_config(family, scale, img_size, **extra, **kwargs)
-        return build_model_with_cfg(UnifiedNet, name, pretrained=False, **cfg)
+        tag = kwargs.get('pretrained_cfg')
+        valid = [t for t in default_cfgs[name].tags if t]
+        if isinstance(tag, str) and tag and tag not in valid:  # timm's own error does not list the valid tags
+            raise ValueError(f'{name} has no pretrained tag {tag!r}; valid: {", ".join(valid) or "none"}'
+                             + ('' if valid else ' (no trained weights under this name)'))
+        if pretrained and not tag:
+            kwargs['pretrained_cfg'] = trained_tag(name)
+        if pretrained and not resolve_pretrained_cfg(name, kwargs['pretrained_cfg'],
+                                                     kwargs.get('pretrained_cfg_overlay')).has_weights:
+            raise ValueError(f'{name}: no trained weights are published under this name; the pretrained models are '
+                             f'{", ".join(timm.list_models("u_*", pretrained=True)) or "none"}. Train one with '
+                             f'`stm-lab train` and load its checkpoint (stm_lab.training.load_model)')
+        stages = len(kwargs.get('depths', _layout(family, scale).depths))
+        return build_model_with_cfg(
+            partial(_build, family, scale, variant, default_img_size), name, pretrained,
+            pretrained_filter_fn=_verified_weights,
+            # stages hand on NCHW maps through a channels-last interior: features come from forward_intermediates
+            feature_cfg=dict(feature_cls='getter', out_indices=tuple(range(stages))), **kwargs)
 
     entrypoint.__name__ = entrypoint.__qualname__ = name
     entrypoint.__module__ = __name__
     entrypoint.__doc__ = f'U-{family} {scale} ({FAMILIES[family].mixer}){" " + str(variant) if variant else ""}'
-    default_cfgs[name] = _pretrained_cfg(default_img_size)
+    default_cfgs[name] = _default_cfg(name, default_img_size)
     register_model(entrypoint)
     globals()[name] = entrypoint
     return entrypoint

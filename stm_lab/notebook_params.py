@@ -4,7 +4,9 @@
     stm-lab notebooks --profile cpu
 
 ``paper`` is not a notebook profile: no model is trained at that profile here, so the pages that read trained
-models would fail.
+models would fail. ``stm-lab notebooks`` passes ``--profile``, whose default is every command's,
+``stm_lab.parsers.DEFAULT_PROFILE`` (cpu); the ``profile = 'smoke'`` of a notebook's own parameters cell is what it
+runs at when it is opened and run by hand.
 """
 from __future__ import annotations
 

@@ -503,20 +503,18 @@ def paper_commands(step: Step) -> str:
     return torchrun_line(step) if step.torchrun else step.display()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog='stm-lab reproduce', description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--profile', default='smoke', choices=PROFILES,
-                   help='smoke (seconds to minutes), cpu (hours on two cores), paper (prints the commands)')
-    p.add_argument('--only', nargs='+', metavar='STEP', help='steps or groups of steps (train, analyze:erf, detect, ...)')
-    p.add_argument('--models', nargs='+', metavar='M', help="per-model steps for these models only (default: the "
-                   "profile's five; at paper Table III's twenty)")
-    p.add_argument('--dry-run', action='store_true', help='print the plan (what is done already) and run nothing')
-    return p
+def build_parser(prog: str = 'stm-lab reproduce') -> argparse.ArgumentParser:
+    """The options of ``stm-lab reproduce`` (defined in stm_lab.parsers, with the rest of the command tree)."""
+    from .parsers import command_parser
+    return command_parser('reproduce', prog)
 
 
-def main(argv=None, runner: Callable[[Step], int] = run_subprocess) -> int:
-    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+def main(argv=None, runner: Callable[[Step], int] = run_subprocess, prog: str = 'stm-lab reproduce') -> int:
+    return run_parsed(build_parser(prog).parse_args(list(sys.argv[1:] if argv is None else argv)), runner)
+
+
+def run_parsed(args, runner: Callable[[Step], int] = run_subprocess) -> int:
+    """Run parsed arguments: the plan of ``args.profile`` (printed with --dry-run or at paper), else its steps."""
     try:
         plan = build_plan(args.profile, args.only, args.models)
         if args.profile == 'paper' or args.dry_run:

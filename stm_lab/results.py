@@ -19,11 +19,48 @@ from typing import Any, Optional
 
 import torch
 
+# The folder holding the package: the checkout in a clone or an editable install; in an installed wheel,
+# site-packages, where nothing may be written (read-only assets are found by stm_lab.assets instead).
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS_DIR = Path(os.environ.get('STM_LAB_RESULTS', ROOT / 'results'))
+
+
+def is_checkout(root: Path) -> bool:
+    return (root / 'pyproject.toml').is_file() or (root / '.git').exists()
+
+
+IN_CHECKOUT = is_checkout(ROOT)
+
+
+def writable_dir(env: str, name: str) -> Path:
+    """The one rule for where stm-lab writes: ``$<env>`` when set; else ``<checkout>/<name>`` in a checkout, and
+    ``./<name>`` of the working folder for an installed package (never into site-packages)."""
+    if os.environ.get(env):
+        return Path(os.environ[env])
+    return (ROOT if IN_CHECKOUT else Path.cwd()) / name
+
+
+def cache_dir() -> Path:
+    """Downloads and decoded datasets: ``$STM_LAB_CACHE``; else ``<checkout>/.cache`` in a checkout, and the user's
+    cache folder (``$XDG_CACHE_HOME/stm_lab`` or ``~/.cache/stm_lab``, where the compiled kernels go too) for an
+    installed package: a cache is shared across working folders."""
+    if os.environ.get('STM_LAB_CACHE'):
+        return Path(os.environ['STM_LAB_CACHE'])
+    if IN_CHECKOUT:
+        return ROOT / '.cache'
+    return Path(os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache') / 'stm_lab'
+
+
+RESULTS_DIR = writable_dir('STM_LAB_RESULTS', 'results')
+RUNS_DIR = writable_dir('STM_LAB_RUNS', 'runs')
+if not IN_CHECKOUT:
+    # the processes a command starts (trainings, notebooks) may run in another folder: they write where it does
+    os.environ.setdefault('STM_LAB_RESULTS', str(RESULTS_DIR.resolve()))
+    os.environ.setdefault('STM_LAB_RUNS', str(RUNS_DIR.resolve()))
 
 
 def _git(*args: str) -> Optional[str]:
+    if not IN_CHECKOUT:  # an installed package has no commit of its own (ROOT may even lie in another repository)
+        return None
     try:
         out = subprocess.run(['git', *args], cwd=ROOT, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):

@@ -1,7 +1,8 @@
-"""The lab with a kernel: ipywidgets controls running real PyTorch inference (Jupyter, Voila, Binder, Colab).
+"""The lab with a kernel: ipywidgets controls running real PyTorch inference (JupyterLab, Voila, Binder, Colab).
 
     from stm_lab.widgets import Lab
-    Lab().show()                                     # the cpu profile's five trained models (committed checkpoints)
+    Lab()                                            # as a cell's last line: the cpu profile's five trained models
+    Lab().show()                                     # the same, as an ipywidgets VBox (to embed in your own layout)
     Lab(['results/cpu/u_swin_micro.safetensors', 'u_mymixer_micro'])   # checkpoints and registered models
     Lab({'mine': my_model})                          # any classifier of (B, 3, S, S) images, e.g. one with your mixer
 
@@ -10,6 +11,9 @@ The same controls as the book's in-browser lab (``stm_lab.lab``), with the same 
 model's top-5. With a kernel there is more: FGSM at any epsilon on *any* photo, the reader's own included (the
 gradient is computed here, :func:`stm_lab.analysis.adversarial.fgsm_direction`, on the current view), and the ERF
 map of one stage for the chosen model (:func:`stm_lab.analysis.erf.erf_maps` on the current view).
+
+As an app: ``notebooks/app/lab_app.ipynb`` shows ``Lab()``; ``make app`` serves it with Voila (outputs only, no code)
+and ``make lab`` opens JupyterLab on the notebooks (both need the ``lab`` extra: ``jupyterlab``, ``voila``).
 
 A model given by name is created untrained (seeded) unless a checkpoint of that name exists under
 ``results/cpu``; its classes are then the checkpoint's. Models given as modules use ``classes`` (default: the
@@ -160,6 +164,7 @@ class Lab:
         self.w_photo.observe(self._demo_chosen, names='value')
         self.w_upload.observe(self._uploaded, names='value')
         self.outputs: Dict[str, object] = {}
+        self._widget = None
         self.update()
 
     # ------------------------------------------------------------------ events
@@ -204,9 +209,12 @@ class Lab:
             p = self._probs(e, x)
             best = torch.argsort(p, descending=True)[:5].tolist()
             top5[e.name] = [(e.classes[i], float(p[i])) for i in best]
-            cells = ''.join(f'<li>{"<b>" if i == self.label else ""}{html.escape(e.classes[i])}'
+            # data-* attributes: what a browser test reads back (tests/test_app.py), as in the book's lab
+            cells = ''.join(f'<li data-class="{html.escape(e.classes[i])}" data-prob="{float(p[i])!r}">'
+                            f'{"<b>" if i == self.label else ""}{html.escape(e.classes[i])}'
                             f'{"</b>" if i == self.label else ""} {100 * float(p[i]):.1f}%</li>' for i in best)
-            rows.append(f'<div style="display:inline-block;vertical-align:top;margin-right:1.2rem">'
+            rows.append(f'<div class="stm-lab-card" data-model="{html.escape(e.name)}" '
+                        f'style="display:inline-block;vertical-align:top;margin-right:1.2rem">'
                         f'<b>{html.escape(e.name)}</b><ol style="margin:0">{cells}</ol></div>')
         self.w_top5.value = ''.join(rows)
         e = next(e for e in self.entries if e.name == self.w_model.value)
@@ -234,6 +242,16 @@ class Lab:
         return self.outputs
 
     def show(self):
+        """The lab's widget (one per Lab: every display of it shows the same controls, kept in step)."""
+        if self._widget is None:
+            self._widget = self._build()
+        return self._widget
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        # a Lab as a cell's last line (or display(lab)) shows its widget, not <stm_lab.widgets.Lab object>
+        return self.show()._repr_mimebundle_(include=include, exclude=exclude)
+
+    def _build(self):
         import ipywidgets as W
         head = W.HTML('<b>The lab</b> (PyTorch in this kernel; the book\'s static lab runs the same views in the '
                       'browser)')

@@ -113,9 +113,11 @@ def test_each_benchmark_has_help(name, capsys):
 
 
 def test_stm_lab_bench_reaches_the_package():
-    from stm_lab.cli import _passthrough
-    assert _passthrough(['bench']) == ('stm_lab.bench.cli', [])
-    assert _passthrough(['bench', 'table8', '--help']) == ('stm_lab.bench.cli', ['table8', '--help'])
+    from stm_lab.parsers import build_parser
+    args = build_parser().parse_args(['bench', 'table8', '--sizes', '32'])
+    assert args.handler == 'stm_lab.bench.cli:run_parsed'
+    assert (args.bench_module, args.sizes) == ('stm_lab.bench.table8', [32])
+    assert build_parser().parse_args(['bench']).benchmark is None  # the list of benchmarks
 
 
 # ---------------------------------------------------------------------------------------------- the protocols

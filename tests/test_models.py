@@ -62,7 +62,7 @@ def test_forward_intermediates_are_the_four_stages(name):
         assert [f.shape for f in feats] == [(1, d, 64 // 2 ** (i + 2), 64 // 2 ** (i + 2)) for i, d in enumerate(dims)]
         assert torch.allclose(final, model.forward_features(x))
         assert torch.allclose(model.forward_head(final), model(x))
-        assert model.forward_head(final, pre_logits=True).shape == (1, model.num_features)
+        assert model.forward_head(final, pre_logits=True).shape == (1, model.head_hidden_size)
         last_two = model.forward_intermediates(x, indices=2, intermediates_only=True)
         assert len(last_two) == 2 and torch.equal(last_two[1], feats[3])
         first = model.forward_intermediates(x, indices=[0], intermediates_only=True, stop_early=True)
@@ -118,7 +118,7 @@ def test_block_layout_of_the_paper_micro_models():
     assert [s.blocks[0].mixer.num_heads for s in m.stages] == [2, 4, 8, 16]
     m = timm.create_model('u_pvt_micro')
     assert [s.blocks[0].mixer.sr_ratio for s in m.stages] == [8, 4, 2, 1]
-    assert m.num_features == 384  # 1.5 x C4 head
+    assert m.head_hidden_size == 384 and m.num_features == 256  # 1.5 x C4 head; C4
 
 
 def test_ablation_switches():

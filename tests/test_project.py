@@ -20,12 +20,22 @@ def _name(req: str) -> str:
 
 
 def test_environment_yml_lists_the_same_dependencies_as_pyproject():
+    """environment.yml is the dev environment: the core and every extra, each with pyproject's version rule; the
+    dev extra is the union of the others, and a package in two extras has one rule."""
     project = tomllib.loads((ROOT / 'pyproject.toml').read_text())['project']
-    wanted = {_name(r): r.replace(' ', '') for r in project['dependencies'] + project['optional-dependencies']['test']}
+    extras = project['optional-dependencies']
+    assert set(extras) == {'book', 'detect', 'lab', 'test', 'dev'}
+    rule = {}
+    for req in [r for reqs in extras.values() for r in reqs]:
+        assert rule.setdefault(_name(req), req.replace(' ', '')) == req.replace(' ', ''), req
+    assert {_name(r) for r in extras['dev']} == {_name(r) for e in ('book', 'detect', 'lab', 'test') for r in extras[e]}
+    core = {_name(r): r.replace(' ', '') for r in project['dependencies']}
+    assert not set(core) & set(rule), 'a core dependency repeated in an extra'
     env = yaml.safe_load((ROOT / 'environment.yml').read_text())
     pip = next(d['pip'] for d in env['dependencies'] if isinstance(d, dict))
     listed = {_name(r): r.replace(' ', '') for r in pip}
-    assert listed == wanted
+    assert len(listed) == len(pip)
+    assert listed == core | rule
 
 
 def test_notebook_sources_are_stripped_and_parameterized():

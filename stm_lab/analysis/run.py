@@ -46,7 +46,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import results
+from .. import assets, results
 from ..models import display_name, family_of as family, main_models
 from .invariance import ANGLES, CROP_PCTS, crop, resize_short
 from .outcomes import subset_indices
@@ -105,7 +105,7 @@ def _rel(path) -> str:
 
 
 def checkpoint_path(profile: str, model: str):
-    return results.RESULTS_DIR / profile / f'{model}.safetensors'
+    return assets.trained_checkpoint(model, profile)
 
 
 def _print(msg: str) -> None:
@@ -455,24 +455,18 @@ def demo_view_uris(img_size: int, crop_pct: float = 0.875, angles: Sequence[floa
 
 # ------------------------------------------------------------------------------------------------ CLI
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog='stm-lab analyze', description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('what', choices=(*ANALYSES, 'all', 'outcomes'),
-                   help='which analysis (all: every one, in turn; outcomes: the per-image outcomes of the '
-                        'runs of one --seed, stm_lab.analysis.outcomes)')
-    p.add_argument('--profile', default='smoke', choices=tuple(PROFILES))
-    p.add_argument('--models', nargs='*', help='model names (default: the profile\'s five)')
-    p.add_argument('--limit', type=int, help='at most this many images (default: the profile\'s count)')
-    p.add_argument('--threads', type=int, default=1,
-                   help='torch intra-op threads (1 on a shared 2-core machine, see stm_lab.bench.analyses)')
-    p.add_argument('--no-save', dest='save', action='store_false', help='print only')
-    p.add_argument('--seed', type=int, help='outcomes: the training seed whose runs are analysed')
-    return p
+def build_parser(prog: str = 'stm-lab analyze') -> argparse.ArgumentParser:
+    """The options of ``stm-lab analyze`` (defined in stm_lab.parsers, with the rest of the command tree)."""
+    from ..parsers import command_parser
+    return command_parser('analyze', prog)
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+def main(argv=None, prog: str = 'stm-lab analyze') -> int:
+    return run_parsed(build_parser(prog).parse_args(list(sys.argv[1:] if argv is None else argv)))
+
+
+def run_parsed(args) -> int:
+    """Run parsed arguments (``args.what``: an analysis, all, or outcomes)."""
     torch.set_num_threads(args.threads)
     try:
         if args.what == 'outcomes':

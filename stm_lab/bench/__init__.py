@@ -1,7 +1,7 @@
 """Benchmarks: figures that are measured, not tested (``stm-lab bench``, or ``python -m stm_lab.bench``).
 
 Every protocol times its contenders with the one interleaved timer of :mod:`stm_lab.bench.timing` and records the
-same provenance with its results. The protocols, one module each (:data:`stm_lab.bench.cli.BENCHMARKS` lists them):
+same provenance with its results. The protocols, one module each (:data:`stm_lab.parsers.BENCHMARKS` lists them):
 
 - :mod:`~stm_lab.bench.dcnv3`: DCNv3 core and U-InternImage training, compiled CPU kernel vs pure PyTorch;
 - :mod:`~stm_lab.bench.train_speed`: training/inference images/s of the micro models and timm's Swin;

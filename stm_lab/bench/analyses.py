@@ -59,16 +59,9 @@ def time_analysis(kind: str, models, n_images: int, img_size: int, batch_size: i
 
 
 # ---------------------------------------------------------------------------------------------- command line
-def add_arguments(p) -> None:
-    p.add_argument('--only', choices=KINDS)
-    p.add_argument('--models', nargs='*', default=list(FIVE))
-    p.add_argument('--img-size', type=int, default=64)
-    p.add_argument('--erf-images', type=int, default=100)
-    p.add_argument('--fgsm-images', type=int, default=3925, help='Imagenette val size')
-    p.add_argument('--threads', type=int, default=1, help='torch intra-op threads (see the description above)')
-
-
 def run(args) -> int:
+    if args.models is None:
+        args.models = list(FIVE)
     torch.set_num_threads(args.threads)
     print(f'torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, '
           f'load avg {_load()} (shared machine: figures are noisy)')

@@ -69,17 +69,6 @@ def cpu_profile(models, profile: str = 'cpu', steps: int = 12, warmup: int = 3, 
 
 
 # ---------------------------------------------------------------------------------------------- command line
-def add_arguments(p) -> None:
-    p.add_argument('--profile', default='cpu', choices=('smoke', 'cpu', 'paper'))
-    p.add_argument('--models', nargs='*', help='default: the five micro models')
-    p.add_argument('--steps', type=int, default=12, help='timed training steps per model per round')
-    p.add_argument('--warmup', type=int, default=3, help='training steps per model before the timed ones')
-    p.add_argument('--rounds', type=int, default=1, help='interleaved rounds (the median is reported)')
-    p.add_argument('--workers', type=int, help="DataLoader workers (default: the profile's)")
-    p.add_argument('--save', action='store_true', help='write results/<profile>/train_throughput.json')
-    p.add_argument('--threads', type=int, help='torch CPU threads (default: all cores; 1 is faster on a busy machine)')
-
-
 def run(args) -> int:
     from ..results import save_result
     from .timing import Watch, provenance

@@ -116,13 +116,6 @@ def bench_training(rounds: int, steps: int = 2, img_size: int = 64) -> list:
 
 
 # ---------------------------------------------------------------------------------------------- command line
-def add_arguments(p) -> None:
-    p.add_argument('--threads', type=int, default=2, help='torch.set_num_threads (default 2)')
-    p.add_argument('--rounds', type=int, default=5, help='interleaved timing rounds (default 5)')
-    p.add_argument('--no-train', dest='train', action='store_false', help='time the core only')
-    p.add_argument('--save', action='store_true', help=f'also write results/bench/{NAME}.json')
-
-
 def run(args) -> int:
     from ..ops import _build
     from ..results import cpu_name

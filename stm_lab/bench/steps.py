@@ -5,7 +5,7 @@ one training or inference step of a model on a fixed random batch.
 - :func:`make_train_step` / :func:`make_infer_step`: a step function for :func:`~stm_lab.bench.timing.interleaved`;
 - :func:`compare`: images/s of several step functions timed side by side; :func:`format_table` prints them;
 - :func:`train_images_per_sec` / :func:`infer_images_per_sec`: one model, one figure;
-- :func:`add_run_options` / :func:`report`: the options and the output shared by the throughput commands.
+- :func:`report`: the output shared by the throughput commands (their options: :mod:`stm_lab.parsers`).
 """
 from __future__ import annotations
 
@@ -158,15 +158,6 @@ def format_table(records: Iterable[dict]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- command line
-def add_run_options(p, default_name: str) -> None:
-    """The options shared by ``train-speed``, ``table8`` and ``train-profile``."""
-    p.add_argument('--threads', type=int, default=2, help='torch CPU threads')
-    p.add_argument('--device', default=None, help='cpu or cuda (default: cuda when available)')
-    p.add_argument('--amp', choices=list(AMP_DTYPES), default='fp32', help='autocast dtype (fp32: none)')
-    p.add_argument('--no-save', action='store_true', help='print only, write no result file')
-    p.add_argument('--name', default=None, help=f'result name under results/bench/ (default {default_name})')
-
-
 def setting(args, device: torch.device) -> str:
     """How the figures were taken, for the title line."""
     return (f'{args.amp}, {device}, {args.threads} threads, OMP_WAIT_POLICY={os.environ.get("OMP_WAIT_POLICY")}; '

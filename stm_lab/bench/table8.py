@@ -15,7 +15,7 @@ from typing import Callable, List, Optional, Sequence
 
 import torch
 
-from .steps import BASELINE, MICRO_MODELS, add_run_options, build_model, compare, device_of, dtype_name, make_infer_step
+from .steps import BASELINE, MICRO_MODELS, build_model, compare, device_of, dtype_name, make_infer_step
 
 NAME = 'table8_throughput'
 PAPER_BATCH_SIZES = (128, 32, 12)
@@ -54,21 +54,11 @@ def table8_throughput(models: Sequence[str] = MICRO_MODELS, sizes: Sequence[int]
 
 
 # ---------------------------------------------------------------------------------------------- command line
-def add_arguments(p) -> None:
-    p.add_argument('--models', nargs='+', default=list(MICRO_MODELS))
-    p.add_argument('--sizes', type=int, nargs='+', default=[256, 512, 1024])
-    p.add_argument('--batch-sizes', type=int, nargs='+', default=None,
-                   help='default 128 32 12 on a GPU (as the paper), 8 2 1 on the CPU')
-    p.add_argument('--steps', type=int, default=None, help='timed iterations (default 100 GPU, 3 CPU)')
-    p.add_argument('--warmup', type=int, default=None, help='warm-up iterations (default 10 GPU, 1 CPU)')
-    p.add_argument('--rounds', type=int, default=None,
-                   help='interleaved rounds the timed steps are split into (default 1 GPU, one per step on the CPU)')
-    add_run_options(p, NAME)
-
-
 def run(args) -> int:
     from .steps import AMP_DTYPES, format_table, progress, report, setting
     from .timing import Watch
+    if args.models is None:
+        args.models = list(MICRO_MODELS)
     torch.set_num_threads(args.threads)
     device, watch = device_of(args.device), Watch()
     cpu = device.type != 'cuda'

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .steps import TIMM_SWIN, add_run_options, build_model, device_of, make_train_step
+from .steps import TIMM_SWIN, build_model, device_of, make_train_step
 
 NAME = 'train_profile'
 
@@ -137,18 +137,11 @@ def format_profile(records: Iterable[dict]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- command line
-def add_arguments(p) -> None:
-    p.add_argument('--models', nargs='+', default=['u_swin_micro', TIMM_SWIN])
-    p.add_argument('--img-size', type=int, default=64)
-    p.add_argument('--batch-size', type=int, default=32)
-    p.add_argument('--steps', type=int, default=3, help='profiled steps per model (after one warm-up step)')
-    p.add_argument('--top', type=int, default=12, help='operators listed per model')
-    add_run_options(p, NAME)
-
-
 def run(args) -> int:
     from .steps import progress, report, setting
     from .timing import Watch
+    if args.models is None:
+        args.models = ['u_swin_micro', TIMM_SWIN]
     torch.set_num_threads(args.threads)
     device, watch = device_of(args.device), Watch()
     if device.type != 'cpu':

@@ -12,7 +12,7 @@ from typing import Callable, List, Optional, Sequence
 
 import torch
 
-from .steps import (BASELINE, MICRO_MODELS, TIMM_SWIN, add_run_options, build_model, compare, device_of,
+from .steps import (BASELINE, MICRO_MODELS, TIMM_SWIN, build_model, compare, device_of,
                     dtype_name, format_table, make_infer_step, make_train_step)
 
 NAME = 'train_speed'
@@ -50,22 +50,11 @@ def train_speed(models: Sequence[str] = (*MICRO_MODELS, TIMM_SWIN), train_size: 
 
 
 # ---------------------------------------------------------------------------------------------- command line
-def add_arguments(p) -> None:
-    p.add_argument('--models', nargs='+', default=[*MICRO_MODELS, TIMM_SWIN])
-    p.add_argument('--img-size', type=int, default=64, help='training image size')
-    p.add_argument('--infer-sizes', type=int, nargs='*', default=[64, 224])
-    p.add_argument('--batch-size', type=int, default=32)
-    p.add_argument('--infer-batch-size', type=int, default=32)
-    p.add_argument('--rounds', type=int, default=7, help='interleaved training rounds (the median is reported)')
-    p.add_argument('--steps', type=int, default=2, help='training steps per model per round')
-    p.add_argument('--warmup', type=int, default=2)
-    p.add_argument('--infer-rounds', type=int, default=5)
-    add_run_options(p, NAME)
-
-
 def run(args) -> int:
     from .steps import AMP_DTYPES, progress, report, setting
     from .timing import Watch
+    if args.models is None:
+        args.models = [*MICRO_MODELS, TIMM_SWIN]
     torch.set_num_threads(args.threads)
     device, watch = device_of(args.device), Watch()
     config = dict(models=args.models, train_size=args.img_size, infer_sizes=args.infer_sizes,

@@ -34,7 +34,7 @@ from ..training.cli import guarded, launch_command
 from . import coco_eval, scale, shapes
 from .data import collate
 from .model import family_and_scale
-from .train import (PROFILES, DetTrainConfig, _log, dataset, evaluate_detector, load_detector, profile_config,
+from .train import (DetTrainConfig, _log, dataset, evaluate_detector, load_detector, profile_config,
                     profile_models, result_dir, train)
 
 EVAL = {'smoke': dict(bootstrap=3, sweep_images=4, demo_images=2, sweep_bootstrap=2),
@@ -565,44 +565,22 @@ def _command() -> str:
     return ' '.join(['stm-lab detect', *map(shlex.quote, args)])
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .train import __doc__ as train_doc
-    p = argparse.ArgumentParser(prog='stm-lab detect', description=train_doc,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest='command', required=True)
-    s = sub.add_parser('data', help='generate the shapes set of a profile (cached)')
-    s.add_argument('--profile', default='cpu', choices=('smoke', 'cpu'))
-    s = sub.add_parser('train', help='train a detector (resumes from its run folder by default)')
-    s.add_argument('--model', required=True)
-    s.add_argument('--profile', default='cpu', choices=PROFILES)
-    s.add_argument('--resume', default='auto', help="'auto', 'none' (start over) or a checkpoint path")
-    s.add_argument('--epochs', type=int)
-    s.add_argument('--pretrained', help="classification checkpoint: 'auto' (default), 'none' or a path")
-    s.add_argument('--data-dir', help='COCO folder (paper profile)')
-    s.add_argument('--stop-after', type=int, help='stop after this many epochs in this call (resume later)')
-    s.add_argument('--out', help='run folder (default runs/<profile>/detection/<model>)')
-    s.add_argument('--dry-run', action='store_true', help='print the resolved configuration and torchrun command')
-    s = sub.add_parser('evaluate', help='AP, noise, scale sweep and demo of the trained detectors -> detection.json')
-    s.add_argument('--profile', default='cpu', choices=('smoke', 'cpu'))
-    s.add_argument('--models', nargs='*')
-    s = sub.add_parser('bench', help='training / inference images/s per model at a profile')
-    s.add_argument('--profile', default='cpu', choices=('smoke', 'cpu'))
-    s.add_argument('--models', nargs='*')
-    s.add_argument('--steps', type=int, default=4)
-    s.add_argument('--save', action='store_true', help='write results/<profile>/detection_throughput.json')
-    s = sub.add_parser('run', help='the smoke profile end to end (data, five trainings, evaluation)')
-    s.add_argument('--profile', default='smoke', choices=('smoke',))
-    s = sub.add_parser('commands', help='print the commands that make a profile\'s detection results')
-    s.add_argument('--profile', default='cpu', choices=('smoke', 'cpu'))
-    for s in sub.choices.values():
-        s.add_argument('--threads', type=int, help='torch CPU threads (1 on a shared 2-core machine)')
-    return p
+def build_parser(prog: str = 'stm-lab detect') -> argparse.ArgumentParser:
+    """The options of ``stm-lab detect`` (defined in stm_lab.parsers, with the rest of the command tree)."""
+    from ..parsers import command_parser
+    return command_parser('detect', prog)
 
 
-def main(argv=None) -> int:
+def main(argv=None, prog: str = 'stm-lab detect') -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    args = build_parser(prog).parse_args(argv)
     args.argv = argv  # as given (the dry run prints the command back)
+    return run_parsed(args)
+
+
+def run_parsed(args) -> int:
+    """Run parsed arguments (``args.command``: data, train, evaluate, bench, run or commands; ``args.argv``: the
+    arguments as given, for the dry run)."""
     return guarded(f'stm-lab detect {args.command}', lambda: _dispatch(args),
                    interrupted='interrupted; run the same command again to continue')
 

@@ -41,7 +41,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from timm.optim import param_groups_weight_decay
 
-from .. import results
+from .. import assets, results
 from ..training.checkpoint import (RunLock, _load_optimizer, _optimizer_tensors, _prefixed, _tensor_digest,
                                    read_checkpoint, write_checkpoint)
 from ..training.config import MICRO_MODELS, PROFILES, SMOKE_MODELS
@@ -208,7 +208,7 @@ def pretrained_path(cfg: DetTrainConfig) -> Optional[Path]:
         return None
     if cfg.pretrained != 'auto':
         return Path(cfg.pretrained)
-    return results.RESULTS_DIR / cfg.profile / f'{cfg.model}.safetensors'
+    return assets.trained_checkpoint(cfg.model, cfg.profile)
 
 
 def build(cfg: DetTrainConfig, log=None) -> Tuple[nn.Module, Optional[LoadReport]]:

@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 from .. import results
 from ..results import atomic_write_bytes
-from .config import PROFILES, _positive, apply_settings, profile_config, profile_models
+from .config import _positive, apply_settings, profile_config, profile_models
 from .engine import RunInterrupted, evaluate_checkpoint, train
 from .reports import format_summary, summary, summary_readme
 
@@ -118,75 +118,33 @@ def cmd_summary(args) -> int:
     return 0
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """Usage errors in one line (the usage of ``train`` alone is a dozen lines); ``--help`` shows the rest."""
-
-    def error(self, message):
-        self.exit(2, f'{self.prog}: error: {message} (see --help)\n')
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog='python -m stm_lab.training', description=__doc__,
-                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest='command', required=True)
-    s = sub.add_parser('train', help='train a model at a profile (resumes from the run folder by default)')
-    s.add_argument('--model', required=True)
-    s.add_argument('--profile', default='cpu', choices=PROFILES)
-    s.add_argument('--resume', default='auto', help="'auto' (default: the run folder's last checkpoint, if any), "
-                                                     "'none' (start over), or a checkpoint path")
-    s.add_argument('--out', help='run folder (default runs/<profile>/<model>)')
-    s.add_argument('--epochs', type=int)
-    s.add_argument('--batch-size', type=int, help='global batch size (the learning rate follows, linear rule)')
-    s.add_argument('--seed', type=int)
-    s.add_argument('--amp', choices=('none', 'bf16', 'fp16'))
-    s.add_argument('--eval-every', type=int)
-    s.add_argument('--workers', type=int, help='DataLoader workers (default: the profile\'s)')
-    s.add_argument('--data-dir', help='ImageNet folder (paper profile), or a folder of shards')
-    s.add_argument('--no-download', action='store_true', help='never fetch data from the internet')
-    s.add_argument('--stop-after', type=int, help='stop after this many epochs in this call (resume later)')
-    s.add_argument('--set', action='append', metavar='KEY=VALUE',
-                   help='override a config field, e.g. --set data.mixup=0 --set data.auto_augment=none (repeatable)')
-    s.add_argument('--results-subdir', default='', help='export to results/<profile>/<dir>/ instead (e.g. epochs40 '
-                                                         'for a longer budget); on a finished run: export it again')
-    s.add_argument('--dry-run', action='store_true', help='print the resolved configuration and torchrun command')
-    s.add_argument('--no-progress', action='store_true')
-    s.add_argument('--json', action='store_true', help='print the final metrics as one JSON line')
-    s.add_argument('--threads', type=int, help='torch CPU threads (default: all cores; 1 is faster on a busy machine)')
-    s.set_defaults(func=cmd_train)
-    s = sub.add_parser('eval', help='top-1/top-5 of a checkpoint')
-    s.add_argument('--checkpoint', required=True)
-    s.add_argument('--data', help='dataset (default: the one the checkpoint was trained on)')
-    s.add_argument('--split', default='val')
-    s.add_argument('--limit', type=int, help='evaluate a fixed seeded subset of this many images')
-    s.add_argument('--weights', default='auto', choices=('auto', 'model', 'ema'),
-                   help="for run checkpoints ('auto': those the run exports, its config's export_weights)")
-    s.add_argument('--batch-size', type=int, default=256)
-    s.add_argument('--data-dir')
-    s.add_argument('--json', action='store_true', help='print one JSON line')
-    s.add_argument('--threads', type=int, help='torch CPU threads (default: all cores; 1 is faster on a busy machine)')
-    s.set_defaults(func=cmd_eval)
-    s = sub.add_parser('summary', help="top-1 of the trained models beside the paper's Table III")
-    s.add_argument('--profile', default='cpu', choices=PROFILES)
-    s.add_argument('--save', action='store_true', help='write results/<profile>/table3_accuracy.json')
-    s.set_defaults(func=cmd_summary)
-    return p
+def build_parser(prog: str = 'python -m stm_lab.training') -> argparse.ArgumentParser:
+    """train, eval and summary under one parser (defined in stm_lab.parsers, with ``stm-lab``'s tree)."""
+    from ..parsers import training_parser
+    return training_parser(prog)
 
 
 SUBCOMMANDS = ('train', 'eval', 'summary')
+COMMANDS = dict(train=cmd_train, eval=cmd_eval, summary=cmd_summary)
 
 
-def main(argv=None) -> int:
-    """``stm-lab [train|eval|summary] ...`` (``python -m stm_lab.training ...``); without a subcommand, ``train``."""
+def main(argv=None, prog: str = 'python -m stm_lab.training') -> int:
+    """``python -m stm_lab.training [train|eval|summary] ...`` (``stm-lab train ...``); without a subcommand,
+    ``train``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] not in SUBCOMMANDS and argv[0] not in ('-h', '--help'):
         argv = ['train', *argv]
-    args = build_parser().parse_args(argv)
+    args = build_parser(prog).parse_args(argv)
     args.argv = argv  # as given (the dry run prints the command back)
+    return run_parsed(args)
 
+
+def run_parsed(args) -> int:
+    """Run parsed arguments (``args.command``: train, eval or summary)."""
     def run():
         if getattr(args, 'threads', None) is not None:
             torch.set_num_threads(_positive('--threads', args.threads))
-        return args.func(args)
+        return COMMANDS[args.command](args)
     return guarded(f'stm-lab {args.command}', run)
 
 

@@ -41,7 +41,7 @@ from .config import SMOKE_MODELS, TrainConfig, _positive, config_differences, ev
 from .distributed import Dist, _all_mean, _log, init_distributed, prepare_model, seed_everything
 
 
-RUNS_DIR = Path(os.environ.get('STM_LAB_RUNS', ROOT / 'runs'))
+RUNS_DIR = results.RUNS_DIR  # $STM_LAB_RUNS, else runs/ of the checkout or of the working folder (results.writable_dir)
 RUN_FILES = ('last.safetensors', 'last.json', 'metrics.jsonl')  # what the trainer writes in a run folder
 
 
