@@ -4,7 +4,9 @@ In a checkout (a clone, or an editable install) they are the checkout's own file
 ``results/<profile>/<model>.safetensors`` and ``data/demo/``. A wheel carries copies as package data, mapped in
 ``pyproject.toml`` the way the kernel sources are (``stm_lab._csrc``): ``results/cpu/u_*_micro.safetensors`` as
 ``stm_lab/_weights/`` and ``data/demo/`` as ``stm_lab/_demo/``. Only the cpu profile's weights are packaged (about
-7 MB each); everything an installed package writes goes elsewhere (:func:`stm_lab.results.writable_dir`).
+7 MB each); everything an installed package writes goes elsewhere (``stm_lab.results.writable_dir``).
+
+::
 
     from stm_lab.assets import weights_path, demo_dir
     weights_path('u_swin_micro')      # Path of the trained U-Swin-micro (cpu profile, Imagenette 64x64)
@@ -66,7 +68,7 @@ def weights_path(model: str, profile: str = 'cpu') -> Path:
 
 def trained_checkpoint(model: str, profile: str = 'cpu') -> Path:
     """Where a trained classifier is read from: ``<profile>/<model>.safetensors`` of the results folder
-    (:data:`stm_lab.results.RESULTS_DIR`); for an installed package whose results lack it, the packaged weights
+    (``stm_lab.results.RESULTS_DIR``); for an installed package whose results lack it, the packaged weights
     where there are some. The path returned may not exist (the caller says what to train)."""
     path = results.RESULTS_DIR / profile / f'{model}.safetensors'
     if not results.IN_CHECKOUT and not path.exists():

@@ -1,5 +1,7 @@
 """The unified architecture of the paper (Sec. 4, Figs. 2-4): one backbone, any spatial token mixer.
 
+::
+
     stem        3x3/2 conv -> LN -> GELU -> 3x3/2 conv -> LN                      (stride 4)
     stage i     [transition: 3x3/2 conv -> LN, for i > 0] -> [stage input hook] -> depth_i blocks -> [stage LN]
     block       x = x + drop_path(gamma1 * mixer(norm1(x)));  x = x + drop_path(gamma2 * mlp(norm2(x)))

@@ -3,11 +3,17 @@ every host but the local server blocked, and report what a reader would trip ove
 
 - console errors and uncaught exceptions;
 - requests to other hosts (the book must work offline);
+- requests to the book's own server that fail (HTTP status 400 or more), as the server logged them: a missing asset,
+  or the page's icon (``/favicon.ico`` where it names none), which the check asks for itself, as browsers do (Chromium
+  makes no icon request while Playwright routes requests);
 - elements wider than the viewport (that widen the page: content inside a scrolling container does not count);
 - at the desktop width, tables wider than their column (a reader would have to scroll them sideways);
 - plotly figures that did not draw.
 
-    python -m stm_lab.book_check [_build/html] [--shots DIR]
+    python -m stm_lab.book_check [_build/html] [--shots DIR] [--preview PNG]
+
+``--preview`` also saves the lab page's controls and top-5 bars as a small PNG: the landing page's picture of the lab,
+made from the cpu-profile book with ``python -m stm_lab.book_check _build/html --preview book/_static/lab-preview.png``.
 
 Needs Playwright's Python package and a Chromium (Debian's ``chromium``; ``STM_LAB_CHROMIUM`` overrides the path).
 """
@@ -16,10 +22,13 @@ from __future__ import annotations
 import argparse
 import functools
 import http.server
+import io
 import os
 import shutil
 import sys
 import threading
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -42,6 +51,7 @@ _OVERFLOW_JS = """() => {
 _TABLES_JS = """() => Array.from(document.querySelectorAll('article table')).filter(
   t => t.getBoundingClientRect().width > t.parentElement.clientWidth + 1).map(
   t => (t.querySelector('th') || t).textContent.trim().slice(0, 40))"""
+_ICON_JS = """() => { const l = document.querySelector('link[rel~="icon"]'); return l ? l.href : null; }"""
 _PLOTS_JS = """() => Array.from(document.querySelectorAll('.plotly-graph-div')).map(d => !!d.querySelector('.main-svg'))"""
 
 
@@ -59,7 +69,8 @@ def check_book(html_dir, shots: Optional[Path] = None) -> Dict[str, List[str]]:
     """``{page@width: [problems]}`` for every page (empty lists when a page is clean)."""
     from playwright.sync_api import sync_playwright
     html_dir = Path(html_dir)
-    handler = functools.partial(_QuietHandler, directory=str(html_dir))
+    failed: List[str] = []  # the server's failed requests since the current page was opened
+    handler = functools.partial(_QuietHandler, directory=str(html_dir), failed=failed)
     server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f'http://127.0.0.1:{server.server_address[1]}/'
@@ -79,10 +90,15 @@ def check_book(html_dir, shots: Optional[Path] = None) -> Dict[str, List[str]]:
                 for name in pages_of(html_dir):
                     errors.clear()
                     outside.clear()
+                    failed.clear()
                     page.goto(base + name, wait_until='load')
                     page.wait_for_timeout(500)
+                    icon = page.evaluate(_ICON_JS) or base + 'favicon.ico'
+                    if icon.startswith(base):
+                        _get(icon)  # a failure lands in `failed`
                     problems = list(errors)
                     problems += [f'request off the machine: {u}' for u in dict.fromkeys(outside)]
+                    problems += [f'request failed: HTTP {f}' for f in dict.fromkeys(failed)]
                     problems += [f'wider than the {width}px viewport: {e}' for e in page.evaluate(_OVERFLOW_JS)]
                     if label == 'desktop':
                         problems += [f'table wider than its column: "{t}"' for t in page.evaluate(_TABLES_JS)]
@@ -99,9 +115,24 @@ def check_book(html_dir, shots: Optional[Path] = None) -> Dict[str, List[str]]:
     return report
 
 
+def _get(url: str) -> None:
+    try:
+        urllib.request.urlopen(url, timeout=30).close()
+    except urllib.error.HTTPError:
+        pass
+
+
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def __init__(self, *args, failed: Optional[List[str]] = None, **kwargs):
+        self.failed = failed  # before the base class's __init__, which handles the request
+        super().__init__(*args, **kwargs)
+
     def log_message(self, *args):
         pass
+
+    def log_request(self, code='-', size='-'):
+        if self.failed is not None and isinstance(code, int) and code >= 400:
+            self.failed.append(f'{int(code)} {self.path}')
 
     def copyfile(self, source, outputfile):
         try:
@@ -110,10 +141,36 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
             pass
 
 
+def lab_preview(html_dir, out: Path, width: int = 1400, colors: int = 128) -> Path:
+    """Save the lab of the built book (``book/generated/lab.html``) as a PNG once its first top-5 are shown: the
+    lab's box (photos, the models' view, sliders, the five cards) at the desktop width, without the status line
+    (it holds timings), in ``colors`` colors so it stays small. Returns ``out``."""
+    from PIL import Image
+    from .lab_browser import Browser, open_lab, serve
+    out = Path(out)
+    browser = Browser()
+    try:
+        with serve(html_dir) as base:
+            page = open_lab(browser, f'{base}/book/generated/lab.html')
+            page.set_viewport_size({'width': width, 'height': 2400})  # the whole lab in view: the shot is not cut
+            page.evaluate("document.getElementById('stm-lab-status').style.display = 'none'")
+            shot = page.locator('#stm-lab').screenshot(animations='disabled')
+            page.close()
+    finally:
+        browser.close()
+    if browser.blocked:
+        raise RuntimeError(f'the lab requested other sites: {browser.blocked[:5]}')
+    img = Image.open(io.BytesIO(shot)).convert('RGB').quantize(colors, dither=Image.Dither.NONE)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    img.save(out, optimize=True)
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('html', nargs='?', default='_build/html')
     ap.add_argument('--shots', type=Path, help='also save a full-page screenshot of every page here')
+    ap.add_argument('--preview', type=Path, help="also save the lab page's controls and top-5 bars as this PNG")
     args = ap.parse_args(argv)
     if not chromium_path():
         print('no Chromium found (install Debian\'s chromium, or set STM_LAB_CHROMIUM)', file=sys.stderr)
@@ -125,6 +182,9 @@ def main(argv=None) -> int:
         for p in problems:
             print(f'       {p}')
     print(f'{len(report) - len(bad)} of {len(report)} page views clean')
+    if args.preview:
+        out = lab_preview(args.html, args.preview)
+        print(f'lab preview: {out} ({out.stat().st_size / 1e3:.0f} kB)')
     return 1 if bad else 0
 
 

@@ -45,9 +45,9 @@ class Verdict(str, enum.Enum):
 
 NO_LOSS = 'no loss'
 DECIDE_AT = 2.0  # a difference is decided beyond this many standard errors (about a 95% two-sided interval)
-NO_LOSS_MARGIN = 1.0  # points: "little or nothing" is a loss smaller than the paper's one reported loss (Shift -1.3)
+NO_LOSS_MARGIN = 1.0  #: points; "little or nothing" is a loss smaller than the paper's one reported loss (Shift -1.3)
 BOOTSTRAP_DRAWS = 2000
-SEEDS = (0, 1, 2, 3, 4)  # the 12-epoch seed set of the five micro models (cpu profile)
+SEEDS = (0, 1, 2, 3, 4)  #: the 12-epoch seed set of the five micro models (cpu profile)
 
 
 def decide(effect: Optional[float], noise: Optional[float], expects: str) -> Verdict:

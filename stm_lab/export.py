@@ -1,5 +1,7 @@
 """The trained models as ONNX files, for the book's in-browser lab (ONNX Runtime Web) and any other runtime.
 
+::
+
     stm-lab lab export --profile cpu          -> book/_static/lab/models/<model>.onnx (+ results/cpu/lab_export.json)
 
 What a file holds: the model *with its input normalization* (:class:`~stm_lab.analysis.common.PixelSpace`), so it
@@ -13,7 +15,7 @@ Weights (``weights=``):
 
 - ``'fp32'``: as trained; ONNX Runtime's logits equal PyTorch's within float rounding (about 1e-5).
 - ``'int8'`` (what the lab ships): weight-only int8, computed in float32. Every weight of a ``MatMul``, ``Conv``
-  or ``Gemm`` is stored as int8 with one scale per output channel (symmetric, max |w| -> 127) and turned back into
+  or ``Gemm`` is stored as int8 with one scale per output channel (symmetric, max ``|w|`` -> 127) and turned back into
   float32 by an ONNX ``DequantizeLinear`` in front of its operator, which ONNX Runtime folds into a constant when
   the session starts (:data:`SESSION_CONFIG`); activations are never quantized. About a
   quarter of the float32 size (the five micro models: 22 MB instead of 79 MB), logits within about 0.1 of
@@ -109,7 +111,7 @@ def _weight_axis(uses) -> Optional[int]:
 
 
 def quantize_per_channel(w: np.ndarray, axis: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8: ``w ~ q * scale`` with one scale per index of ``axis`` (max |w| maps to 127).
+    """Symmetric int8: ``w ~ q * scale`` with one scale per index of ``axis`` (max ``|w|`` maps to 127).
     Returns (q int8, scale float32); an all-zero channel gets scale 1."""
     axis = axis % w.ndim
     reduce = tuple(i for i in range(w.ndim) if i != axis)
@@ -167,6 +169,7 @@ def save(proto, path) -> Path:
 
 
 def file_sha256(path) -> str:
+    """SHA-256 of a file's bytes, as hex."""
     h = hashlib.sha256()
     with open(path, 'rb') as f:
         for chunk in iter(lambda: f.read(1 << 20), b''):
@@ -189,10 +192,10 @@ def export_checkpoint(checkpoint, out, weights: str = 'int8') -> dict:
                 bytes=path.stat().st_size, export_s=round(time.perf_counter() - t0, 1))
 
 
-# ONNX Runtime's session settings for these files, in Python and in the browser (book/_static/lab/lab.js): fold each
-# DequantizeLinear of an int8 weight into a float32 constant when the session is created. Without it, ONNX
-# Runtime's QDQ optimizer treats the weights as quantized operators and runs those products in int8 (measured:
-# logits up to 0.02 further from PyTorch, and a different answer in every runtime).
+#: ONNX Runtime's session settings for these files, in Python and in the browser (book/_static/lab/lab.js); they
+#: fold each DequantizeLinear of an int8 weight into a float32 constant when the session is created. Without it, ONNX
+#: Runtime's QDQ optimizer treats the weights as quantized operators and runs those products in int8 (measured:
+#: logits up to 0.02 further from PyTorch, and a different answer in every runtime).
 SESSION_CONFIG = {'session.disable_quant_qdq': '1'}
 
 

@@ -6,6 +6,7 @@ plotly package by :func:`install_book_assets`), and notebooks render figures as 
 """
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 from typing import Dict, Iterable, Sequence, Tuple
@@ -63,6 +64,25 @@ def use_book_renderer() -> None:
     """Render figures as HTML fragments that use the page's plotly.js (see the book's _config.yml)."""
     pio.renderers['stm_book'] = _BookRenderer()
     pio.renderers.default = 'stm_book'
+
+
+def book_html(fig: go.Figure) -> str:
+    """The figure as the book renders it (:func:`use_book_renderer`), as a string: for ``myst_nb.glue``, which cannot
+    store a plotly figure itself (IPython shows an object with ``_ipython_display_`` instead of returning its data).
+    A page that draws figures in a loop glues each one and captions it with ``{glue:figure}``."""
+    return _BookRenderer().to_mimebundle(fig)['text/html']
+
+
+def numbered_table(markdown: str, caption: str, name: str) -> str:
+    """A pipe table as a MyST ``{table}`` directive: the book numbers it, shows ``caption`` above it, and prose
+    refers to it with ``{numref}`name```. Notebooks print it with ``Markdown(...)``, whose output the book parses
+    as MyST (``nb_render_markdown_format``). A tilde fence, because a caption may hold roles or code: the info string
+    of a backtick fence cannot contain backticks. Text without a table (a 'not yet measured' note) is returned as
+    it is: the directive accepts exactly one table."""
+    if not re.search(r'^\|[-:| ]+\|$', markdown, re.M):  # no delimiter row: no table
+        return markdown
+    caption = ' '.join(caption.split())  # a directive's argument is one line
+    return f'~~~{{table}} {caption}\n:name: {name}\n\n{markdown.strip()}\n~~~'
 
 
 
@@ -853,7 +873,7 @@ VERDICT_COLORS = {'agrees': '#1a9850', 'does not agree': '#d73027', 'cannot tell
                   'not yet measured': '#bdbdbd'}
 
 
-def forest_figure(rows: Sequence[dict]):
+def forest_figure(rows: Sequence[dict]) -> go.Figure:
     """The Findings page at a glance: one row per claim measured as a difference in points (top-1, consistency or
     AP), our effect with its two-standard-error interval coloured by verdict, the paper's value of the same
     difference as an open diamond where it gives one, and the zero line. A positive effect is the claimed

@@ -29,12 +29,14 @@ model), Table VII ``u_halonet_{small,micro}_{switch,1px,shift}``, Table II (tiny
 
 Sizes that depend on the input (:func:`adapt_to_img_size`, each mixer's ``size_options`` rule), chosen so that 224
 gives the paper's values:
+
 - window (Swin) and query block (HaloNet): 7 if 7 divides the stage-1 map side (``ceil(img_size / 4)``), else
   the largest divisor of that side in [4, 7], else 7 (maps are then padded); 224 -> 7, 64 -> 4, 96 -> 6.
   Halo band = block // 2 (224 -> 3, 64 -> 2). A map side no larger than the window (block) is one window (block)
   on that axis, and Swin drops its shift on that axis.
 - PVT spatial-reduction ratio of stage i: the paper's ratio (8, 4, 2, 1), halved until the reduced map keeps at
   least 7 tokens per side (or down to 1); 224 -> (8, 4, 2, 1), 64 -> (2, 1, 1, 1).
+
 Register a family for your own mixer with :func:`register_family`.
 """
 from __future__ import annotations
@@ -60,6 +62,7 @@ SCALES = ('micro', 'tiny', 'small', 'base')
 
 @dataclass(frozen=True)
 class Layout:
+    """A family's layout at one scale: blocks, channels and heads (groups) per stage, drop-path rate, MLP ratios."""
     depths: Tuple[int, ...]
     dims: Tuple[int, ...]
     heads: Tuple[int, ...]
@@ -394,7 +397,7 @@ def family_of(model: str) -> str:
 def display_name(model: str) -> str:
     """A model's name on every page, table and figure: the paper's name of its family (``paper.DISPLAY``: U-HaloNet,
     U-Swin Transformer, ...) at any scale or variant; a registered family the paper does not name (a user's) is
-    'U-' and its mixer's ``display_name``; a reference model its own name (:data:`REFERENCE_DISPLAY`); anything else
+    'U-' and its mixer's ``display_name``; a reference model its own name (``REFERENCE_DISPLAY``); anything else
     keeps its name."""
     if model in REFERENCE_DISPLAY:
         return REFERENCE_DISPLAY[model]

@@ -1,5 +1,7 @@
 """The lab with a kernel: ipywidgets controls running real PyTorch inference (JupyterLab, Voila, Binder, Colab).
 
+::
+
     from stm_lab.widgets import Lab
     Lab()                                            # as a cell's last line: the cpu profile's five trained models
     Lab().show()                                     # the same, as an ipywidgets VBox (to embed in your own layout)

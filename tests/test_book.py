@@ -62,3 +62,18 @@ def test_the_check_sees_a_page_that_widens_and_calls_out(tmp_path):
     report = book_check.check_book(tmp_path)
     problems = ' '.join(report['bad.html@phone'])
     assert 'wider than' in problems and 'off the machine' in problems and 'boom' in problems
+
+
+def test_the_check_sees_a_missing_asset(tmp_path):
+    """The checker itself: a request to the book's own server that fails (a missing image; and the /favicon.ico that
+    Chromium asks for when a page names no icon, a request the page itself never sees) is a problem; the same page
+    with both files present is clean."""
+    (tmp_path / 'page.html').write_text('<html><body><p>text</p><img src="pic.png" alt="a picture"></body></html>')
+    report = book_check.check_book(tmp_path)
+    for width in book_check.WIDTHS:
+        problems = report[f'page.html@{width}']
+        assert 'request failed: HTTP 404 /pic.png' in problems and 'request failed: HTTP 404 /favicon.ico' in problems
+    from PIL import Image
+    Image.new('RGB', (8, 8), 'white').save(tmp_path / 'pic.png')
+    Image.new('RGB', (16, 16), 'white').save(tmp_path / 'favicon.ico')
+    assert book_check.check_book(tmp_path) == {f'page.html@{w}': [] for w in book_check.WIDTHS}

@@ -1,6 +1,7 @@
 """The claim engine (stm_lab.claims): the rule, the noise model on constructed cases with known answers, the registry,
 and two claims recomputed from the committed per-image outcomes by a second, independent code path."""
 import json
+import math
 
 import numpy as np
 import pytest
@@ -109,6 +110,16 @@ def _hierarchical_bootstrap(per_a, per_b, draws=2000, seed=1, resample_seeds=Tru
     return 100 * float(np.std(eff, ddof=1))
 
 
+def _seed_bootstrap_var(per, draws=4000, seed=2):
+    """Variance (points^2) of one model's mean over its seeds resampled with replacement (images fixed), times
+    k / (k - 1)."""
+    rng = np.random.default_rng(seed)
+    k = len(per)
+    scores = 100 * per.mean(1)
+    means = scores[rng.integers(0, k, (draws, k))].mean(1)
+    return float(np.var(means, ddof=1)) * k / (k - 1)
+
+
 @pytest.mark.parametrize('cid,metric', [('shift_pvt_worst', 'shift'), ('fgsm_pvt_worst', 'fgsm')])
 def test_two_claims_recomputed_from_the_committed_outcomes(cid, metric):
     """The engine's effect and noise for two robustness claims, against numpy on the committed npz files and a
@@ -129,11 +140,16 @@ def test_two_claims_recomputed_from_the_committed_outcomes(cid, metric):
     r = next(x for x in findings.robustness_results('cpu') if x.claim.id == cid)
     assert r.detail['pair'] == (a, 'u_pvt_micro')
     assert r.effect == pytest.approx(means[a] - means['u_pvt_micro'], abs=1e-9)
-    if min(len(per[a]), len(per['u_pvt_micro'])) > 1:
-        assert r.noise == pytest.approx(_hierarchical_bootstrap(per[a], per['u_pvt_micro']), rel=0.25)
     # the image term alone (a one-seed model borrows the pooled seed spread, which a bootstrap cannot resample)
     images = _hierarchical_bootstrap(per[a], per['u_pvt_micro'], resample_seeds=False)
     assert r.detail['difference'].image_term == pytest.approx(images, rel=0.15)
+    if min(len(per[a]), len(per['u_pvt_micro'])) > 1:
+        # the seed term: each model's seeds resampled with the images fixed; a bootstrap over k seeds spreads the
+        # mean by the plug-in variance (divisor k), so k / (k - 1) turns it into the unbiased s^2 / k the engine uses
+        # (with 2 seeds the plain two-level bootstrap gives half the seed variance)
+        seeds = math.sqrt(sum(_seed_bootstrap_var(p) for p in (per[a], per['u_pvt_micro'])))
+        assert r.detail['difference'].seed_term == pytest.approx(seeds, rel=0.15)
+        assert r.noise == pytest.approx(math.hypot(seeds, images), rel=0.15)
 
 
 def test_outcomes_of_a_smoke_run_agree_with_the_sweeps(tmp_path, monkeypatch):

@@ -99,6 +99,48 @@ def test_lab_loads_offline(page, browser, site):
     assert not [c for c in browser.console if c.startswith(('error', 'pageerror'))], browser.console
 
 
+# each card's box, its first (top) bar's width and that bar's probability, in page order
+_TOP_BARS_JS = """() => [...document.querySelectorAll('.stm-lab-card')].map(c => {
+  const r = c.getBoundingClientRect(), li = c.querySelector('li');
+  const b = li.querySelector('.stm-lab-bar').getBoundingClientRect();
+  return {model: c.dataset.model, width: r.width, right: r.right, bar: b.width, bar_right: b.right,
+          p: Number(li.dataset.prob)};
+})"""
+# the lab's width in the book's text column at a 1400 px window (the standalone page has no column: the lab fills it)
+BOOK_COLUMN_PX = 784
+
+
+@pytest.mark.parametrize('width,column', [(1400, None), (1400, BOOK_COLUMN_PX), (390, None)],
+                         ids=['desktop', 'desktop-book-column', 'phone'])
+def test_top5_bars_are_readable(page, site, width, column):
+    """Each model's top bar is long enough to read, at a desktop width (the page's full width, and the book's text
+    column) and a phone width: at least 40% of its card when its probability is 50% or more, i.e. the bar's 100%
+    mark lies at 80% of the card's width or further, which is checked for every model (a top-1 of ten classes is
+    >= 10%, so the smoke profile's models are measured too). The five cards are equally wide (a grid; so within each
+    row). The layout before, in the book's column: four cards of 180 px whose bars got 1-2 px beside the class names,
+    and the fifth alone on a row of 756 px."""
+    _, manifest = site
+    page.evaluate('window.stmLab.loadDemo(0)')
+    _reset(page)
+    before = page.viewport_size
+    page.set_viewport_size({'width': width, 'height': 900})
+    if column:
+        page.evaluate(f"document.body.style.maxWidth = '{column}px'")
+    try:
+        cards = page.evaluate(_TOP_BARS_JS)  # reading the boxes lays the page out at the new width
+    finally:
+        page.evaluate("document.body.style.maxWidth = ''")
+        page.set_viewport_size(before)
+    assert [c['model'] for c in cards] == [m['name'] for m in manifest['models']]
+    for c in cards:
+        assert c['bar_right'] <= c['right'] + 0.5, c  # inside its card
+        assert c['bar'] >= 0.8 * c['p'] * c['width'], c
+        if c['p'] >= 0.5:
+            assert c['bar'] >= 0.4 * c['width'], c
+    widths = [c['width'] for c in cards]
+    assert max(widths) - min(widths) <= 1, widths
+
+
 @pytest.mark.parametrize('slider,value', [('stm-lab-angle', 30), ('stm-lab-dx', 7), ('stm-lab-dy', -9),
                                           ('stm-lab-scale', 0)])
 def test_each_slider_changes_the_predictions(page, slider, value):

@@ -9,9 +9,10 @@ inside (:class:`~stm_lab.analysis.common.PixelSpace`), so epsilon is in units of
 8/255) but no code, so how it handled normalization is unknown.
 
 Two captum settings, and why:
+
 - the loss is per-image cross-entropy (``reduction='none'``), so each image's gradient does not shrink with
   the batch size;
-- captum leaves a pixel unperturbed when |gradient| <= ``zero_thresh`` (1e-6 by default); confidently
+- captum leaves a pixel unperturbed when ``|gradient|`` <= ``zero_thresh`` (1e-6 by default); confidently
   classified images of a trained model have gradients far below that, so the threshold is set to 0 (only
   exactly-zero gradients, whose sign is 0 anyway, leave a pixel unchanged).
 """

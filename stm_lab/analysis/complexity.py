@@ -2,10 +2,12 @@
 
 MACs = FLOPs / 2 of the matrix products and convolutions, attention's two matmuls included. PyTorch's counter
 has no formula for two operators these models use on the CPU, so two are added here:
+
 - ``_scaled_dot_product_flash_attention_for_cpu`` (what ``F.scaled_dot_product_attention`` runs on the CPU):
   q.k^T and attn.v, as PyTorch counts its GPU attention kernels; any number of batch dimensions;
 - ``grid_sampler_2d`` (DCNv3's sampling): one MAC per sampled value, the convention of the paper's counter for
   deformable attention (queries x groups x points x channels per group).
+
 Element-wise work (norms, activations, softmax, the weighted sum of sampled points) is not counted, as in the
 usual MAC counts. ``attention_macs`` reports the attention share separately, because Table III's U-HaloNet
 numbers appear to leave it out (Table VII's do not).
@@ -47,6 +49,7 @@ ATTENTION_OPS = {'_scaled_dot_product_flash_attention_for_cpu', '_scaled_dot_pro
 
 
 def count_params(model: nn.Module) -> int:
+    """All parameters of ``model``."""
     return sum(p.numel() for p in model.parameters())
 
 

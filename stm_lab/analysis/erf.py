@@ -136,7 +136,7 @@ def erf_shape(m: torch.Tensor, centre: Optional[Tuple[int, int]] = None) -> dict
     """How lopsided an ERF is around its centre unit.
 
     ``asymmetry``: on the largest square centred at ``centre`` that fits the map, the mass that differs from
-    the map turned by 180 degrees about the centre, |m - rot180(m)| / (2 sum m), in [0, 1] (0: point-symmetric).
+    the map turned by 180 degrees about the centre, ``|m - rot180(m)| / (2 sum m)``, in [0, 1] (0: point-symmetric).
     ``centroid_dy``/``centroid_dx``: mass-weighted mean offset from the centre in pixels (positive: down/right).
     """
     size_y, size_x = m.shape

@@ -1,9 +1,9 @@
 """Translation, rotation and scale invariance of a classifier (paper Sec. 6.2, Fig. 7).
 
 Every sweep takes the *un-cropped* images (float, [0, 1], ``(B, 3, H, W)``, any size) and builds the views
-itself, as the paper's evaluation does at 224:
+itself, as the paper's evaluation does at 224::
 
-    paper (224)                                  here (``img_size`` S, default 64)
+    paper (224)                                  here (img_size S, default 64)
     resize short side to int(224 / 0.875) = 256  resize short side to R = int(S / crop_pct) = 73 (bicubic)
     centre crop 224 = reference view             centre crop S = reference view
     shift 0..64 px in steps of 4 (17 values)     the same 17 steps scaled by S / 224: 0, 1, 2, 3, 5, ... 18

@@ -1,5 +1,7 @@
 """Per-image outcomes of one trained run, the basis of every model-vs-model claim (``stm-lab analyze outcomes``).
 
+::
+
     stm-lab analyze outcomes --profile cpu --seed 2 [--models u_swin_micro ...] [--threads 1]
 
 For each model of the profile's roster trained with that seed (the weights a ``--results-subdir`` run exports,
@@ -7,7 +9,7 @@ For each model of the profile's roster trained with that seed (the weights a ``-
 training), the predicted class of every image under every view the paper's robustness analyses use:
 
 - ``clean`` and ``fgsm``: the whole validation split (3,925 Imagenette images): the evaluation view, and FGSM at
-  each non-zero epsilon of :data:`stm_lab.analysis.run.FGSM_EPSILONS_255`;
+  each non-zero epsilon of ``stm_lab.analysis.run.FGSM_EPSILONS_255``;
 - ``shift``, ``rotation``, ``scale``: the reference view and the sweeps of :mod:`stm_lab.analysis.invariance`
   (16 shifts, 9 angles, 15 crop ratios) on the whole split at the cpu profile (:data:`INVARIANCE_IMAGES`; a fixed
   seeded subset where one is set), the same images in the same batches for every model and seed (the shift
@@ -35,8 +37,9 @@ from .. import results
 from .invariance import ANGLES, CROP_PCTS, default_shifts
 
 VIEW_KINDS = ('shift', 'rotation', 'scale')  # per-image arrays of the invariance subset, (views, images)
-# the invariance views cost 40 forward passes per image; at the cpu profile the whole split takes about 8 core-minutes
-# per model (measured: 1,000 images in 176 s of a shared core), so no subset is needed (None: every image)
+#: Images of the invariance views per profile (None for every image). The views cost 40 forward passes per image; at
+#: the cpu profile the whole split takes about 8 core-minutes per model (measured: 1,000 images in 176 s of a
+#: shared core), so no subset is needed.
 INVARIANCE_IMAGES = {'cpu': None, 'smoke': 8}
 ERF_THRESHOLDS = (0.2, 0.3, 0.5, 0.99)
 
@@ -56,6 +59,7 @@ def paths(profile: str, seed: int, model: str) -> Tuple[Path, Path]:
 
 
 def weights_path(profile: str, seed: int, model: str) -> Path:
+    """Where the weights of one run of the seed set are (exported by its training; not committed)."""
     return results.RESULTS_DIR / profile / seed_dir(seed, profile) / f'{model}.safetensors'
 
 
@@ -66,7 +70,7 @@ def subset_indices(n: int, limit: int, seed: int = 0) -> List[int]:
 
 def compute(m, images: torch.Tensor, labels: torch.Tensor, inv_index: Sequence[int], batch_size: int
             ) -> Tuple[Dict[str, np.ndarray], dict]:
-    """Per-image predictions of one loaded model (:class:`stm_lab.analysis.run.Loaded`) on ``images`` (the whole
+    """Per-image predictions of one loaded model (``stm_lab.analysis.run.Loaded``) on ``images`` (the whole
     split, un-cropped, [0, 1]) and the summary numbers. ``inv_index``: the images (indices into ``images``) the
     invariance sweeps use."""
     from .adversarial import fgsm_sweep
@@ -149,6 +153,7 @@ def load(profile: str, seed: int, model: str) -> Optional[Dict[str, np.ndarray]]
 
 
 def seeds_with_outcomes(profile: str, model: str, seeds: Sequence[int] = range(10)) -> List[int]:
+    """The seeds among ``seeds`` whose outcomes of ``model`` exist."""
     return [s for s in seeds if paths(profile, s, model)[1].exists()]
 
 

@@ -20,6 +20,7 @@ import torch.nn as nn
 
 from .base import TokenMixer, stage_sides
 
+#: The registry, mixer name -> mixer class (filled by :func:`register_mixer`).
 MIXERS: Dict[str, Type[nn.Module]] = {}
 
 # keywords the backbone passes to every mixer (see base.py)
@@ -38,6 +39,7 @@ def register_mixer(name: str) -> Callable[[Type[nn.Module]], Type[nn.Module]]:
 
 
 def get_mixer_class(name: str) -> Type[nn.Module]:
+    """The class registered under ``name``; an unknown name is a KeyError that lists the valid ones."""
     try:
         return MIXERS[name]
     except KeyError:

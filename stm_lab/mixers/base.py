@@ -25,7 +25,7 @@ the analyses and the book, so that nothing outside ``mixers/`` keeps lists of mi
 - ``dynamic_sampling``: whether it samples input-dependent locations (then no fixed receptive field exists);
 - ``display_name`` and ``color``: its name in the paper's tables and its colour in every figure;
 - ``size_options(sides)`` (a classmethod): the options that follow the input size (window, halo block, reduction
-  ratio), from the side of each stage's feature map (:func:`stage_sides`); default none.
+  ratio), from the side of each stage's feature map (:func:`~stm_lab.mixers.stage_sides`); default none.
 
 A module whose parameter shapes follow those options (a position table, a reduction kernel) may also define
 ``resize_loaded(name, tensor) -> tensor``: a tensor saved at another input size (parameter ``name`` of this module,
@@ -50,12 +50,13 @@ class TokenMixer(nn.Module):
 
     #: whether ``dim`` must be divisible by ``num_heads`` (False for mixers that ignore heads)
     uses_heads: bool = True
-    #: Table IV column the mixer's models are trained with: 'transformer' or 'cnn'
+    #: Table IV column the mixer's models are trained with, 'transformer' or 'cnn'
     recipe: str = 'transformer'
     #: whether the mixer samples input-dependent locations (no fixed theoretical receptive field)
     dynamic_sampling: bool = False
-    #: name in the paper's tables (None: the registry name) and colour in the book's figures (None: a fallback)
+    #: name in the paper's tables (None for the registry name)
     display_name: Optional[str] = None
+    #: colour in the book's figures (None for a fallback)
     color: Optional[str] = None
 
     @classmethod

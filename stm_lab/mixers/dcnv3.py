@@ -13,7 +13,7 @@ pixels) and how much each tap counts (softmax over the taps), from a depth-wise-
 With zero offsets and a uniform mask this is a k x k average pooling (zero padding counted) between the two
 projections -- which is exactly the state :meth:`DCNv3Mixer.init_weights` starts from. The offset-branch LayerNorm
 uses eps 1e-5 as in the paper's code (InternImage itself uses 1e-6). The sampling runs in
-(:func:`stm_lab.ops.dcnv3_core`): a compiled CPU kernel (``ops/``) when it builds, else ``F.grid_sample``.
+(``stm_lab.ops.dcnv3_core``): a compiled CPU kernel (``ops/``) when it builds, else ``F.grid_sample``.
 """
 import torch.nn as nn
 
@@ -24,7 +24,6 @@ from . import register_mixer
 
 @register_mixer('dcnv3')
 class DCNv3Mixer(TokenMixer):
-    recipe, dynamic_sampling, display_name, color = 'cnn', True, 'DCNv3', '#9467bd'
     """DCNv3 token mixer; ``num_heads`` is the number of groups ``G`` (each with its own offsets and mask).
 
     Args:
@@ -34,6 +33,7 @@ class DCNv3Mixer(TokenMixer):
         offset_scale: multiplies the kernel grid and the predicted offsets.
         dw_kernel_size: kernel (odd) of the depth-wise conv that feeds the offset and mask branches.
     """
+    recipe, dynamic_sampling, display_name, color = 'cnn', True, 'DCNv3', '#9467bd'
 
     def __init__(self, dim, num_heads, *, kernel_size: int = 3, offset_scale: float = 1.0,
                  dw_kernel_size: int = 3, **context):

@@ -4,7 +4,7 @@
 ConvNeXt's depth-wise convolution wrapped with input/output projections so that it sits in the same
 transformer-style block as the attention mixers (paper Sec. 3 and Fig. 2).
 
-With zero padding the depth-wise convolution goes through :func:`stm_lab.ops.dwconv.depthwise_conv2d`: the same
+With zero padding the depth-wise convolution goes through ``stm_lab.ops.dwconv.depthwise_conv2d``: the same
 numbers as ``nn.Conv2d``, with a backward that is several times faster on the CPU (see there)."""
 import torch.nn as nn
 
@@ -15,6 +15,8 @@ from . import register_mixer
 
 @register_mixer('dw_conv')
 class DWConvMixer(TokenMixer):
+    """1x1 projection, ``kernel_size`` depth-wise convolution, 1x1 projection (module docstring); ``num_heads`` is
+    unused. ``padding_mode='circular'`` makes the mixer exactly shift-equivariant."""
     uses_heads = False
     recipe, display_name, color = 'cnn', 'DW-Conv', '#d62728'
 

@@ -30,13 +30,14 @@ key outside the real image is masked, so the output does not depend on how much 
 
 Implementation notes (speed, same result; ``stm_lab.mixers.reference.halo_attention`` is the plain version and
 ``tests/test_speed_equivalence.py`` checks values and gradients against it):
-- k/v windows are gathered by :class:`_HaloWindows`, one strided copy forward; its backward adds the window
+
+- k/v windows are gathered by ``_HaloWindows``, one strided copy forward; its backward adds the window
   gradients back with a few strided in-place adds (ceil(win / block)^2 of them) instead of the generic unfold
   backward, which dominated the profile;
 - the relative logits are one small matmul against both tables, read through strided views; the mask is
   applied to those per-axis logits (a key is outside iff its row or column is), and they are added to q.k in
-  place by :func:`stm_lab.mixers.swin.window_attention` without forming the full bias;
-- an axis that fits in one block keeps only its real keys and queries (see :meth:`HaloAttention._axis`).
+  place by ``stm_lab.mixers.swin.window_attention`` without forming the full bias;
+- an axis that fits in one block keeps only its real keys and queries (see ``HaloAttention._axis``).
 """
 from __future__ import annotations
 
@@ -108,6 +109,8 @@ class _Axis(NamedTuple):
 
 @register_mixer('halo_attn')
 class HaloAttention(TokenMixer):
+    """Halo attention (module docstring): ``block`` x ``block`` query blocks, each attending to its block widened by
+    ``halo`` pixels on every side; ``centric=False`` and ``switch=True`` are Table VII's Shift and Switch variants."""
     _MAX_CACHED_MASKS = 8
     no_weight_decay_keys = ('height_rel', 'width_rel')  # position tables: no weight decay
     display_name, color = 'Halo-Attn', '#1f77b4'

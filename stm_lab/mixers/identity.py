@@ -6,6 +6,7 @@ from . import register_mixer
 
 @register_mixer('identity')
 class IdentityMixer(TokenMixer):
+    """Returns its input unchanged: no spatial mixing (module docstring)."""
     uses_heads = False
     recipe, display_name, color = 'cnn', 'Identity', '#7f7f7f'  # a lower bound of U-DWConv's layout
 

@@ -11,6 +11,7 @@ from . import register_mixer
 
 @register_mixer('pooling')
 class PoolingMixer(TokenMixer):
+    """``avg_pool(x) - x`` over a ``pool_size`` window (odd), stride 1 (module docstring)."""
     uses_heads = False
     recipe, display_name, color = 'cnn', 'Pooling', '#8c564b'  # PoolFormer's mixer, trained like U-DWConv
 

@@ -57,6 +57,8 @@ class AbsolutePositionEmbedding(nn.Module):
 
 @register_mixer('sr_attn')
 class SpatialReductionAttention(TokenMixer):
+    """Global attention to keys and values reduced ``sr_ratio`` times per side (module docstring); ``pos_embed``:
+    PVT's absolute position embedding at the input of each stage."""
     display_name, color = 'SR-Attn', '#ff7f0e'
     PAPER_SR_RATIOS = (8, 4, 2, 1)  # per stage at 224 (PVT v1)
 

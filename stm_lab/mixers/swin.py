@@ -9,6 +9,7 @@ so that information crosses window borders every other block. Tokens that the ro
 sides of the map are masked from each other.
 
 Differences from the paper's code, on purpose:
+
 - masks are built for the actual input size (and cached per size) instead of once for 224x224, so any input
   size is handled correctly (the paper's code misaligns its masks at 448);
 - when a map is not a multiple of the window it is zero-padded at the bottom/right and the padded tokens are
@@ -20,16 +21,18 @@ Differences from the paper's code, on purpose:
   square maps, shrinks the window to ``min(H, W)`` on both axes and drops both shifts: on a non-square map that
   cuts the long side into square windows that are never shifted, so these windows exchange nothing in the whole
   stage. Square maps, and maps larger than the window on both axes, get the same windows and shifts either way.
+
 A window of ``h x w`` tokens (``h, w <= window``) reads the relative position bias of offset ``(dy, dx)`` from the
 same table row as a full window does, i.e. the central ``(2h - 1) x (2w - 1)`` part of the ``(2 window - 1)^2`` table.
 
 Implementation notes (speed, same result; ``stm_lab.mixers.reference.swin_attention`` is the plain version and
 ``tests/test_speed_equivalence.py`` checks values and gradients against it):
+
 - padding, cyclic roll, window partition and the split into heads are one gather of the projected q, k, v with a
-  cached permutation (:class:`_Permute`), and so is the way back; ``torch.roll`` alone cost seven copies' worth
+  cached permutation (``_Permute``), and so is the way back; ``torch.roll`` alone cost seven copies' worth
   of time. (Padded positions are zeros after the projection rather than projected zeros: they never reach a
   real token either way);
-- the attention core is :func:`window_attention`: for windows of 4-49 tokens, batched matmuls with an in-place
+- the attention core is ``window_attention``: for windows of 4-49 tokens, batched matmuls with an in-place
   bias add and an explicit backward beat ``scaled_dot_product_attention`` on the CPU (whose fused kernel is not
   used anyway when the additive bias needs a gradient, as the relative position bias does).
 """
@@ -179,6 +182,8 @@ def window_for_side(side: int) -> int:
 
 @register_mixer('sw_attn')
 class ShiftedWindowAttention(TokenMixer):
+    """Attention within ``window`` x ``window`` windows (module docstring), shifted by ``shift`` (default: half a
+    window; 0: never) on the blocks with an odd ``block_index``."""
     no_weight_decay_keys = ('relative_position_bias_table',)  # excluded from weight decay, as in the paper
     _MAX_CACHED = 16
     display_name, color = 'SW-Attn', '#2ca02c'

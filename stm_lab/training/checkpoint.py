@@ -115,7 +115,7 @@ def load_model(path, weights: str = 'auto') -> Tuple[UnifiedNet, dict]:
     """Rebuild a model from a checkpoint (exported weights or a run's ``last.safetensors``), in float32 eval mode.
     ``weights``: for run checkpoints, 'model', 'ema', or 'auto' (those the run exports: its configuration's
     ``export_weights``). Exported weights that do not pair with the result JSON beside them are refused
-    (:func:`check_export`)."""
+    (``check_export``)."""
     tensors, state = read_checkpoint(path)
     ensure_mixer(state['model_config']['mixer'], state.get('mixer_module'))  # a user's mixer: import its module
     if state['kind'] == 'train_state':
