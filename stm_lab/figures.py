@@ -705,7 +705,10 @@ def seed_spread_figure(panels: Dict[str, dict], unit: str = 'points') -> go.Figu
     (``panels``: title -> model -> :class:`stm_lab.claims.Runs`), stacked (a phone's width)."""
     from plotly.subplots import make_subplots
     panels = {t: p for t, p in panels.items() if p}
-    fig = make_subplots(rows=max(len(panels), 1), cols=1, subplot_titles=list(panels), vertical_spacing=0.14)
+    height = 90 + 210 * max(len(panels), 1)
+    # about 120 px between panels at any count: room for one panel's axis title and the next one's title
+    fig = make_subplots(rows=max(len(panels), 1), cols=1, subplot_titles=list(panels),
+                        vertical_spacing=min(0.3, 120 / height) if len(panels) > 1 else 0.1)
     for row, (title, runs) in enumerate(panels.items(), start=1):
         models = list(runs)
         for m in models:
@@ -721,8 +724,7 @@ def seed_spread_figure(panels: Dict[str, dict], unit: str = 'points') -> go.Figu
         fig.update_yaxes(categoryorder='array', categoryarray=[display_name(m) for m in models][::-1], row=row,
                          col=1, automargin=True)
         fig.update_xaxes(title_text=unit, row=row, col=1)
-    fig.update_layout(template='plotly_white', height=90 + 210 * max(len(panels), 1),
-                      margin=dict(l=10, r=10, t=40, b=40))
+    fig.update_layout(template='plotly_white', height=height, margin=dict(l=10, r=10, t=40, b=40))
     return fig
 
 
