@@ -151,7 +151,8 @@ def ablation_results(profile: str) -> List[Result]:
     """Tables II, VI and VII (:func:`stm_lab.ablations.claims`: effects and noise in top-1 points)."""
     out = []
     for cid, c in ablations.claims(profile).items():
-        noise = None if c['noise'] is None else f'SE {c["noise"]:.2f} points (one run each; seed sd {c["seed_sd"]:.2f})'
+        noise = None if c['noise'] is None else (f'SE {c["noise"]:.2f} points (each variant one run, A the mean of '
+                                                 f'its seeds; seed sd {c["seed_sd"]:.2f})')
         out.append(check_difference(BY_ID[cid], c['ours'], c['noise'], noise_text=noise or '-',
                                     paper='-' if c['paper'] is None else f'{c["paper"]:+.2f} points',
                                     paper_effect=c['paper']))
