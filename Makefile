@@ -1,5 +1,6 @@
 # stm-lab: one entry point. `make book` sets everything up and builds the book from the committed cpu results
-# (PROFILE=smoke: tiny untrained models, no results needed); `make test` runs the tests.
+# (PROFILE=smoke: tiny test models, their results made first, minutes); `make test` runs the fast tests,
+# `make test-all` every test (CI).
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
@@ -25,6 +26,9 @@ VENV_WANTS := $(basename $(PYTHON_VERSION))
 VENV_STALE := $(if $(and $(VENV_WANTS),$(filter $(VENV_WANTS),$(VENV_HAS))),,yes)
 
 PROFILE ?= cpu
+# the notebooks only read results: at the smoke profile (not committed) every result they read is made first, by the
+# command the tests' smoke_results fixture runs (tests/conftest.py); the cpu results are committed
+SMOKE_RESULTS = $(if $(filter smoke,$(PROFILE)),$(PY) -m stm_lab.cli reproduce --profile smoke --skip notebooks book)
 # idle OpenMP threads spin by default, which stalls a shared 2-core machine
 export OMP_WAIT_POLICY ?= PASSIVE
 
@@ -32,7 +36,7 @@ NPM    ?= npm
 # the book's in-browser lab runs the models with onnxruntime-web, installed from the committed lock file
 LAB_RUNTIME := book/lab/node_modules/onnxruntime-web/package.json
 
-.PHONY: setup lab-runtime book notebooks test results clean lab app which-python FORCE
+.PHONY: setup lab-runtime book notebooks test test-all results clean lab app which-python FORCE
 .DEFAULT_GOAL := book
 
 # the virtual environment is updated when pyproject.toml changes, and made anew when the chosen Python's X.Y differs
@@ -66,15 +70,22 @@ lab-runtime: $(LAB_RUNTIME)
 
 # executed copies of the notebooks (book/generated/), then the HTML book (_build/html)
 notebooks: setup
+	$(SMOKE_RESULTS)
 	$(PY) -m stm_lab.cli notebooks --profile $(PROFILE)
 
 # a failing notebook is reported, the book is still built from the others, and make then fails
 book: setup lab-runtime
+	$(SMOKE_RESULTS)
 	$(PY) -m stm_lab.cli notebooks --profile $(PROFILE); status=$$?; \
 	$(VENV)/bin/jupyter-book build . --all --keep-going -W || exit 1; \
 	echo "Book: file://$(CURDIR)/_build/html/index.html"; exit $$status
 
-test: setup lab-runtime
+# two tiers (pyproject.toml's e2e marker): `test` leaves out the end-to-end tests (book and notebook builds, browsers,
+# CLI batteries, the wheel install), `test-all` runs every test (.ci/run)
+test: setup
+	$(PY) -m pytest -q -m 'not e2e'
+
+test-all: setup lab-runtime
 	$(PY) -m pytest -q
 
 # recompute the committed results that need no training (parameters and MACs, Table III)

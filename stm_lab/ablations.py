@@ -13,9 +13,9 @@ re-creates them).
                                          those)
     stm-lab ablations complexity         parameters and MACs at 224 of every variant -> results/paper/
 
-The ``smoke`` profile plans the same runs on the ``*_test`` layouts (seconds each, trained in-process by
-:func:`ensure_smoke_runs`, or as subprocesses by ``stm-lab ablations run --profile smoke``), so the book's ablation
-page is built in CI from the same code.
+The ``smoke`` profile plans the same runs on the ``*_test`` layouts (seconds each: ``stm-lab ablations run --profile
+smoke`` trains them one after another in its own process, :func:`_train_here`), so the book's ablation page is built in
+CI from the same code.
 
 Noise. Two sources separate an ablation's top-1 from its A model's: which validation images were drawn (binomial
 standard error, ``sqrt(p (1 - p) / n)`` per model, so ``sqrt(2)`` times that for a difference of two models, counted
@@ -43,14 +43,14 @@ from typing import List, Optional, Tuple
 import json
 import math
 
-from . import results
+from . import layout, profiles
 from .results import ROOT
 from .claims import SEEDS
 from .models import MAIN_FAMILIES  # the roster
 from .training.engine import RUNS_DIR
 
-PROFILE, EPOCHS = 'cpu', 12
-SCALE = {'cpu': 'micro', 'smoke': 'test'}
+PROFILE = profiles.DEFAULT
+EPOCHS = profiles.PROFILES[PROFILE].seed_epochs  # the seed set's and the ablation runs' length at cpu
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ class AblationRun:
 
     @property
     def result(self) -> Path:
-        return results.RESULTS_DIR / self.profile / self.subdir / f'train_{self.model}.json'
+        return layout.train(layout.folder(self.profile, self.subdir), self.model).path
 
     def analysis_command(self, python: str = 'python') -> Optional[List[str]]:
         """A seed-set run's per-image outcomes (:mod:`stm_lab.analysis.outcomes`), made right after its training:
@@ -88,8 +88,11 @@ class AblationRun:
 
     def command(self, python: str = 'python') -> List[str]:
         cmd = [python, '-m', 'stm_lab.training', 'train', '--model', self.model, '--profile', self.profile]
-        if self.profile == PROFILE:
-            cmd += ['--epochs', str(EPOCHS), '--threads', '1']
+        prof = profiles.get(self.profile)
+        if prof.seed_epochs != prof.epochs:
+            cmd += ['--epochs', str(prof.seed_epochs)]
+        if prof.threads:
+            cmd += ['--threads', str(prof.threads)]
         out = self.out.relative_to(ROOT) if self.out.is_relative_to(ROOT) else self.out
         cmd += ['--no-progress', '--out', str(out), '--results-subdir', self.subdir]
         if self.seed:
@@ -109,7 +112,7 @@ RESULT_FOLDERS = ('ablations', *(f'seed{s}' for s in SEED_SET))  # results/<prof
 def planned_runs(profile: str = PROFILE) -> List[AblationRun]:
     """All 46 runs of a profile (Tables II, VI, VII and seeds 1-4 of the five A models), in the order they are
     started."""
-    scale = SCALE[profile]
+    scale = profiles.get(profile).scale
     first = {('pvt', 'D'): 0, ('halonet', 'shift'): 0, ('halonet', 'resblock'): 1, ('swin', 'patchds'): 1,
              ('dwconv', 'D'): 3, ('dwconv', 'patchds'): 3}
 
@@ -126,34 +129,25 @@ def planned_runs(profile: str = PROFILE) -> List[AblationRun]:
     return sorted(runs, key=lambda r: r.priority)
 
 
-def ensure_smoke_runs() -> None:
-    """Train the smoke profile's missing runs in this process (tiny models, seconds each). Each result records
-    the stm-lab command that makes the same run (not the program that called this, e.g. a notebook kernel)."""
-    from .training.config import profile_config
-    from .training.engine import ensure_smoke_results, train
-    ensure_smoke_results()  # the A models
-    for r in planned_runs('smoke'):
-        if r.result.exists():
-            continue
-        cfg = profile_config(r.model, 'smoke', seed=r.seed, track_consistency=r.track_consistency)
-        hook = None
-        if r.track_consistency:
-            from .analysis.run import consistency_tracker
-            hook = consistency_tracker('smoke', r.track_consistency, cfg.data)
-        command = shlex.join(['stm-lab', *r.command()[3:], '--resume', 'none'])  # [python, -m, module]: stm-lab
-        train(cfg, r.out, resume='none', progress=False, results_subdir=r.subdir, epoch_hook=hook, command=command)
-    ensure_smoke_outcomes()
-
-
-def ensure_smoke_outcomes() -> None:
-    """The smoke seed set's per-image outcomes (seed 0: the smoke A models), where their weights exist."""
+def _train_here(run: AblationRun) -> bool:
+    """Train one run in this process, then (a seed-set run) its per-image outcomes; whether both were made. For a
+    quick profile's runs (seconds each: starting a process per run would cost more). The result records the
+    ``stm-lab train`` command that makes the same run."""
     from .analysis import outcomes
-    from .models import main_models
-    for seed in (0, *SEED_SET):
-        todo = [m for m in main_models('test') if not outcomes.paths('smoke', seed, m)[1].exists()
-                and outcomes.weights_path('smoke', seed, m).exists()]
-        if todo:
-            outcomes.run('smoke', seed, todo, log=lambda msg: None)
+    from .training.config import profile_config
+    from .training.engine import train
+    prof = profiles.get(run.profile)
+    epochs = {'epochs': prof.seed_epochs} if prof.seed_epochs != prof.epochs else {}  # as run.command() says
+    cfg = profile_config(run.model, run.profile, seed=run.seed, track_consistency=run.track_consistency, **epochs)
+    hook = None
+    if run.track_consistency:
+        from .training.tracking import consistency_tracker
+        hook = consistency_tracker(run.profile, run.track_consistency, cfg.data)
+    train(cfg, run.out, progress=False, results_subdir=run.subdir, epoch_hook=hook,
+          command=shlex.join(['stm-lab', *run.command()[3:]]))  # [python, -m, stm_lab.training]: stm-lab
+    if run.analysis_command():  # outcomes right after the training, as the queue does
+        outcomes.run(run.profile, run.seed, [run.model], log=lambda msg: None)
+    return run.result.exists() and (not run.analysis_command() or run.outcomes.exists())
 
 
 # ------------------------------------------------------------------------------------------ tables, verdicts
@@ -167,9 +161,8 @@ def _final(path: Path) -> Optional[dict]:
 
 def baseline(profile: str, family: str, seed: int = 0) -> Optional[dict]:
     """The final record of an A model of the 12-epoch seed set (seed 0: the 12-epoch main set)."""
-    from .analysis.outcomes import seed_dir
-    name = f'u_{family}_{SCALE[profile]}'
-    return _final(results.RESULTS_DIR / profile / seed_dir(seed, profile) / f'train_{name}.json')
+    name = f'u_{family}_{profiles.get(profile).scale}'
+    return _final(layout.train(layout.seed_folder(profile, seed), name).path)
 
 
 def image_se(top1: float, n: int) -> float:
@@ -323,13 +316,18 @@ def _neg(pair):
 
 
 def _take(run: AblationRun):
-    """An exclusive lock on the run folder, or None if another process holds it."""
+    """An exclusive lock on the run folder; None (said) if another process holds it or the run is done."""
     run.out.mkdir(parents=True, exist_ok=True)
     f = open(run.out / '.lock', 'w')
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         f.close()
+        f = None
+    if f is None or run.result.exists():
+        print(f'[ablations] {run.subdir}/{run.model}: taken by another process or done; skipped', flush=True)
+        if f:
+            f.close()
         return None
     return f
 
@@ -341,15 +339,26 @@ def run_queue(jobs: int = 2, only: Optional[List[str]] = None, python: str = sys
     todo = [r for r in planned_runs(profile) if not r.result.exists() and (not only or r.model in only)
             and which in ('all', 'seeds' if r.table == 'seed' else 'ablations')]
     active, failed = {}, 0
+    if profiles.get(profile).quick:  # runs of seconds: here, one after another (a process each would cost more)
+        for run in todo:
+            lock = _take(run)
+            if lock is None:
+                continue
+            try:
+                ok, why = _train_here(run), ''
+            except Exception as e:  # reported like a failed process: the other runs go on
+                ok, why = False, f' ({type(e).__name__}: {e})'
+            finally:
+                lock.close()
+            failed += not ok
+            print(f'[ablations] {"done" if ok else "FAILED"} {run.subdir}/{run.model}{why}', flush=True)
+        return failed
     env = dict(os.environ, OMP_WAIT_POLICY='PASSIVE', PYTHONUNBUFFERED='1')
     while todo or active:
         while todo and len(active) < jobs:
             run = todo.pop(0)
             lock = _take(run)
-            if lock is None or run.result.exists():
-                print(f'[ablations] {run.subdir}/{run.model}: taken by another process or done; skipped', flush=True)
-                if lock:
-                    lock.close()
+            if lock is None:
                 continue
             log = open(run.out / 'log.txt', 'a')
             print(f'[ablations] start {shlex.join(run.command())}', flush=True)
@@ -378,13 +387,13 @@ def main(argv=None, prog: str = 'stm-lab ablations') -> int:
 def run_parsed(args) -> int:
     """Run parsed arguments (``args.what``: list, run or complexity)."""
     if args.what == 'complexity':
-        from .results import provenance, save_result
+        from .results import provenance
         t0 = time.time()
         records = complexity()
         for r in records:
             paper = f'  paper {r["paper_gmacs"]:.2f} G' if r['paper_gmacs'] else ''
             print(f'{r["model"]:28s} {r["params_m"]:7.2f}M {r["gmacs"]:7.2f} GMACs{paper}')
-        save_result('paper', 'ablation_complexity', records, config=dict(img_size=224, num_classes=1000),
+        layout.analysis('paper', 'ablation_complexity').save(records, config=dict(img_size=224, num_classes=1000),
                     prov=provenance('paper', wall_time_s=round(time.time() - t0, 1)))
         return 0
     if args.what == 'list':

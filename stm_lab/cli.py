@@ -58,12 +58,13 @@ def format_table3(records) -> str:
 def cmd_complexity(args) -> int:
     import stm_lab  # noqa: F401
     from .analysis.complexity import table3
-    from .results import provenance, save_result
+    from . import layout
+    from .results import provenance
     t0 = time.time()
     records = table3(args.models or None, img_size=args.img_size)
     print(format_table3(records))
     if args.save and not args.models:  # a partial table never replaces the committed one
-        path = save_result('paper', 'table3_complexity', records, config=dict(img_size=args.img_size, num_classes=1000),
+        path = layout.analysis('paper', 'table3_complexity').save(records, config=dict(img_size=args.img_size, num_classes=1000),
                            prov=provenance('paper', wall_time_s=round(time.time() - t0, 1)))
         print(f'saved {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}')
     return 0
@@ -83,7 +84,7 @@ def hide_parameter_cells(path: Path) -> None:
 def cmd_notebooks(args) -> int:
     """Execute every notebook; a failing one is reported and the others still run."""
     import papermill as pm
-    from .figures import install_book_assets
+    from .pages.common import install_book_assets
     install_book_assets()
     src_dir, out_dir = Path(args.src), Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -312,6 +312,22 @@ class ArrayDataset(torch.utils.data.Dataset):
         return (self.transform(img) if self.transform else img), int(self.labels[i])
 
 
+
+def subset_indices(n: int, limit: int, seed: int = 0) -> List[int]:
+    """The fixed seeded subset of ``limit`` of ``n`` images (sorted), the same for every model and analysis."""
+    return sorted(np.random.default_rng(seed).permutation(n)[:min(limit, n)].tolist())
+
+
+def split_images(dataset: str, split: str, limit: int, seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor, List[str]]:
+    """A fixed, seeded subset of ``limit`` images of a split (the same for every model and analysis of that size):
+    un-cropped float images in [0, 1], ``(N, 3, H, W)``, their labels and the class names."""
+    path = find_shard(dataset, split, download=dataset != 'fixture')
+    with np.load(path, allow_pickle=False) as d:
+        labels, classes = d['labels'].astype(np.int64), [str(c) for c in d['classes']]
+    idx = subset_indices(len(labels), limit, seed)
+    x = torch.from_numpy(np.ascontiguousarray(decoded_images(path)[idx])).permute(0, 3, 1, 2).float().div_(255)
+    return x, torch.from_numpy(labels[idx]), classes
+
 def load_dataset(cfg: DataConfig, split: str, transform=None) -> torch.utils.data.Dataset:
     """One split of ``cfg.dataset`` as a map-style dataset of ``(transform(PIL image), label)``."""
     if cfg.dataset == 'imagenet':

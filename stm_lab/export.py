@@ -2,7 +2,8 @@
 
 ::
 
-    stm-lab lab export --profile cpu          -> book/_static/lab/models/<model>.onnx (+ results/cpu/lab_export.json)
+    stm-lab lab build --profile cpu           -> book/_static/lab/models/<model>.onnx
+    stm-lab lab check --profile cpu           -> results/cpu/lab_export.json (exported vs PyTorch)
 
 What a file holds: the model *with its input normalization* (:class:`~stm_lab.analysis.common.PixelSpace`), so it
 takes ``image``, float32 ``(1, 3, S, S)`` RGB in [0, 1] at the checkpoint's fixed size S, and returns ``logits``
@@ -31,9 +32,7 @@ index tables (U-HaloNet's windows) are stored as int32.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
-import time
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
@@ -166,30 +165,6 @@ def save(proto, path) -> Path:
     onnx.save_model(proto, str(tmp), save_as_external_data=False)
     tmp.replace(path)
     return path
-
-
-def file_sha256(path) -> str:
-    """SHA-256 of a file's bytes, as hex."""
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def export_checkpoint(checkpoint, out, weights: str = 'int8') -> dict:
-    """Export a checkpoint (``results/<profile>/<model>.safetensors``) with the input pipeline it records.
-    Returns what was done: model, size, classes, normalization, export time and bytes."""
-    from .training.checkpoint import load_model
-    model, state = load_model(checkpoint)
-    d = state['data']
-    t0 = time.perf_counter()
-    proto = export_onnx(model, d['img_size'], d['mean'], d['std'], weights)
-    path = save(proto, out)
-    return dict(model=state['model'], checkpoint=str(checkpoint), checkpoint_sha256=file_sha256(checkpoint),
-                file=str(path), weights=weights, img_size=d['img_size'], crop_pct=d['crop_pct'],
-                mean=list(d['mean']), std=list(d['std']), classes=list(state['classes']),
-                bytes=path.stat().st_size, export_s=round(time.perf_counter() - t0, 1))
 
 
 #: ONNX Runtime's session settings for these files, in Python and in the browser (book/_static/lab/lab.js); they

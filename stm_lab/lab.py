@@ -38,7 +38,7 @@ from typing import Dict, Optional, Sequence
 
 import torch
 
-from . import results
+from . import profiles, results
 from .results import ROOT
 
 NPM_DIR = ROOT / 'book' / 'lab'  # package.json + package-lock.json (npm ci installs node_modules here)
@@ -113,14 +113,12 @@ def build(profile: str = 'cpu', models: Optional[Sequence[str]] = None, weights:
     returns the manifest."""
     from .analysis.adversarial import fgsm_direction
     from .analysis.invariance import CROP_PCTS, default_shifts
-    from .analysis.run import PROFILES, demo_images, iter_models
+    from .analysis.run import demo_images, iter_models
     from .data import demo_photos
     from .export import export_onnx, save
-    from .figures import color_of
+    from .pages.common import color_of
     from .models import display_name
-    if profile not in PROFILES:
-        raise ValueError(f'unknown profile {profile!r}; valid: {", ".join(PROFILES)}')
-    prof = PROFILES[profile]
+    prof = profiles.get(profile, among=profiles.ANALYSIS_PROFILES)
     out = Path(out) if out is not None else LAB_STATIC
     out_models, out_data = out / 'models', out / 'data'
     (out_data / 'photos').mkdir(parents=True, exist_ok=True)
@@ -206,7 +204,7 @@ def model_bytes(manifest: dict) -> int:
 def page_html(manifest: dict, curves: Optional[str] = None) -> str:
     """The lab's HTML for a notebook output: the container with the manifest, a message for pages opened from
     ``file://`` (browsers do not run module scripts and WebAssembly there), the script, and ``curves`` (HTML of
-    :func:`stm_lab.figures.lab_consistency_figure`, whose markers follow the sliders) below the controls.
+    :func:`stm_lab.pages.lab.lab_consistency_figure`, whose markers follow the sliders) below the controls.
     :func:`fgsm_html` places the FGSM panel elsewhere on the page."""
     data = html.escape(json.dumps(manifest), quote=True)
     missing = '' if runtime_installed() else (
@@ -233,7 +231,7 @@ if (location.protocol === 'file:') {{
 
 
 def fgsm_html(curve: Optional[str] = None) -> str:
-    """The FGSM panel's container (filled by ``lab.js``) and ``curve`` (:func:`stm_lab.figures.lab_fgsm_figure`)."""
+    """The FGSM panel's container (filled by ``lab.js``) and ``curve`` (:func:`stm_lab.pages.lab.lab_fgsm_figure`)."""
     return (f'<div id="stm-lab-fgsm" class="stm-lab stm-lab-fgsm-box"><p class="stm-lab-note">The FGSM panel '
             f'starts with the lab above.</p></div>\n<div class="stm-lab-figure">{curve or ""}</div>')
 
@@ -256,11 +254,11 @@ def check(profile: str = 'cpu', n_images: Optional[int] = None, save: bool = Tru
     """Exported (the lab's int8 files, and a float32 export) vs PyTorch, per model: the largest logit difference on
     the demo photos' views and the top-1 agreement on ``n_images`` validation images (the profile's
     invariance subset; 500 at cpu). Saved as ``results/<profile>/lab_export.json``."""
-    from .analysis.run import PROFILES, eval_view, iter_models, load_images
+    from .analysis.run import eval_view, iter_models, load_images
     from .export import OnnxClassifier, export_onnx, parity
     import onnx
-    prof = PROFILES[profile]
-    n = n_images or prof.invariance_images
+    prof = profiles.get(profile, among=profiles.ANALYSIS_PROFILES)
+    n = n_images or prof.analyses.invariance_images
     t0 = time.time()
     images, labels, _ = load_images(prof, n)
     records = []

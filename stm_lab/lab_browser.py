@@ -179,8 +179,9 @@ def standalone_site(out: Path, profile: str = 'cpu', models=None, log=print) -> 
     ``_static/``), for tests: the same HTML (:func:`stm_lab.lab.page_html`, :func:`stm_lab.lab.fgsm_html`), code,
     runtime and models as the book, without building the book. Returns the manifest."""
     from . import lab
-    from .analysis.run import load_or_compute
-    from .figures import figure_html, install_book_assets, lab_consistency_figure, lab_fgsm_figure
+    from .analysis.run import load
+    from .pages.common import install_book_assets
+    from .pages.lab import figure_html, lab_consistency_figure, lab_fgsm_figure
     out = Path(out)
     static = out / '_static'
     (static / 'lab' / 'ort').mkdir(parents=True, exist_ok=True)
@@ -192,7 +193,7 @@ def standalone_site(out: Path, profile: str = 'cpu', models=None, log=print) -> 
         shutil.copyfile(lab.SOURCE_LAB_STATIC / f, static / 'lab' / f)
     shutil.copyfile(install_book_assets(), static / 'plotly.min.js')
     manifest = lab.build(profile, models, out=static / 'lab', log=log)
-    inv, adv = (load_or_compute(w, profile)['records'] for w in ('invariance', 'fgsm'))
+    inv, adv = (load(w, profile)['records'] for w in ('invariance', 'fgsm'))
     body = (lab.page_html(manifest, figure_html(lab_consistency_figure(inv, manifest['crop_pct']), 'stm-lab-curves'))
             + '\n<h2>FGSM</h2>\n' + lab.fgsm_html(figure_html(lab_fgsm_figure(adv), 'stm-lab-fgsm-curve')))
     page = out / 'book' / 'generated' / 'lab.html'

@@ -312,9 +312,40 @@ def _build(family: str, scale: str, variant: dict, default_img_size: int, img_si
     return UnifiedNet(**model_config(family, scale, img_size, **extra, **kwargs))
 
 
+@dataclass(frozen=True)
+class ModelName:
+    """What a model's name means, as it was registered: ``u_<family>_<scale>[_<variant>]`` (a family may itself
+    hold underscores: ``u_my_pool_micro`` is family 'my_pool')."""
+    family: str
+    scale: str
+    variant: str = ''  # '' for the family's model itself; 'B'..'E' style ablation letters, 'patchds', ...
+
+
+NAMES: Dict[str, ModelName] = {}  # every registered unified model (filled by _register)
+# models measured beside the unified ones (the speed page's reference), by their name on the pages
+REFERENCES: Dict[str, Tuple[ModelName, str]] = {
+    'timm_swin_micro': (ModelName('swin', 'micro', 'timm'), "timm's Swin (same shape)")}
+
+
+def parse_name(model: str) -> ModelName:
+    """Family, scale and variant of a registered model, from its registry entry (never from splitting the name at
+    underscores); unknown names raise KeyError with the valid ones."""
+    if model in NAMES:
+        return NAMES[model]
+    if model in REFERENCES:
+        return REFERENCES[model][0]
+    close = difflib.get_close_matches(str(model), list(NAMES), n=3)
+    hint = f' Did you mean: {", ".join(close)}?' if close else ''
+    raise KeyError(f'unknown model {model!r}.{hint} Valid models: {", ".join(NAMES)}')
+
+
 def _register(name: str, family: str, scale: str, variant: Optional[dict] = None,
               default_img_size: int = 224) -> Callable:
     variant = dict(variant or {})
+    base = f'u_{family}_{scale}'
+    if not (name == base or name.startswith(base + '_')):
+        raise ValueError(f'model name {name!r} must be {base} or {base}_<variant>')
+    NAMES[name] = ModelName(family, scale, name[len(base) + 1:])
 
     def entrypoint(pretrained: bool = False, **kwargs):
         tag = kwargs.get('pretrained_cfg')
@@ -385,29 +416,29 @@ def main_models(scale: str = 'micro') -> list:
     return [f'u_{f}_{scale}' for f in MAIN_FAMILIES]
 
 
-# models measured beside the unified ones (the speed page's reference), by their name on the pages
-REFERENCE_DISPLAY = {'timm_swin_micro': "timm's Swin (same shape)"}
-
-
 def family_of(model: str) -> str:
-    """The family of a unified model name (``u_<family>_<scale>[_<variant>]``): 'swin' for 'u_swin_micro_patchds'."""
-    return model.split('_')[1]
+    """The family of a registered model: 'swin' for 'u_swin_micro_patchds' (:func:`parse_name`)."""
+    return parse_name(model).family
+
+
+def scale_of(model: str) -> str:
+    """The scale of a registered model: 'micro' for 'u_swin_micro_patchds' (:func:`parse_name`)."""
+    return parse_name(model).scale
 
 
 def display_name(model: str) -> str:
     """A model's name on every page, table and figure: the paper's name of its family (``paper.DISPLAY``: U-HaloNet,
     U-Swin Transformer, ...) at any scale or variant; a registered family the paper does not name (a user's) is
-    'U-' and its mixer's ``display_name``; a reference model its own name (``REFERENCE_DISPLAY``); anything else
+    'U-' and its mixer's ``display_name``; a reference model its own name (``REFERENCES``); anything else
     keeps its name."""
-    if model in REFERENCE_DISPLAY:
-        return REFERENCE_DISPLAY[model]
-    parts = model.split('_')
-    family = parts[1] if len(parts) > 1 else None
+    if model in REFERENCES:
+        return REFERENCES[model][1]
+    if model not in NAMES:
+        return model
+    family = NAMES[model].family
     if family in DISPLAY:
         return DISPLAY[family]
-    if model.startswith('u_') and family in FAMILIES:
-        return 'U-' + mixer_trait(FAMILIES[family].mixer, 'display_name')
-    return model
+    return 'U-' + mixer_trait(FAMILIES[family].mixer, 'display_name')
 
 
 def paper_model_names() -> list:

@@ -10,7 +10,7 @@ runs at when it is opened and run by hand.
 """
 from __future__ import annotations
 
-NOTEBOOK_PROFILES = ('smoke', 'cpu')
+from .profiles import NOTEBOOK_PROFILES
 
 
 def check_parameters(notebook: str, profile, **flags) -> None:

@@ -18,21 +18,15 @@ from functools import lru_cache
 from typing import Callable, Dict, NamedTuple, Optional
 
 from . import __version__
-from .notebook_params import NOTEBOOK_PROFILES
+from .profiles import DEFAULT as DEFAULT_PROFILE, NAMES as PROFILES, NOTEBOOK_PROFILES, PROFILES as _PROFILES
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout (stm_lab.results.ROOT, without importing torch)
 NOTEBOOKS_DIR = ROOT / 'notebooks'
 GENERATED_DIR = ROOT / 'book' / 'generated'
 
-PROFILES = ('smoke', 'cpu', 'paper')  # stm_lab.training.config.PROFILES (tests/test_cli_help.py checks they agree)
-# One rule for every command that takes --profile: cpu, the profile of the committed results and of the book that
-# `make book` builds. smoke (tiny untrained models, CI) and paper (GPUs) are always named.
-DEFAULT_PROFILE = 'cpu'
-PROFILE_HELP = {  # one line each, in every --profile's help
-    'smoke': 'smoke: the tiny *_test models on the committed fixture, seconds',
-    'cpu': 'cpu: the micro models, hours on two cores',
-    'paper': "paper: the paper's data and scale, on GPUs",
-}
+# One rule for every command that takes --profile: stm_lab.profiles.DEFAULT (cpu), the profile of the committed
+# results and of the book that `make book` builds. smoke (tiny untrained models, CI) and paper (GPUs) are always named.
+PROFILE_HELP = {name: f'{name}: {p.help}' for name, p in _PROFILES.items()}  # one line each, in every --profile's help
 THREADS_HELP = 'torch CPU threads (1 is faster on a busy shared machine)'
 DATA_DIR_HELP = ('ImageNet: the folder holding train/ and val/ (default: $STM_LAB_IMAGENET); other datasets: the '
                  'folder of their shards (default: $STM_LAB_DATA, else ../shared/data)')
@@ -286,6 +280,8 @@ def add_reproduce(p):
     _profile(p, what='At paper it prints the commands')
     p.add_argument('--only', nargs='+', metavar='STEP',
                    help='steps or groups of steps, e.g. train analyze:erf detect (default: every step)')
+    p.add_argument('--skip', nargs='+', metavar='STEP', help='steps or groups of steps left out, e.g. notebooks book '
+                   '(the results only: what `make book PROFILE=smoke` runs first)')
     p.add_argument('--models', nargs='+', metavar='M', help="per-model steps for these models only (default: the "
                    "profile's five; at paper Table III's twenty)")
     p.add_argument('--dry-run', action='store_true', help='print the plan (what is done already) and run nothing')

@@ -1,6 +1,6 @@
 """Reproduce everything at a profile, running only what is missing (``stm-lab reproduce``).
 
-    stm-lab reproduce --profile smoke|cpu|paper [--only STEP ...] [--models M ...] [--dry-run]
+    stm-lab reproduce --profile smoke|cpu|paper [--only STEP ...] [--skip STEP ...] [--models M ...] [--dry-run]
 
 The plan is an ordered list of steps, each an ``stm-lab`` command (the book build: ``jupyter-book``) with the
 result it makes:
@@ -9,7 +9,8 @@ result it makes:
 - ``train:<model>``: one training per model (``results/<profile>/train_<model>.json``); the trainer resumes an
   interrupted run from its run folder;
 - ``summary``: trained top-1 beside Table III (``table3_accuracy.json``);
-- ``analyze:<what>``: ERF, invariance, FGSM, the rotation demo, per-photo ERFs (smoke, cpu);
+- ``analyze:<what>``: ERF, invariance, FGSM, the rotation demo, per-photo ERFs (smoke, cpu); at smoke, whose main
+  runs are the seed set's seed 0, also ``analyze:outcomes`` (their per-image outcomes);
 - ``ablations``: the runs of Tables II, VI, VII (smoke, cpu; ``results/<profile>/ablations/``);
 - ``seeds``: seeds 1-4 of the five models at 12 epochs, each with its per-image outcomes made right after its
   training (``results/<profile>/seed<k>/``; seed 0 is ``epochs12/``): the basis of the model-vs-model claims;
@@ -38,14 +39,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from . import results
-from .analysis.run import ANALYSES as ANALYSIS_NAMES, result_name
+from . import layout, profiles, results
 from .cli import GENERATED_DIR, NOTEBOOKS_DIR
+from .models import family_of
 from .results import ROOT
-from .training.config import PROFILES
 
-SCALES = {'smoke': ('test',), 'cpu': ('micro',), 'paper': ('micro', 'tiny', 'small', 'base')}
-ANALYSES = {what: result_name(what) for what in ANALYSIS_NAMES}  # analysis -> its result name
+ANALYSES = layout.ANALYSIS_RESULTS  # analysis -> its result name
 BOOK_SOURCES = (ROOT / 'book', ROOT / '_toc.yml', ROOT / '_config.yml')
 BUILD_DIR = ROOT / '_build'
 
@@ -112,11 +111,12 @@ def files_check(*paths: Callable[[], Path]) -> Callable[[], Optional[str]]:
 def models_check(profile: str, name: str, models: Sequence[str]) -> Callable[[], Optional[str]]:
     """Done when ``results/<profile>/<name>.json`` exists and was computed for every model of ``models``."""
     def check():
-        path = results.result_path(profile, name)
+        result = layout.analysis(profile, name)
+        path = result.path
         if not path.exists():
             return f'no {_rel(path)}'
         try:
-            have = set(results.load_result(profile, name)['config'].get('models') or [])
+            have = set(result.load()['config'].get('models') or [])
         except ValueError as e:
             return str(e)
         lack = [m for m in models if m not in have]
@@ -212,15 +212,11 @@ def registered_models(profile: str) -> List[str]:
     import stm_lab  # noqa: F401  (registers the models, and a user's through $STM_LAB_IMPORT)
     from .models import FAMILIES
     names = set(timm.list_models('u_*'))
-    return [f'u_{f}_{s}' for s in SCALES[profile] for f in FAMILIES if f'u_{f}_{s}' in names]
+    return [f'u_{f}_{s}' for s in profiles.get(profile).scales for f in FAMILIES if f'u_{f}_{s}' in names]
 
 
 def default_models(profile: str) -> List[str]:
-    from .models import main_models
-    if profile == 'paper':
-        from .paper import TABLE3
-        return list(TABLE3)
-    return main_models(SCALES[profile][0])
+    return list(profiles.get(profile).models)
 
 
 def _train_steps(profile: str, models: Sequence[str]) -> List[Step]:
@@ -229,14 +225,14 @@ def _train_steps(profile: str, models: Sequence[str]) -> List[Step]:
         argv = ['train', '--model', m, '--profile', profile, '--no-progress']
         out.append(Step(f'train:{m}', tuple(argv if profile != 'paper' else argv[:5]), model=m,
                         torchrun=profile == 'paper',
-                        check=files_check(lambda m=m: results.result_path(profile, f'train_{m}'),
-                                          lambda m=m: results.RESULTS_DIR / profile / f'{m}.safetensors')))
+                        check=files_check(lambda m=m: layout.train(profile, m).path,
+                                          lambda m=m: layout.weights(profile, m))))
     return out
 
 
 def _ablation_steps(profile: str, models: Sequence[str], restricted: bool) -> List[Step]:
     from .ablations import planned_runs
-    families = {m.split('_')[1] for m in models}
+    families = {family_of(m) for m in models}
     steps = []
     for which in ('ablations', 'seeds'):
         runs = [r for r in planned_runs(profile) if r.family in families and (r.table == 'seed') == (which == 'seeds')]
@@ -258,27 +254,28 @@ def _detector_check(profile: str, model: str) -> Callable[[], Optional[str]]:
     """A trained detector: its ``det_train_<model>.json``, and its weights while ``detection.json`` still lacks the model
     (the weights of subfolders are not committed: once evaluated, the JSON results are what the book reads)."""
     def check():
-        folder = results.RESULTS_DIR / profile / 'detection'
-        if not (folder / f'det_train_{model}.json').exists():
-            return f'no {_rel(folder / f"det_train_{model}.json")}'
-        if not (folder / f'{model}.safetensors').exists() and models_check(profile, 'detection', [model])():
-            return f'no {_rel(folder / f"{model}.safetensors")} to evaluate'
+        record, weights = layout.det_train(profile, model).path, layout.det_weights(profile, model)
+        if not record.exists():
+            return f'no {_rel(record)}'
+        if not weights.exists() and models_check(profile, 'detection', [model])():
+            return f'no {_rel(weights)} to evaluate'
         return None
     return check
 
 
 def _detection_steps(profile: str, models: Sequence[str], restricted: bool) -> List[Step]:
+    prof = profiles.get(profile)
     trains = []
     for m in models:
         argv = ['detect', 'train', '--model', m, '--profile', profile]
-        if profile == 'cpu':
-            argv += ['--threads', '1']
+        if prof.threads:
+            argv += ['--threads', str(prof.threads)]
         trains.append(Step(f'detect:train:{m}', tuple(argv), model=m, torchrun=profile == 'paper',
-                           needs=(f'train:{m}',) if profile != 'smoke' else (), after=(f'train:{m}',),
+                           needs=(f'train:{m}',) if not prof.quick else (), after=(f'train:{m}',),
                            check=_detector_check(profile, m)))
     if profile == 'paper':  # COCO from --data-dir; no evaluate command at this profile
         return trains
-    argv = ['detect', 'evaluate', '--profile', profile] + (['--threads', '1'] if profile == 'cpu' else [])
+    argv = ['detect', 'evaluate', '--profile', profile] + (['--threads', str(prof.threads)] if prof.threads else [])
     if restricted:
         argv += ['--models', *models]
     evaluate = Step('detect:evaluate', tuple(argv), models_check(profile, 'detection', models),
@@ -293,11 +290,10 @@ def _detection_steps(profile: str, models: Sequence[str], restricted: bool) -> L
 
 def all_steps(profile: str, models: Optional[Sequence[str]] = None) -> List[Step]:
     """Every step of a profile, in order, with their dependencies (before any ``--only`` selection)."""
-    if profile not in PROFILES:
-        raise ValueError(f'unknown profile {profile!r}; valid: {", ".join(PROFILES)}')
+    prof = profiles.get(profile)  # an unknown name fails here, with the valid ones
     restricted = bool(models)
     models = list(models or default_models(profile))
-    paper = lambda name: (lambda: results.result_path('paper', name))  # noqa: E731
+    paper = lambda name: (lambda: layout.analysis('paper', name).path)  # noqa: E731
     steps = [Step('complexity:table3', ('complexity',), files_check(paper('table3_complexity'))),
              Step('complexity:ablations', ('ablations', 'complexity'), files_check(paper('ablation_complexity')))]
     trains = _train_steps(profile, models)
@@ -313,7 +309,12 @@ def all_steps(profile: str, models: Optional[Sequence[str]] = None) -> List[Step
         by_model = tuple(s.name for s in trains)
         # cpu analyses load the trained checkpoints; smoke ones use untrained models
         steps.append(Step(f'analyze:{what}', tuple(argv), models_check(profile, name, models),
-                          needs=by_model if profile == 'cpu' else ()))
+                          needs=by_model if prof.trained else ()))
+    if not prof.seed0_dir:  # the main runs are the seed set's seed 0 (smoke): their per-image outcomes, as seeds 1-4's
+        argv = ('analyze', 'outcomes', '--profile', profile, '--seed', '0', *(('--models', *models) if restricted else ()))
+        steps.append(Step('analyze:outcomes', argv, files_check(*(lambda m=m: layout.outcomes(profile, 0, m)[1]
+                                                                  for m in models)),
+                          needs=tuple(s.name for s in trains)))
     steps += _ablation_steps(profile, models, restricted)
     steps += _detection_steps(profile, models, restricted)
     earlier = tuple(s.name for s in steps)
@@ -336,14 +337,14 @@ def selectors(steps: Sequence[Step]) -> List[str]:
     return out
 
 
-def select(steps: Sequence[Step], only: Optional[Sequence[str]]) -> List[Step]:
-    if not only:
-        return list(steps)
+def select(steps: Sequence[Step], only: Optional[Sequence[str]], skip: Optional[Sequence[str]] = None) -> List[Step]:
+    """The steps named by ``only`` (all when None), less those named by ``skip`` (names or groups, as selectors)."""
     valid = selectors(steps)
-    unknown = [o for o in only if o not in valid]
+    unknown = [o for o in (*(only or ()), *(skip or ())) if o not in valid]
     if unknown:
         raise ValueError(f'unknown step {", ".join(map(repr, unknown))}; valid: {", ".join(valid)}')
-    return [s for s in steps if any(s.name == o or s.name.startswith(o + ':') for o in only)]
+    named = lambda s, names: any(s.name == o or s.name.startswith(o + ':') for o in names)  # noqa: E731
+    return [s for s in steps if (not only or named(s, only)) and not named(s, skip or ())]
 
 
 def check_models(profile: str, models: Optional[Sequence[str]]) -> None:
@@ -357,12 +358,12 @@ def check_models(profile: str, models: Optional[Sequence[str]]) -> None:
 
 
 def build_plan(profile: str, only: Optional[Sequence[str]] = None,
-               models: Optional[Sequence[str]] = None) -> List[Step]:
+               models: Optional[Sequence[str]] = None, skip: Optional[Sequence[str]] = None) -> List[Step]:
     """The selected steps in order, each with ``status`` 'done already' or 'to run' (and ``missing``, what its check
     found missing). A step runs when its result is missing or when a step it needs or shows runs."""
     check_models(profile, models)
     models = list(dict.fromkeys(models)) if models else None
-    plan = select(all_steps(profile, models), only)
+    plan = select(all_steps(profile, models), only, skip)
     planned = set()
     for s in plan:
         s.missing = s.check()
@@ -516,7 +517,7 @@ def main(argv=None, runner: Callable[[Step], int] = run_subprocess, prog: str = 
 def run_parsed(args, runner: Callable[[Step], int] = run_subprocess) -> int:
     """Run parsed arguments: the plan of ``args.profile`` (printed with --dry-run or at paper), else its steps."""
     try:
-        plan = build_plan(args.profile, args.only, args.models)
+        plan = build_plan(args.profile, args.only, args.models, args.skip)
         if args.profile == 'paper' or args.dry_run:
             print(format_plan(plan, args.profile, paper_commands if args.profile == 'paper' else None))
             if args.profile == 'paper':

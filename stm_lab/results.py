@@ -1,21 +1,24 @@
 """Read and write results under ``results/<profile>/`` with provenance; every write is atomic.
 
 A result file is JSON: ``{"provenance": {...}, "config": {...}, "records": [...]}``. Provenance records what
-produced the numbers (git commit and whether the tree was dirty, profile, seed, hardware, library versions,
-the command line, wall time), so a number in the book can always be traced back.
+produced the numbers (git commit and, where the tree differed from it, which files and a digest of the difference;
+profile, seed, hardware, library versions, the ``stm-lab`` command that makes it again, wall time), so a number in
+the book can always be traced back and replayed (results/README.md). Paths in results are relative to the project.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
 import secrets
+import shlex
 import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, List, Optional, Sequence
 
 import torch
 
@@ -58,14 +61,75 @@ if not IN_CHECKOUT:
     os.environ.setdefault('STM_LAB_RUNS', str(RUNS_DIR.resolve()))
 
 
-def _git(*args: str) -> Optional[str]:
+def _git(*args: str, timeout: float = 10) -> Optional[bytes]:
     if not IN_CHECKOUT:  # an installed package has no commit of its own (ROOT may even lie in another repository)
         return None
     try:
-        out = subprocess.run(['git', *args], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        out = subprocess.run(['git', *args], cwd=ROOT, capture_output=True, timeout=timeout)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() if out.returncode == 0 else None
+    return out.stdout if out.returncode == 0 else None
+
+
+def git_state() -> dict:
+    """The commit, and whether the tracked files differ from it; where they do, which (``git status --porcelain``
+    lines) and a digest of ``git diff HEAD`` (binary changes included), so that two dirty states can be told apart.
+    Untracked files are left out: results being written are untracked."""
+    sha, status = _git('rev-parse', 'HEAD'), _git('status', '--porcelain', '--untracked-files=no')
+    state = dict(git_sha=sha.decode().strip() if sha else None,
+                 git_dirty=bool(status.strip()) if status is not None else None)
+    if state['git_dirty']:
+        diff = _git('diff', 'HEAD', '--binary', timeout=60)
+        state.update(git_status=status.decode(errors='replace').rstrip('\n').splitlines(),
+                     git_diff_sha256=hashlib.sha256(diff).hexdigest()[:16] if diff is not None else None)
+    return state
+
+
+def project_path(path) -> str:
+    """``path`` as a result records it: relative to the project (the checkout; for an installed package, the
+    working folder) where it lies inside it, else absolute. A relative ``path`` is taken from the working folder."""
+    base = ROOT if IN_CHECKOUT else Path.cwd()
+    p = Path(os.path.abspath(path))
+    for q in (p, p.resolve()):  # as given first: a symlinked runs/ stays under the project
+        if q.is_relative_to(base):
+            return str(q.relative_to(base))
+    return str(p)
+
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+# `python -m <module>` runs of the modules that are also stm-lab commands -> the stm-lab words they stand for
+# (stm_lab.training: train, eval or summary as given, train without one); tests/test_provenance.py checks each
+ENTRY_MODULES = {'stm_lab.cli': (), 'stm_lab.training': (), 'stm_lab.analysis.run': ('analyze',),
+                 'stm_lab.ablations': ('ablations',), 'stm_lab.detection.run': ('detect',), 'stm_lab.lab': ('lab',),
+                 'stm_lab.reproduce': ('reproduce',), 'stm_lab.bench': ('bench',)}
+TRAINING_COMMANDS = ('train', 'eval', 'summary')  # stm_lab.parsers.TRAINING_COMMANDS (parsers imports no torch)
+IMPORT_ENV = 'STM_LAB_IMPORT'  # stm_lab.mixers.IMPORT_ENV: set by `stm-lab --import` for the processes it starts
+
+
+def stm_lab_words(module: str, args: Sequence[str]) -> Optional[List[str]]:
+    """``python -m <module> <args>`` as the words after ``stm-lab``; None for a module that is no stm-lab command."""
+    if module == 'stm_lab.training':
+        return list(args) if args[:1] and args[0] in TRAINING_COMMANDS else ['train', *args]
+    return [*ENTRY_MODULES[module], *args] if module in ENTRY_MODULES else None
+
+
+def command_line(argv: Optional[Sequence[str]] = None) -> str:
+    """This process's command line (``argv``, default ``sys.argv``) as the ``stm-lab`` command that replays it,
+    however it was started: the ``stm-lab`` program, ``python -m stm_lab.<module>`` or torchrun. Modules in
+    ``$STM_LAB_IMPORT`` (a user's mixers) become ``--import`` options. Another program (a notebook kernel, pytest):
+    its name and arguments as given."""
+    argv = list(sys.argv if argv is None else argv)
+    prog, args = Path(argv[0]), argv[1:]
+    words = None
+    if prog.name.removesuffix('.exe') == 'stm-lab':
+        words = args
+    elif prog.suffix == '.py' and prog.resolve().is_relative_to(PACKAGE_DIR):
+        parts = prog.resolve().relative_to(PACKAGE_DIR).with_suffix('').parts
+        words = stm_lab_words('.'.join(('stm_lab', *parts)).removesuffix('.__main__'), args)
+    if words is None:
+        return shlex.join([prog.name, *args])
+    imports = [m for m in os.environ.get(IMPORT_ENV, '').split(',') if m.strip() and m.strip() not in words]
+    return shlex.join(['stm-lab', *[w for m in imports for w in ('--import', m.strip())], *words])
 
 
 def cpu_name() -> str:
@@ -80,13 +144,11 @@ def cpu_name() -> str:
 
 def provenance(profile: str, seed: Optional[int] = None, **extra: Any) -> dict:
     import timm
-    status = _git('status', '--porcelain', '--untracked-files=no')
     return dict(
-        git_sha=_git('rev-parse', 'HEAD'),
-        git_dirty=bool(status) if status is not None else None,
+        **git_state(),
         profile=profile,
         seed=seed,
-        command=' '.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        command=command_line(),
         created=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
         python=platform.python_version(),
         torch=torch.__version__,
@@ -195,9 +257,11 @@ def save_result(profile: str, name: str, records: list, config: Optional[dict] =
 
 def load_result(profile: str, name: str) -> dict:
     path = result_path(profile, name)
-    if not path.exists():
-        raise FileNotFoundError(f'no result {name!r} for profile {profile!r} at {path}; '
-                                f'produce it with the stm-lab command (see `stm-lab --help`)')
+    if not path.exists():  # readers never compute: say which command does
+        base = str(profile).split('/')[0]
+        how = ('a benchmark: `stm-lab bench` lists them' if base == 'bench' else
+               f'make it with `stm-lab reproduce --profile {base}` (it runs what is missing; --dry-run shows the steps)')
+        raise FileNotFoundError(f'no result {name!r} for profile {profile!r} at {path}; {how}')
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:

@@ -121,9 +121,10 @@ class Lab:
     def __init__(self, models: Union[None, Sequence[ModelSpec], Mapping[str, ModelSpec]] = None, img_size: int = 64,
                  classes: Optional[Sequence[str]] = None):
         import ipywidgets as W
-        from .analysis.run import MICRO, demo_images
+        from .analysis.run import demo_images
+        from .profiles import PROFILES
         if models is None:
-            models = list(MICRO)
+            models = list(PROFILES['cpu'].models)
         if not isinstance(models, Mapping):
             models = {Path(str(m)).stem if not isinstance(m, nn.Module) else f'model {i}': m
                       for i, m in enumerate(models)}

@@ -1,6 +1,7 @@
 """Tables II, VI, VII at CPU scale: the switches (known answers), the registered names, the noise and verdict rules,
 and the per-epoch consistency tracker (Fig. 7c)."""
 import json
+import types
 
 import pytest
 import timm
@@ -128,14 +129,14 @@ def test_rows_and_noise_from_results(tmp_path, monkeypatch):
     claims = ablations.claims('cpu')
     assert claims['sr_attn_block']['ours'] == -9.5 and claims['sr_attn_block']['noise'] == pytest.approx(2.40, abs=0.01)
     assert claims['ln_after_pool']['ours'] is None
-    from stm_lab import findings
-    verdicts = {r.claim.id: r.verdict for r in findings.ablation_results('cpu')}
+    from stm_lab.pages.ablations import ablation_results
+    verdicts = {r.claim.id: r.verdict for r in ablation_results('cpu')}
     assert verdicts['sr_attn_block'] == 'agrees' and verdicts['ln_after_pool'] == 'not yet measured'
 
 
 def test_consistency_tracking_records_each_epoch_and_does_not_change_training(tmp_path):
     from stm_lab.training import checkpoint, engine
-    from stm_lab.analysis.run import consistency_tracker
+    from stm_lab.training.tracking import consistency_tracker
     cfg = profile_config('u_dwconv_test', 'smoke')
     plain = engine.train(cfg, tmp_path / 'a', resume='none', progress=False, export=False)
     tracked_cfg = profile_config('u_dwconv_test', 'smoke', track_consistency=8)
@@ -168,8 +169,27 @@ def test_table4_rows_come_from_the_configurations():
     assert rows['peak learning rate']['c'].startswith('0.004')
 
 
-def test_ablations_page_builds_at_the_smoke_profile(tmp_path):
-    """CI builds the ablation page from tiny runs (trained in-process if missing): every table and verdict renders."""
+def test_smoke_runs_train_in_the_runners_process_and_record_their_command(tmp_path, monkeypatch, one_thread):
+    """`stm-lab ablations run --profile smoke`: runs of seconds are trained one after another in its own process (no
+    process per run), each recording the stm-lab command that makes it; a finished run is not trained again."""
+    monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path / 'results')
+    monkeypatch.setattr(ablations, 'RUNS_DIR', tmp_path / 'runs')
+    fail = types.SimpleNamespace(Popen=lambda *a, **kw: pytest.fail('a process per smoke run'))
+    monkeypatch.setattr(ablations, 'subprocess', fail)  # the runner's own (git, started by provenance, may run)
+    (run,) = [r for r in ablations.planned_runs('smoke') if r.model == 'u_pvt_test_d']
+    assert ablations.run_queue(profile='smoke', only=['u_pvt_test_d'], which='ablations') == 0
+    doc = json.loads(run.result.read_text())
+    assert doc['provenance']['command'] == (f'stm-lab train --model u_pvt_test_d --profile smoke --no-progress --out '
+                                            f'{tmp_path}/runs/smoke/ablations/u_pvt_test_d --results-subdir ablations')
+    assert doc['config']['train']['epochs'] == 2 and run.out.is_dir()
+    stamp = run.result.stat().st_mtime_ns
+    assert ablations.run_queue(profile='smoke', only=['u_pvt_test_d'], which='ablations') == 0
+    assert run.result.stat().st_mtime_ns == stamp
+
+
+@pytest.mark.e2e
+def test_ablations_page_builds_at_the_smoke_profile(tmp_path, smoke_results):
+    """CI builds the ablation page from the tiny runs of the smoke results: every table and verdict renders."""
     from stm_lab import cli
     assert cli.main(['notebooks', '--profile', 'smoke', '--only', 'ablations', '--out', str(tmp_path)]) == 0
     text = (tmp_path / 'ablations.ipynb').read_text()

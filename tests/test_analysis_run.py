@@ -1,11 +1,12 @@
-"""`stm-lab analyze`: smoke records and their schema, skipped checkpoints at cpu, the book's figure builders."""
+"""`stm-lab analyze`: smoke records and their schema, skipped checkpoints at cpu, the book's figure builders
+(stm_lab.pages)."""
 import json
 
 import pytest
 
 import stm_lab.results as results
-from stm_lab import figures
 from stm_lab.analysis import run
+from stm_lab.pages import erf, robustness
 
 
 @pytest.fixture
@@ -78,20 +79,20 @@ def test_unknown_analysis_or_profile_is_an_error():
 
 
 def test_figure_builders(smoke):
-    erf = smoke['erf']['records']
-    fig = figures.erf_browser(erf)
-    assert len(fig.frames) == len(erf) == len(fig.layout.sliders[0].steps)
+    records = smoke['erf']['records']
+    fig = erf.erf_browser(records)
+    assert len(fig.frames) == len(records) == len(fig.layout.sliders[0].steps)
     assert not fig.layout.updatemenus and fig.layout.width is None  # no dropdown to go stale; fits its column
     assert all(len(str(v).split('.')[-1]) <= 3 for row in fig.data[0].z for v in row if '.' in str(v))  # rounded
-    rows = run.erf_table(erf)
-    assert len(figures.erf_bars(rows).data) == 2
-    assert figures.erf_markdown(rows).count('\n') == 3  # header, rule, two models
-    assert len(figures.invariance_curves(smoke['invariance']['records']).data) == 2 * 3 * 2
-    assert len(figures.fgsm_curves(smoke['fgsm']['records']).data) == 2
+    rows = erf.erf_table(records)
+    assert len(erf.erf_bars(rows).data) == 2
+    assert erf.erf_markdown(rows).count('\n') == 3  # header, rule, two models
+    assert len(robustness.invariance_curves(smoke['invariance']['records']).data) == 2 * 3 * 2
+    assert len(robustness.fgsm_curves(smoke['fgsm']['records']).data) == 2
     demo = smoke['demo_rotation']['records']
     _, photos = run.demo_images()
-    views = run.demo_view_uris(demo[0]['img_size'], demo[0]['crop_pct'])
-    fig = figures.demo_rotation_figure(demo, views, photos)
+    views = robustness.demo_view_uris(demo[0]['img_size'], demo[0]['crop_pct'])
+    fig = robustness.demo_rotation_figure(demo, views, photos)
     assert [f.name for f in fig.frames] == [str(a) for a in run.DEMO_ANGLES]
     assert len(fig.data) == len(photos) + 1 and len(fig.frames[0].data) == len(photos) + 1
 
@@ -119,7 +120,7 @@ def _erf_row(model, stage, side, t=0.5):
 
 
 def test_erf_extremes_pick_the_largest_and_smallest_erf50_at_a_stage():
-    from stm_lab.analysis.run import erf_extremes
+    from stm_lab.pages.erf import erf_extremes
     rows = [_erf_row('u_swin_micro', 3, 0.40), _erf_row('u_halonet_micro', 3, 0.55), _erf_row('u_pvt_micro', 3, 0.30),
             _erf_row('u_pvt_micro', 4, 0.99), _erf_row('u_swin_micro', 3, 0.95, t=0.9)]
     assert erf_extremes(rows) == (('u_halonet_micro', 0.55), ('u_pvt_micro', 0.30))
@@ -128,7 +129,7 @@ def test_erf_extremes_pick_the_largest_and_smallest_erf50_at_a_stage():
 
 
 def test_erf_shape_verdict_from_the_asymmetry_of_swin_and_halonet():
-    from stm_lab.analysis.run import asymmetry_by_family, erf_shape_verdict
+    from stm_lab.pages.erf import asymmetry_by_family, erf_shape_verdict
     records = [dict(model='u_swin_micro', stage=3, asymmetry=0.3), dict(model='u_halonet_micro', stage=3, asymmetry=0.1),
                dict(model='u_swin_micro', stage=4, asymmetry=0.0), dict(model='u_swin_small', stage=3, asymmetry=9.0)]
     asym = asymmetry_by_family(records)
@@ -140,7 +141,7 @@ def test_erf_shape_verdict_from_the_asymmetry_of_swin_and_halonet():
 
 
 def test_consistency_over_training_order_and_gains():
-    from stm_lab.analysis.run import consistency_gains_text, consistency_order_text, mean_consistency_records
+    from stm_lab.pages.robustness import consistency_gains_text, consistency_order_text, mean_consistency_records
 
     def rec(epoch, shift):
         return dict(epoch=epoch, consistency_shift=shift, consistency_rotation=shift / 2, consistency_images=200)

@@ -120,6 +120,7 @@ def _assert_same(shown, want):
         assert [p for _, p in shown[model]] == pytest.approx([p for _, p in want[model]], abs=1e-5), model
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(_why_no_app() is not None, reason=str(_why_no_app()))
 def test_voila_app_in_chromium_follows_the_rotation_slider(tmp_path):
     from stm_lab.lab_browser import Browser, displayed_top5

@@ -11,15 +11,16 @@ import pytest
 from stm_lab import book_check
 from stm_lab.results import ROOT
 
-pytestmark = pytest.mark.skipif(book_check.chromium_path() is None,
-                                reason="no Chromium (Debian's chromium package; .ci/run installs it)")
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(book_check.chromium_path() is None,
+                                                  reason="no Chromium (Debian's chromium package; .ci/run installs it)")]
 
 
 @pytest.fixture(scope='module')
-def smoke_book(tmp_path_factory):
-    """A copy of the book's sources, its notebooks executed at the smoke profile, built with warnings as errors."""
+def smoke_book(tmp_path_factory, smoke_results):
+    """A copy of the book's sources, its notebooks executed at the smoke profile (on the session's smoke results),
+    built with warnings as errors."""
     from stm_lab import cli
-    from stm_lab.figures import install_book_assets
+    from stm_lab.pages.common import install_book_assets
     root = tmp_path_factory.mktemp('book')
     install_book_assets()
     for name in ('_config.yml', '_toc.yml'):

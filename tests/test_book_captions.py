@@ -1,15 +1,17 @@
 """The book reads like a paper's companion: every figure and table has a number, a caption and a label, prose refers
 to them with {numref}, and what the book uses is cited.
 
-Most checks read the notebooks' sources (no execution): a cell that draws a figure (a builder of ``stm_lab.figures``
+Most checks read the notebooks' sources (no execution): a cell that draws a figure (a page builder of ``stm_lab.pages``
 that returns a ``go.Figure``) carries a ``mystnb.figure`` caption and name in its metadata, or captions its figures
-with ``{glue:figure}`` (a loop that draws several); a table (a ``*_markdown`` builder of ``stm_lab.figures``) is
+with ``{glue:figure}`` (a loop that draws several); a table (a ``*_markdown`` builder of ``stm_lab.pages``) is
 printed through ``numbered_table``; every {numref} names a label that some page defines. The checker is tested on a
 notebook with known faults, and one test builds a two-page book with the repository's configuration to see that the
 two mechanisms give numbered, captioned figures and tables that {numref} resolves across pages.
 """
 import ast
+import importlib
 import inspect
+import pkgutil
 import re
 import shutil
 import subprocess
@@ -22,7 +24,8 @@ import plotly.graph_objects as go
 import pytest
 import yaml
 
-from stm_lab import figures
+from stm_lab import pages
+from stm_lab.pages import common
 from stm_lab.results import ROOT
 
 NUMREF = re.compile(r'\{numref\}`([^`]+)`')
@@ -31,16 +34,18 @@ NAME_LINE = re.compile(r':name:\s*(\S+)')
 
 
 def _builders():
-    """(figure builders, table builders) of stm_lab.figures, by their return types and names."""
+    """(figure builders, table builders) of the page modules (stm_lab.pages), by their return types and names."""
     figs, tables = set(), set()
-    for name, fn in inspect.getmembers(figures, inspect.isfunction):
-        if fn.__module__ != figures.__name__ or name.startswith('_'):
-            continue
-        ret = typing.get_type_hints(fn).get('return')
-        if ret is go.Figure:
-            figs.add(name)
-        elif ret is str and name.endswith('_markdown'):
-            tables.add(name)
+    for info in pkgutil.iter_modules(pages.__path__):
+        module = importlib.import_module(f'{pages.__name__}.{info.name}')
+        for name, fn in inspect.getmembers(module, inspect.isfunction):
+            if fn.__module__ != module.__name__ or name.startswith('_'):
+                continue
+            ret = typing.get_type_hints(fn).get('return')
+            if ret is go.Figure:
+                figs.add(name)
+            elif ret is str and name.endswith('_markdown'):
+                tables.add(name)
     return figs, tables
 
 
@@ -208,15 +213,16 @@ def test_the_findings_headings_link_to_their_pages():
 def test_numbered_table_is_a_myst_table_with_its_caption_and_label():
     from docutils.core import publish_doctree
     from myst_parser.parsers.docutils_ import Parser
-    text = figures.numbered_table('| a | b |\n|---|--:|\n| 1 | 2 |', 'Ours against `the paper`,\nin points.', 'tab-x')
+    text = common.numbered_table('| a | b |\n|---|--:|\n| 1 | 2 |', 'Ours against `the paper`,\nin points.', 'tab-x')
     doc = publish_doctree(text, parser=Parser(), settings_overrides={'report_level': 2, 'halt_level': 2,
                                                                       'warning_stream': False})
     table = doc.children[0]
     assert table.tagname == 'table' and table['ids'] == ['tab-x']
     assert table.children[0].astext() == 'Ours against the paper, in points.'  # a code span and a line break
-    assert figures.numbered_table('*Not yet measured.*', 'C.', 'tab-y') == '*Not yet measured.*'
+    assert common.numbered_table('*Not yet measured.*', 'C.', 'tab-y') == '*Not yet measured.*'
 
 
+@pytest.mark.e2e
 def test_a_book_built_with_the_repository_configuration_numbers_captions_and_cross_references(tmp_path):
     """Two pages with outputs as the notebooks write them (no kernel): a plotly figure through the book's renderer
     with a mystnb.figure caption, a table through numbered_table, a figure glued and captioned by {glue:figure};
@@ -232,11 +238,11 @@ def test_a_book_built_with_the_repository_configuration_numbers_captions_and_cro
     for page in ('one', 'two'):
         nb = nbformat.v4.new_notebook(metadata={'kernelspec': {'name': 'python3', 'display_name': 'Python 3',
                                                                'language': 'python'}})
-        html = nbformat.v4.new_output('display_data', data={'text/html': figures.book_html(fig)})
-        table = nbformat.v4.new_output('display_data', data={'text/markdown': figures.numbered_table(
+        html = nbformat.v4.new_output('display_data', data={'text/html': common.book_html(fig)})
+        table = nbformat.v4.new_output('display_data', data={'text/markdown': common.numbered_table(
             '| a |\n|---|\n| 1 |', 'A table of `a`.', f'tab-{page}'), 'text/plain': '<Markdown>'})
         glued = nbformat.v4.new_output('display_data', data={  # what myst_nb.glue(name, HTML(...)) writes
-            'application/papermill.record/text/html': HTML(figures.book_html(fig)).data,
+            'application/papermill.record/text/html': HTML(common.book_html(fig)).data,
             'application/papermill.record/text/plain': '<IPython.core.display.HTML object>'},
             metadata={'scrapbook': {'name': f'g_{page}', 'mime_prefix': 'application/papermill.record/'}})
         nb.cells = [

@@ -6,7 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from stm_lab import claims, findings, results
+from stm_lab import claims, results
+from stm_lab.pages import findings, robustness
 from stm_lab.analysis import outcomes
 from stm_lab.claims import Runs, Verdict, decide, difference, paired_image_se
 
@@ -137,7 +138,7 @@ def test_two_claims_recomputed_from_the_committed_outcomes(cid, metric):
     means = {m: 100 * p.mean(1).mean() for m, p in per.items()}
     others = [m for m in models if m != 'u_pvt_micro']
     a = min(others, key=means.get)  # the deciding pair of "U-PVT is the least ...": the others' lowest against U-PVT
-    r = next(x for x in findings.robustness_results('cpu') if x.claim.id == cid)
+    r = next(x for x in robustness.robustness_results('cpu') if x.claim.id == cid)
     assert r.detail['pair'] == (a, 'u_pvt_micro')
     assert r.effect == pytest.approx(means[a] - means['u_pvt_micro'], abs=1e-9)
     # the image term alone (a one-seed model borrows the pooled seed spread, which a bootstrap cannot resample)

@@ -157,10 +157,7 @@ def test_the_light_tree_agrees_with_the_modules_it_stands_for():
     from stm_lab import results
     from stm_lab.analysis import run as analysis_run
     from stm_lab.bench import steps
-    from stm_lab.notebook_params import NOTEBOOK_PROFILES
-    from stm_lab.training import config
-    assert parsers.PROFILES == config.PROFILES
-    assert parsers.ANALYSES == analysis_run.ANALYSES and set(analysis_run.PROFILES) == set(NOTEBOOK_PROFILES)
+    assert parsers.ANALYSES == analysis_run.ANALYSES
     assert parsers.ROOT == results.ROOT
     tree = build_parser()
     amp = next(a for a in dict(walk(tree))[('bench', 'table8')]._actions if a.dest == 'amp')

@@ -29,16 +29,6 @@ def kernel():
     return ops
 
 
-@pytest.fixture
-def one_thread():
-    """For tests of numbers, not threading: on a machine shared with other jobs, two OpenMP threads make a small
-    model step many times slower (each parallel region waits for a descheduled thread)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _out_size(size, k, s, p, d):
     return (size + 2 * p - (d * (k - 1) + 1)) // s + 1
 

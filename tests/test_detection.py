@@ -13,13 +13,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import stm_lab  # noqa: F401  (registers the models)
-from stm_lab import findings, results
+from stm_lab import results
 from stm_lab.detection import coco_eval, run, scale, shapes
 from stm_lab.detection.data import DetectionSet, check_target
 from stm_lab.detection.model import (DetectorConfig, build_detector, family_and_scale, load_backbone,
                                      load_backbone_tensors)
 from stm_lab.detection.train import lr_at, profile_config, scaled_steps
 from stm_lab.models import create_model, main_models
+from stm_lab.pages import detection as page, findings
 from stm_lab.results import ROOT
 
 TINY = shapes.ShapesConfig(img_size=48, train_images=3, val_images=2, photos='fixture', max_instances=3,
@@ -145,8 +146,10 @@ def test_a_degenerate_box_is_refused_by_name(tmp_path):
 
 
 def test_unknown_model_and_bad_detector_config_are_clear():
-    with pytest.raises(KeyError, match='not a unified model name'):
+    with pytest.raises(KeyError, match="unknown model 'resnet50'.*Valid models: .*u_swin_micro"):
         family_and_scale('resnet50')
+    with pytest.raises(KeyError, match='not a unified model'):  # the speed page's reference model has no detector
+        family_and_scale('timm_swin_micro')
     with pytest.raises(ValueError, match='num_classes counts the background'):
         DetectorConfig(num_classes=1)
     with pytest.raises(ValueError, match='one size per FPN level'):
@@ -453,28 +456,28 @@ def test_detection_verdicts_follow_the_numbers(tmp_path, monkeypatch):
     ranks = dict(halonet=0.60, internimage=0.58, dwconv=0.50, swin=0.48, pvt=0.40)
     erf = dict(halonet=0.2, internimage=0.5, dwconv=0.3, swin=0.4, pvt=0.6)  # largest ERF (PVT) detects worst
     _det_doc(tmp_path, ranks, erf=erf, cons=dict(halonet=0.5, internimage=0.7, dwconv=0.5, swin=0.4, pvt=0.3))
-    c = run.claims('cpu')
+    c = page.claims('cpu')
     assert c['erf']['verdict'] == 'agrees' and c['erf']['counterexample']['larger'] == 'u_pvt_micro'
-    rows = {r['id']: r for r in findings.detection_findings('cpu')}
+    rows = {r['id']: r for r in page.detection_findings('cpu')}
     assert [r['verdict'] for r in rows.values()] == ['agrees'] * 4
     assert rows['det_best']['effect'] == pytest.approx(100 * (0.58 - 0.50))  # U-InternImage - U-DWConv, in points
     # the order reversed, beyond the noise
     _det_doc(tmp_path, dict(halonet=0.40, internimage=0.42, dwconv=0.50, swin=0.55, pvt=0.60),
              erf=dict(halonet=0.1, internimage=0.2, dwconv=0.3, swin=0.4, pvt=0.5))
-    c = run.claims('cpu')
-    rows = {r['id']: r for r in findings.detection_findings('cpu')}
+    c = page.claims('cpu')
+    rows = {r['id']: r for r in page.detection_findings('cpu')}
     assert rows['det_best']['verdict'] == 'does not agree' and rows['det_pvt_worst']['verdict'] == 'does not agree'
     assert c['erf']['verdict'] == 'does not agree'  # ERF order = AP order in every bucket
     assert rows['det_scale_dcn_best']['verdict'] == 'not yet measured'
     # everything within the noise
     _det_doc(tmp_path, dict(halonet=0.501, internimage=0.500, dwconv=0.499, swin=0.5, pvt=0.498), boot_sd=0.02)
-    rows = findings.detection_findings('cpu')
+    rows = page.detection_findings('cpu')
     assert rows[0]['verdict'] == 'cannot tell at this scale' and 'bootstrap' in rows[0]['noise']
 
 
 def test_detection_findings_without_results_are_not_yet_measured(tmp_path, monkeypatch):
     monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path)
-    rows = findings.detection_findings('cpu')
+    rows = page.detection_findings('cpu')
     assert rows and all(r['verdict'] == findings.NOT_YET for r in rows)
 
 
@@ -485,21 +488,25 @@ def test_training_course_reads_the_runs_it_describes(tmp_path, monkeypatch):
     n = run.profile_config('u_halonet_micro', 'cpu').shapes.train_images
     recs = [dict(epoch=e + 1, loss=v, cpu_time_s=400.0) for e, v in enumerate((2.0, 1.8, 1.71))]
     recs[-1]['box_AP50'] = 0.3
-    results.save_result('cpu/detection', 'det_train_u_halonet_micro', recs, config=dict(epochs=3, lr_steps=[2]),
+    results.save_result('cpu/detection', 'det_train_u_halonet_micro', recs,
+                        config=dict(train=dict(epochs=3, lr_steps=[2], shapes=dict(train_images=n))),
                         prov=dict(schedule_changes=[dict(after_epoch=1, epochs=12, lr_steps=[8, 11])]))
     results.save_result('cpu', 'detection_throughput', [dict(model='u_halonet_micro', train_img_per_s=20.0)])
-    c = run.training_course('cpu')
+    models = run.profile_models('cpu')
+    c = page.training_course('cpu', models)
     (r,) = c['rows']
     assert r['epochs'] == 3 and r['lr_steps'] == [2] and r['loss_fall_before_drop'] == pytest.approx(0.1)
     assert r['img_per_core_s'] == pytest.approx(3 * n / 1200) and r['speed_ratio'] == pytest.approx(20 / (3 * n / 1200))
     assert c['best'] == 'u_halonet_micro' and c['best_AP50'] == 0.3 and not c['reached']
-    text = run.course_markdown('cpu')
+    text = page.course_note('cpu', models)
     assert 'below the 0.5' in text and 'fell by 10%.' in text and 'under a 12-epoch schedule' in text
-    assert run.training_course('smoke') == {} and 'No detector' in run.course_markdown('smoke')
+    smoke = run.profile_models('smoke')
+    assert page.training_course('smoke', smoke) == {} and 'No detector' in page.course_note('smoke', smoke)
 
 
 # ------------------------------------------------------------------------------------------ end to end
 
+@pytest.mark.e2e
 def test_smoke_profile_end_to_end(tmp_path, monkeypatch):
     """Data, five trainings and the evaluation at the smoke profile, into a temporary results folder."""
     from stm_lab.training import engine as cls_train
@@ -520,10 +527,10 @@ def test_smoke_profile_end_to_end(tmp_path, monkeypatch):
 
 
 def test_rank_correlation_known_answers():
-    assert run._spearman([1, 2, 3, 4], [10, 20, 30, 40]) == 1.0
-    assert run._spearman([1, 2, 3, 4], [4, 3, 2, 1]) == -1.0
-    assert run._spearman([1, 2, 3, 4], [0, 0, 0, 0]) is None  # no order at all: not a perfect correlation
-    assert run._spearman([1, 2, 3], [1, 1, 2]) == pytest.approx(0.866, abs=1e-3)  # ties share their rank
+    assert page.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == 1.0
+    assert page.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == -1.0
+    assert page.spearman([1, 2, 3, 4], [0, 0, 0, 0]) is None  # no order at all: not a perfect correlation
+    assert page.spearman([1, 2, 3], [1, 1, 2]) == pytest.approx(0.866, abs=1e-3)  # ties share their rank
 
 
 # ------------------------------------------------------------------------------------------ the book page
@@ -539,19 +546,19 @@ def _outputs(path) -> str:
     return '\n'.join(out)
 
 
-def test_detection_page_builds_at_the_smoke_profile(tmp_path, monkeypatch):
+@pytest.mark.e2e
+def test_detection_page_builds_at_the_smoke_profile(tmp_path, smoke_results):
     from stm_lab import cli
-    monkeypatch.setenv('STM_LAB_RESULTS', str(tmp_path / 'results'))  # the page trains its tiny detectors afresh
-    monkeypatch.setenv('STM_LAB_RUNS', str(tmp_path / 'runs'))
     assert cli.main(['notebooks', '--profile', 'smoke', '--only', 'detection', '--out', str(tmp_path)]) == 0
     text = _outputs(tmp_path / 'detection.ipynb')
     for needle in ('Table V, micro (COCO box AP)', 'cannot tell at this scale', 'input scale: ', 'box AP (± se)',
                    'AP small / medium / large', '40.3 / 37.3',
-                   'stm-lab detect run --profile smoke'):
+                   'detection.json: stm-lab detect evaluate --profile smoke'):  # made by reproduce's step
         assert needle in text, needle
     assert 'have not been made yet' not in text
 
 
+@pytest.mark.e2e
 def test_detection_page_at_cpu_without_runs_gives_the_commands(tmp_path, monkeypatch):
     import shutil
     from stm_lab import cli
@@ -630,14 +637,14 @@ def test_detection_setting_texts_from_a_configuration():
                                                  mask_head_layers=(32, 32), box_batch_size_per_image=64,
                                                  anchor_sizes=(8, 16, 32, 64, 128)),
                          epochs=6, batch_size=8, lr=2e-4, weight_decay=0.05, warmup_iters=100, lr_steps=(4,), hflip=0.5)
-    assert run.setting_text(cfg) == (
+    assert page.setting_text(cfg) == (
         f'1,500 training and 50 validation images of 96x96 px, {len(shapes.SHAPES)} shape classes '
         f'({", ".join(shapes.SHAPES)}), 1-4 instances per image, 8-60 px, drawn on the committed fixture photos')
-    assert run.heads_text(cfg) == ('FPN width 64, box head 128, mask head 2 x 32 channels, 64 sampled RoIs per image, '
+    assert page.heads_text(cfg) == ('FPN width 64, box head 128, mask head 2 x 32 channels, 64 sampled RoIs per image, '
                                    'anchors 8/16/32/64/128 px')
-    assert run.schedule_text(cfg) == ('6 epochs of batch 8, AdamW lr 0.0002 (weight decay 0.05), 100 warm-up steps, lr '
+    assert page.schedule_text(cfg) == ('6 epochs of batch 8, AdamW lr 0.0002 (weight decay 0.05), 100 warm-up steps, lr '
                                       'divided by 10 after epochs 4, flip 0.5')
-    assert run.paper_setting_text(DetTrainConfig(dataset='coco', epochs=12, batch_size=16, lr=1e-4)) == \
+    assert page.paper_setting_text(DetTrainConfig(dataset='coco', epochs=12, batch_size=16, lr=1e-4)) == \
         'COCO train2017 at a shorter side of 800 px (longer at most 1333), 12 epochs of batch 16, AdamW lr 0.0001'
 
 
@@ -645,15 +652,15 @@ def test_training_note_with_and_without_a_classification_checkpoint():
     doc = dict(config=dict(backbone_init='results/cpu/u_swin_micro.safetensors',
                            load_report=dict(loaded=['a', 'b', 'c'], resized=['d'], new=['e', 'f'])),
                records=[dict(epoch=1), dict(epoch=6)], provenance=dict(cpu_time_s=1200, command='stm-lab detect train'))
-    assert run.training_note('u_swin_micro', doc) == (
+    assert page.training_note('u_swin_micro', doc) == (
         '- U-Swin Transformer: 4 backbone tensors from `results/cpu/u_swin_micro.safetensors` (1 refitted), 2 new; '
         '6 epochs, 20 core-minutes. Command: `stm-lab detect train`')
     doc['config'] = dict(load_report=None)
-    assert run.training_note('u_pvt_micro', doc).startswith(
+    assert page.training_note('u_pvt_micro', doc).startswith(
         '- U-PVT: backbone from its seeded initialization (no classification checkpoint); 6 epochs')
 
 
 def test_not_yet_markdown_lists_the_commands_in_order():
-    text = run.not_yet_markdown('cpu')
+    text = page.not_yet_note('cpu', run.commands('cpu'))
     assert text.startswith('**The cpu-profile detection runs have not been made yet**')
     assert '\n'.join(run.commands('cpu')) in text

@@ -8,7 +8,10 @@ import torch
 import torch.nn as nn
 
 import stm_lab  # noqa: F401  (registers the models)
-from stm_lab.analysis.run import MICRO, PROFILES, checkpoint_path, eval_view, load_images
+from stm_lab.analysis.run import checkpoint_path, eval_view, load_images
+from stm_lab.profiles import PROFILES
+
+MICRO = PROFILES['cpu'].models
 
 onnx = pytest.importorskip('onnx')
 pytest.importorskip('onnxruntime')
@@ -54,6 +57,7 @@ def demo_views():
     return view(demo_images()[0], 64, crop_pct=0.875)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize('name', MICRO)
 def test_onnx_logits_match_pytorch(exported, demo_views, name):
     model, state, fp32, int8 = exported[name]
@@ -67,6 +71,7 @@ def test_onnx_logits_match_pytorch(exported, demo_views, name):
     assert np.abs(got8 - ref).max() > np.abs(got32 - ref).max()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize('name', MICRO)
 def test_int8_top1_agrees_on_500_val_images(exported, name):
     model, state, _, int8 = exported[name]
@@ -78,6 +83,7 @@ def test_int8_top1_agrees_on_500_val_images(exported, name):
     assert r['max_abs_diff'] <= INT8_TOL, r
 
 
+@pytest.mark.e2e
 def test_five_int8_models_fit_the_budget(exported):
     sizes = {n: len(v[3].SerializeToString()) for n, v in exported.items()}
     fp32 = sum(len(v[2].SerializeToString()) for v in exported.values())
@@ -124,6 +130,7 @@ def test_int8_rewrite_of_a_small_model():
         export.export_onnx(model, 16, weights='fp16')
 
 
+@pytest.mark.e2e
 def test_the_input_gradient_does_not_export_so_the_page_says_so(tmp_path, monkeypatch):
     """The lab page says FGSM on a reader's own photo needs the kernel widget, because torch's exporter cannot
     produce the input gradient: autograd inside ``forward`` fails in torch.export, and the traced forward+backward

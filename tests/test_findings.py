@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from stm_lab import findings, results
+from stm_lab import results
+from stm_lab.pages import erf as erf_page, findings, training
 from stm_lab.claims import Verdict
 
 
@@ -30,7 +31,7 @@ def test_accuracy_verdicts_follow_the_numbers(tmp_path, monkeypatch, scores, exp
     for fam, s in scores.items():  # two seeds each, 0.1 point apart
         _train_doc(tmp_path / 'cpu' / 'epochs12', f'u_{fam}_micro', 100 * s)
         _train_doc(tmp_path / 'cpu' / 'seed1', f'u_{fam}_micro', 100 * s + 0.1)
-    best, worst = findings.accuracy_results('cpu')
+    best, worst = training.accuracy_results('cpu')
     assert (best.verdict, worst.verdict) == expected
     assert 'U-HaloNet' in best.ours and 'SE' in best.noise_text and 'unpaired' in best.noise_text
 
@@ -87,7 +88,7 @@ def test_erf_seed_set_reads_erf50_of_every_seed_with_outcomes(tmp_path, monkeypa
                for st, side in ((3, side3), (4, 0.75))]
         jpath.write_text(json.dumps(dict(summary=dict(erf=erf))))
         npath.write_bytes(b'')  # its presence marks the seed as analysed
-    runs = findings.erf_seed_set('cpu', 3, models=[model])[model]
+    runs = erf_page.erf_seed_set('cpu', 3, models=[model])[model]
     assert runs.scores == {2: 45.3125, 4: 50.0}
-    assert findings.erf_seed_set('cpu', 4, models=[model])[model].mean == 75.0
-    assert findings.erf_seed_set('cpu', 3, models=['u_pvt_micro']) == {}
+    assert erf_page.erf_seed_set('cpu', 4, models=[model])[model].mean == 75.0
+    assert erf_page.erf_seed_set('cpu', 3, models=['u_pvt_micro']) == {}

@@ -22,8 +22,10 @@ from pathlib import Path
 import pytest
 
 from stm_lab import assets, results
-from stm_lab.analysis.run import MICRO
+from stm_lab.profiles import PROFILES
 from stm_lab.results import IN_CHECKOUT, ROOT
+
+MICRO = PROFILES['cpu'].models
 
 pytestmark = pytest.mark.skipif(not IN_CHECKOUT, reason='builds a wheel from the checkout\'s sources')
 
@@ -37,7 +39,8 @@ import json, os, sys
 import timm, torch
 import stm_lab
 from stm_lab import assets, data, results
-from stm_lab.analysis.run import PROFILES, checkpoint_path, iter_models, run_demo
+from stm_lab.analysis.run import checkpoint_path, iter_models, run_demo
+from stm_lab.profiles import PROFILES
 from stm_lab.ops import _build
 from stm_lab.training import engine
 from stm_lab.training.checkpoint import load_model
@@ -160,7 +163,7 @@ def _blocker(folder: Path) -> Path:
 def test_where_an_installed_package_writes(monkeypatch, tmp_path):
     """The one rule (results.writable_dir, results.cache_dir): the variable; else the checkout; else the working
     folder (the cache: the user's cache folder)."""
-    for name in ('STM_LAB_RESULTS', 'STM_LAB_CACHE'):
+    for name in ('STM_LAB_RESULTS', 'STM_LAB_RUNS', 'STM_LAB_CACHE'):  # the tests' session sets the first two
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'xdg'))
     monkeypatch.chdir(tmp_path)
@@ -202,6 +205,7 @@ def test_assets_in_the_checkout_and_as_package_data(monkeypatch, tmp_path):
     assert assets.demo_dir() == assets.PACKAGED_DEMO
 
 
+@pytest.mark.e2e
 def test_the_wheel_carries_the_five_weights_and_the_demo_photos_only(wheel):
     setuptools = _pyproject()['tool']['setuptools']
     assert setuptools['package-dir']['stm_lab._weights'] == 'results/cpu'
@@ -227,6 +231,7 @@ def test_the_wheel_carries_the_five_weights_and_the_demo_photos_only(wheel):
     assert wheel.stat().st_size < weights + 2_000_000  # the weights and the code, nothing else of size
 
 
+@pytest.mark.e2e
 def test_installed_wheel_works_outside_the_checkout_with_the_core_alone(venv, tmp_path):
     site = _site(venv)
     work, elsewhere, xdg = tmp_path / 'work', tmp_path / 'elsewhere', tmp_path / 'xdg'

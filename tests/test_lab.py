@@ -7,12 +7,13 @@ import pytest
 import torch
 
 import stm_lab  # noqa: F401  (registers the models)
-from stm_lab.analysis.run import PROFILES
+from stm_lab.profiles import PROFILES
 
 pytest.importorskip('onnxscript')
 pytest.importorskip('onnxruntime')
 
 
+@pytest.mark.e2e
 def test_lab_build_smoke(tmp_path):
     """The lab's data for the smoke profile's untrained test models: every file the manifest names exists, the
     FGSM directions are signs of the right shape and are those of fgsm_direction."""
@@ -46,7 +47,8 @@ def test_bad_profile_gets_a_clear_message(tmp_path):
         lab.build('gpu', out=tmp_path)
 
 
-def test_lab_page_builds_at_the_smoke_profile(tmp_path, monkeypatch):
+@pytest.mark.e2e
+def test_lab_page_builds_at_the_smoke_profile(tmp_path, monkeypatch, smoke_results):
     """The lab notebook executes at the smoke profile: its page holds the lab (manifest, script, file:// message),
     the consistency curves and the FGSM panel with the ids lab.js looks for; its files go where STM_LAB_LAB_DIR
     says (the book being built), not into the source tree."""

@@ -15,7 +15,7 @@ from stm_lab.lab_browser import why_no_browser
 
 reason = why_no_browser() or (None if all((lab.ORT_DIST / f).exists() for f in lab.RUNTIME_FILES) else
                               'onnxruntime-web is not installed: npm ci --prefix book/lab (make test does)')
-pytestmark = pytest.mark.skipif(reason is not None, reason=reason or '')
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(reason is not None, reason=reason or '')]
 pytest.importorskip('onnxruntime')
 
 # the same input tensor in the browser's ONNX Runtime (wasm) and in Python's: float rounding only (measured <= 1.2e-6)
@@ -28,7 +28,9 @@ JPEG_TOL_255 = 2
 
 @pytest.fixture(scope='module')
 def site(tmp_path_factory):
-    from stm_lab.analysis.run import MICRO, checkpoint_path
+    from stm_lab.analysis.run import checkpoint_path
+    from stm_lab.profiles import PROFILES
+    MICRO = PROFILES['cpu'].models
     from stm_lab.lab_browser import standalone_site
     profile = 'cpu' if all(checkpoint_path('cpu', m).exists() for m in MICRO) else 'smoke'
     root = tmp_path_factory.mktemp('lab-site')

@@ -125,3 +125,31 @@ def test_lab_and_app_targets(tmp_path):
     assert (ROOT / 'notebooks' / 'app' / 'lab_app.ipynb').is_file()
     _, out = make(tmp_path, '-n', 'lab', pythons={'python3.11': '3 11 4'})
     assert f'{venv}/bin/jupyter-lab --no-browser --ip=127.0.0.1 --port=8888 --ServerApp.root_dir=notebooks' in out
+
+
+def test_test_runs_the_fast_tier_and_test_all_every_test(tmp_path):
+    """`make test` leaves out the e2e tier (pyproject.toml's marker) and needs no npm; `make test-all` runs every
+    test, with the lab's runtime, and is what CI runs."""
+    _installed_venv(tmp_path, '3.11')
+    venv = tmp_path / 'venv'
+    _, out = make(tmp_path, '-n', 'test', pythons={'python3.11': '3 11 4'})
+    assert f"{venv}/bin/python -m pytest -q -m 'not e2e'" in out and 'npm' not in out
+    # -W: as if the lock file had changed, so that the runtime's recipe shows whether node_modules exists or not
+    _, out = make(tmp_path, '-n', '-W', 'book/lab/package-lock.json', 'test-all', pythons={'python3.11': '3 11 4'})
+    assert f'{venv}/bin/python -m pytest -q\n' in out and 'npm ci --prefix book/lab' in out
+    assert 'e2e: ' in (ROOT / 'pyproject.toml').read_text()
+    assert (ROOT / '.ci' / 'run').read_text().rstrip().endswith('\nmake test-all')
+
+
+def test_book_at_the_smoke_profile_makes_its_results_first(tmp_path):
+    """The notebooks only read: `make book PROFILE=smoke` (and `make notebooks`) first runs the command that makes
+    every result the smoke pages read, the one the tests' smoke_results fixture runs; at cpu (committed) it does not."""
+    from conftest import SMOKE_BUILD
+    _installed_venv(tmp_path, '3.11')
+    py = f'{tmp_path / "venv"}/bin/python'
+    build = f'{py} -m stm_lab.cli {" ".join(SMOKE_BUILD)}\n'
+    for target in ('book', 'notebooks'):
+        _, out = make(tmp_path, '-n', target, 'PROFILE=smoke', pythons={'python3.11': '3 11 4'})
+        assert build in out and out.index(build) < out.index(f'{py} -m stm_lab.cli notebooks --profile smoke'), target
+        _, out = make(tmp_path, '-n', target, pythons={'python3.11': '3 11 4'})
+        assert 'reproduce' not in out and f'{py} -m stm_lab.cli notebooks --profile cpu' in out, target

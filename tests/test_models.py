@@ -8,8 +8,8 @@ import torch
 import stm_lab
 from stm_lab import backbone
 from stm_lab.analysis.complexity import count_params, count_position_params
-from stm_lab.models import (ABLATIONS, FAMILIES, HALO_VARIANTS, MAIN_FAMILIES, SCALES, adapt_to_img_size, create_model,
-                            paper_model_names)
+from stm_lab.models import (ABLATIONS, FAMILIES, HALO_VARIANTS, MAIN_FAMILIES, NAMES, SCALES, ModelName,
+                            adapt_to_img_size, create_model, paper_model_names, parse_name)
 from stm_lab.paper import TABLE3
 
 TEST_MODELS = timm.list_models('u_*_test')
@@ -229,3 +229,28 @@ def test_display_name_of_a_family_the_paper_does_not_name_is_its_mixers_display_
     from stm_lab.models import register_family
     register_family("u_displaynametest", mixer="dw_conv", layouts={"micro": FAMILIES["dwconv"].layouts["micro"]})
     assert display_name('u_displaynametest_micro') == 'U-DW-Conv'
+
+
+
+def test_model_names_are_read_from_the_registry_not_cut_at_underscores():
+    """A family whose name holds an underscore keeps it whole, at every scale and variant (registered in a fresh
+    process, so the registry of this one stays as it is)."""
+    import subprocess
+    import sys
+    script = (
+        "from stm_lab.models import ModelName, display_name, family_of, parse_name, register_family, scale_of\n"
+        "names = register_family('u_my_pool', mixer='pooling')\n"
+        "assert 'u_my_pool_micro' in names and 'u_my_pool_test' in names, names\n"
+        "assert parse_name('u_my_pool_micro') == ModelName('my_pool', 'micro', '')\n"
+        "assert family_of('u_my_pool_test') == 'my_pool' and scale_of('u_my_pool_test') == 'test'\n"
+        "assert display_name('u_my_pool_micro') == display_name('u_pooling_micro'), display_name('u_my_pool_micro')\n"
+        "print('ok')\n")
+    out = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip().endswith('ok'), out.stderr[-2000:]
+    assert parse_name('u_swin_micro_patchds') == ModelName('swin', 'micro', 'patchds')
+    assert parse_name('u_halonet_micro_b') == ModelName('halonet', 'micro', 'b')
+    assert parse_name('timm_swin_micro').family == 'swin'
+    for name, entry in NAMES.items():  # every entry spells its own name back
+        assert name == '_'.join(filter(None, ('u', entry.family, entry.scale, entry.variant))), name
+    with pytest.raises(KeyError, match="unknown model 'u_swin_huge'.*Did you mean"):
+        parse_name('u_swin_huge')

@@ -96,7 +96,7 @@ def test_transcribed_tables_match_the_paper_text():
         assert f'{macs:.2f} {acc}' in t7, name
     t6 = text[text.index('TABLE VI: Ablation'):text.index('TABLE VII: Ablation')]
     t6 = t6[t6.index('\nSTM A B C D E'):]
-    from stm_lab.figures import stm_name  # the mixers' display_name traits are the paper's names
+    from stm_lab.pages.common import stm_name  # the mixers' display_name traits are the paper's names
     from stm_lab.paper import TABLE2_BLOCK, TABLE2_STAGE, TABLE6
     for fam, values in TABLE6.items():
         printed = ' '.join('--- -' if v is None else f'{v}' for v in values)

@@ -117,6 +117,7 @@ BLOCKS = readme_blocks()
 @pytest.mark.parametrize('block', [pytest.param(b, id=f'README.md:{b.line}-{b.lang}',
                                                 marks=[pytest.mark.skip(reason='marked <!-- long -->')] if b.long else [])
                                    for b in BLOCKS])
+@pytest.mark.e2e
 def test_readme_block_runs(block, tmp_path):
     status, line, out = run_block(block, tmp_path, [b for b in BLOCKS if b.module and b is not block])
     where = f'README.md:{line}' if line else f'the {block.lang} block at README.md:{block.line}'
@@ -180,3 +181,17 @@ def test_blocks_write_into_the_temporary_results(tmp_path):
     block = code_blocks('```python\nfrom stm_lab import results\nprint(results.RESULTS_DIR)\n```\n')[0]
     status, _, out = run_block(block, tmp_path)
     assert status == 0 and out.strip() == str(tmp_path / 'results')
+
+
+def test_every_make_target_the_readme_names_exists():
+    """`make X` in a block or in inline code is a target of the Makefile; both test tiers and the smoke book are
+    there."""
+    text = README.read_text()
+    named = set()
+    for b in code_blocks(text):
+        named.update(line.split()[1] for line in b.code.splitlines() if line.startswith('make ') and len(line.split()) > 1)
+    named.update(re.findall(r'`make ([^`\s]+)', text))
+    named = {n for n in named if '=' not in n}  # variables (make PYTHON=...): no target
+    targets = set(re.findall(r'^([\w-]+):', (ROOT / 'Makefile').read_text(), re.M))
+    assert {'book', 'test', 'test-all'} <= named and named <= targets, named - targets
+    assert 'make book PROFILE=smoke' in text and "-m 'not e2e'" in text

@@ -131,6 +131,29 @@ def test_only_selects_steps_and_groups(cpu_done):
         build_plan('cpu', only=['trian'])
 
 
+def test_skip_leaves_out_steps_and_groups(cpu_done):
+    every = [s.name for s in build_plan('cpu')]
+    assert every[-2:] == ['notebooks', 'book']
+    assert [s.name for s in build_plan('cpu', skip=['notebooks', 'book'])] == every[:-2]  # the results only
+    assert [s.name for s in build_plan('cpu', only=['analyze'], skip=['analyze:fgsm', 'analyze:demo'])] == [
+        'analyze:erf', 'analyze:invariance', 'analyze:erf_photos']
+    assert not [n for n in (s.name for s in build_plan('cpu', skip=['detect'])) if n.startswith('detect')]
+    with pytest.raises(ValueError, match=r"unknown step 'boook'; valid: complexity, "):
+        build_plan('cpu', skip=['boook'])
+
+
+def test_smoke_plan_makes_the_outcomes_of_its_main_runs(tmp_path, monkeypatch):
+    """At smoke the main runs are the seed set's seed 0: their per-image outcomes are a step after their trainings
+    (the pages read them with seeds 1-4's); at cpu seed 0 is epochs12/, whose weights are not kept."""
+    monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path)
+    plan = {s.name: s for s in build_plan('smoke')}
+    step = plan['analyze:outcomes']
+    assert step.argv == ('analyze', 'outcomes', '--profile', 'smoke', '--seed', '0')
+    assert step.needs == tuple(f'train:{m}' for m in main_models('test')) and step.status == TODO
+    assert step.missing == f'no {tmp_path}/smoke/outcomes_{main_models("test")[0]}.npz'
+    assert 'analyze:outcomes' not in {s.name for s in build_plan('cpu')}
+
+
 def test_models_restricts_the_per_model_steps(cpu_done):
     plan = build_plan('cpu', models=['u_swin_micro'])
     names = [s.name for s in plan]
@@ -271,6 +294,7 @@ TOY = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.e2e
 def test_a_user_model_is_accepted_with_import(tmp_path):
     (tmp_path / 'toy_repro.py').write_text(TOY)
     env = dict(os.environ, STM_LAB_RESULTS=str(tmp_path / 'results'), OMP_NUM_THREADS='1',

@@ -138,6 +138,7 @@ def test_every_notebook_checks_all_its_parameters_first():
         assert names[0] == 'profile' and call in ''.join(first['source']).splitlines()[:3], path.name
 
 
+@pytest.mark.e2e
 def test_a_bad_papermill_parameter_stops_the_notebook_with_the_message(tmp_path):
     import papermill as pm
     with pytest.raises(pm.PapermillExecutionError) as e:

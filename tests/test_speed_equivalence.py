@@ -8,15 +8,7 @@ from stm_lab.mixers import create_mixer
 from stm_lab.mixers import reference as R
 
 TOL = dict(rtol=0, atol=1e-10)
-
-
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """Tiny tensors: one thread is faster, and immune to spinning OpenMP threads on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures('one_thread')  # tests/conftest.py: tiny tensors, one thread is fastest
 
 
 def randomize(m):

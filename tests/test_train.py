@@ -8,6 +8,8 @@ import subprocess
 import sys
 
 import pytest
+
+from stm_lab.profiles import PROFILES
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -20,6 +22,8 @@ from stm_lab.data import build_mixup
 
 TIMING = {'train_time_s', 'train_img_per_s', 'eval_time_s', 'wall_time_s', 'cpu_time_s'}
 SMOKE = dict(limit_val=40, progress=False)
+# tiny models run fastest on one thread, and two OpenMP threads crawl when another job holds a core
+pytestmark = pytest.mark.usefixtures('one_thread')  # tests/conftest.py
 
 
 def _cfg(**kw):
@@ -32,15 +36,6 @@ def _files(folder):
 
 def _numbers(history):
     return [{k: v for k, v in h.items() if k not in TIMING} for h in history]
-
-
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and two OpenMP threads crawl when another job holds a core."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope='module')
@@ -95,7 +90,7 @@ def test_cpu_profile_keeps_the_recipe_at_a_small_scale():
     t, c = config.profile_config('u_swin_micro', 'cpu'), config.profile_config('u_dwconv_micro', 'cpu')
     assert (t.batch_size, c.batch_size) == (64, 64) and (t.lr, c.lr) == pytest.approx((1e-3, 1e-3))
     assert (t.warmup_lr, t.min_lr, c.warmup_lr, c.min_lr) == (1e-6, 1e-5, 0.0, 1e-6)
-    assert t.epochs == c.epochs == config.CPU_EPOCHS and t.data.img_size == 64 and t.data.dataset == 'imagenette'
+    assert t.epochs == c.epochs == PROFILES['cpu'].epochs and t.data.img_size == 64 and t.data.dataset == 'imagenette'
     # EMA time constant 1/(1-decay), as a fraction of the run, equals 0.9999's in the paper's run
     for cfg, paper_batch in ((t, 1024), (c, 4096)):
         paper_steps = 300 * -(-1281167 // paper_batch)
@@ -612,7 +607,7 @@ def test_settings_override_config_fields_with_their_types():
     cfg = config.apply_settings(config.profile_config('u_dwconv_micro', 'cpu'),
                                ['data.mixup=0.8', 'data.auto_augment=none', 'seed=3', 'data.scale=0.5,1', 'clip_grad=1'])
     assert (cfg.data.mixup, cfg.data.auto_augment, cfg.seed, cfg.data.scale, cfg.clip_grad) == (0.8, None, 3, (0.5, 1.0), 1.0)
-    assert cfg.data.cutmix == 0.0 and cfg.epochs == config.CPU_EPOCHS  # the rest stays the profile's
+    assert cfg.data.cutmix == 0.0 and cfg.epochs == PROFILES['cpu'].epochs  # the rest stays the profile's
     with pytest.raises(ValueError, match=r"unknown key 'data.foo'; valid: dataset, .*mixup"):
         config.apply_settings(cfg, ['data.foo=1'])
     with pytest.raises(ValueError, match="'x' is not of type int"):
@@ -650,7 +645,7 @@ def test_config_changes_and_result_folders(tmp_path, monkeypatch):
     other = dict(config=dict(train=config.apply_settings(config.profile_config('u_dwconv_micro', 'cpu', epochs=24),
                                                         ['data.mixup=0.8']).to_dict()))
     changes = reports.config_changes(base, other)
-    assert changes['epochs'] == (config.CPU_EPOCHS, 24) and changes['data.mixup'] == (0.0, 0.8)
+    assert changes['epochs'] == (PROFILES['cpu'].epochs, 24) and changes['data.mixup'] == (0.0, 0.8)
     assert 'data.cutmix' not in changes and 'model' not in changes
     assert reports.result_folders('cpu') == []
     results.save_result('cpu/longer', 'train_u_dwconv_micro', [])
@@ -669,14 +664,3 @@ def test_summary_readme_lists_runs_kept_apart(smoke_run, tmp_path, monkeypatch):
     readme = reports.summary_readme(rows, reports.format_summary(rows, 'smoke'), 'smoke')
     assert '### `again/`' in readme and '- `u_swin_test`: no change.' in readme
     assert readme.count(f'{final["top1_fp16"]:.2f}%') == 2  # the main table and the kept-apart one
-
-
-def test_core_time_estimate_adds_epochs_and_scheduled_evaluations():
-    doc = dict(config=dict(train=dict(epochs=22, eval_every=5, ema_decay=0.99)), records=[dict(val_images=1000)])
-    speeds = [dict(model='u_pvt_micro', train_epoch_s=100.0, eval_img_per_s=50.0),
-              dict(model='u_swin_micro', train_epoch_s=None, eval_img_per_s=50.0)]
-    est = reports.core_time_estimate({'u_pvt_micro': doc, 'u_swin_micro': doc, 'u_dwconv_micro': doc}, speeds)
-    # evaluations after epochs 5, 10, 15, 20 and the last (22); each of weights and EMA: 1000 / 50 = 20 s
-    assert est == {'u_pvt_micro': 22 * 100.0 + 5 * 2 * 20.0}
-    no_ema = dict(doc, config=dict(train=dict(epochs=10, eval_every=5, ema_decay=0)))
-    assert reports.core_time_estimate({'u_pvt_micro': no_ema}, speeds) == {'u_pvt_micro': 10 * 100.0 + 2 * 20.0}

@@ -11,7 +11,7 @@ training), the predicted class of every image under every view the paper's robus
 - ``clean`` and ``fgsm``: the whole validation split (3,925 Imagenette images): the evaluation view, and FGSM at
   each non-zero epsilon of ``stm_lab.analysis.run.FGSM_EPSILONS_255``;
 - ``shift``, ``rotation``, ``scale``: the reference view and the sweeps of :mod:`stm_lab.analysis.invariance`
-  (16 shifts, 9 angles, 15 crop ratios) on the whole split at the cpu profile (:data:`INVARIANCE_IMAGES`; a fixed
+  (16 shifts, 9 angles, 15 crop ratios) on the whole split at the cpu profile (``stm_lab.profiles``: ``outcome_views_images``; a fixed
   seeded subset where one is set), the same images in the same batches for every model and seed (the shift
   directions are drawn per batch);
 - ERF@t of each stage (100 images), as ``erf.json`` has them for the pages' models.
@@ -19,7 +19,7 @@ training), the predicted class of every image under every view the paper's robus
 Written as two files per (seed, model) (:func:`paths`): ``outcomes_<model>.npz`` (uint8 class indices, compressed;
 anyone can recompute a statistic from them) and ``outcomes_<model>.json`` (provenance, the settings, the summary
 numbers). Seed 0 lives with the 12-epoch main set (``epochs12/`` at the cpu profile), seed k in ``seed<k>/``
-(:func:`seed_dir`).
+(``stm_lab.layout.seed_folder``).
 """
 from __future__ import annotations
 
@@ -33,39 +33,22 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .. import results
+from .. import layout, profiles, results
+from ..data import subset_indices
 from .invariance import ANGLES, CROP_PCTS, default_shifts
 
 VIEW_KINDS = ('shift', 'rotation', 'scale')  # per-image arrays of the invariance subset, (views, images)
-#: Images of the invariance views per profile (None for every image). The views cost 40 forward passes per image; at
-#: the cpu profile the whole split takes about 8 core-minutes per model (measured: 1,000 images in 176 s of a
-#: shared core), so no subset is needed.
-INVARIANCE_IMAGES = {'cpu': None, 'smoke': 8}
 ERF_THRESHOLDS = (0.2, 0.3, 0.5, 0.99)
-
-
-SEED0_DIR = {'cpu': 'epochs12', 'smoke': ''}  # seed 0 of the seed set is the profile's 12-epoch main set
-
-
-def seed_dir(seed: int, profile: str = 'cpu') -> str:
-    """The results folder (under ``results/<profile>/``) of the 12-epoch runs of a seed."""
-    return SEED0_DIR.get(profile, '') if seed == 0 else f'seed{seed}'
 
 
 def paths(profile: str, seed: int, model: str) -> Tuple[Path, Path]:
     """(summary JSON, per-image npz) of one run's outcomes."""
-    folder = results.RESULTS_DIR / profile / seed_dir(seed, profile)
-    return folder / f'outcomes_{model}.json', folder / f'outcomes_{model}.npz'
+    return layout.outcomes(profile, seed, model)
 
 
 def weights_path(profile: str, seed: int, model: str) -> Path:
     """Where the weights of one run of the seed set are (exported by its training; not committed)."""
-    return results.RESULTS_DIR / profile / seed_dir(seed, profile) / f'{model}.safetensors'
-
-
-def subset_indices(n: int, limit: int, seed: int = 0) -> List[int]:
-    """The fixed seeded subset of ``limit`` of ``n`` images (sorted), the same for every model and analysis."""
-    return sorted(np.random.default_rng(seed).permutation(n)[:min(limit, n)].tolist())
+    return layout.weights(layout.seed_folder(profile, seed), model)
 
 
 def compute(m, images: torch.Tensor, labels: torch.Tensor, inv_index: Sequence[int], batch_size: int
@@ -160,18 +143,17 @@ def seeds_with_outcomes(profile: str, model: str, seeds: Sequence[int] = range(1
 def run(profile: str, seed: int, models: Optional[Sequence[str]] = None, log=print) -> List[str]:
     """Analyse each model of ``models`` (default: the roster) whose weights for ``seed`` exist; returns the models
     done. A model without weights is skipped with a note (its training has not finished)."""
-    from ..models import main_models
     from ..training.checkpoint import load_model
-    from .run import PROFILES, Loaded, _check_classes, _rel, load_images
-    prof = PROFILES[profile]
-    models = list(models or main_models('micro' if profile == 'cpu' else 'test'))
+    from .run import Loaded, _check_classes, _rel, load_images
+    prof = profiles.get(profile, among=profiles.ANALYSIS_PROFILES)
+    models = list(models or prof.models)
     data = None
     done = []
     for name in models:
         w = weights_path(profile, seed, name)
         if not w.exists():
             log(f'[outcomes] {name} seed {seed}: skipped, no weights at {_rel(w)} (train it first: stm-lab train '
-                f'--model {name} --profile {profile} --seed {seed} --results-subdir {seed_dir(seed, profile)} ...)')
+                f'--model {name} --profile {profile} --seed {seed} --results-subdir {prof.seed_dir(seed)} ...)')
             continue
         t0 = time.time()
         model, state = load_model(w)
@@ -182,14 +164,14 @@ def run(profile: str, seed: int, models: Optional[Sequence[str]] = None, log=pri
             data = load_images(prof, 10 ** 9)  # the whole split, in its order
         images, labels, classes = data
         _check_classes(m, classes)
-        inv_index = subset_indices(len(labels), INVARIANCE_IMAGES[profile] or len(labels))
-        arrays, summary = compute(m, images, labels, inv_index, prof.batch_size)
+        inv_index = subset_indices(len(labels), prof.analyses.outcome_views_images or len(labels))
+        arrays, summary = compute(m, images, labels, inv_index, prof.analyses.batch_size)
         command = shlex.join(['stm-lab', 'analyze', 'outcomes', '--profile', profile, '--seed', str(seed),
                               '--models', name, '--threads', str(torch.get_num_threads())])
         prov = dict(results.provenance(profile, seed, wall_time_s=round(time.time() - t0, 1),
                                        loadavg=[round(v, 2) for v in os.getloadavg()]), command=command)
-        config = dict(model=name, seed=seed, weights=_rel(w), dataset=prof.dataset, split=prof.split,
-                      images=len(labels), invariance_images=len(inv_index), batch_size=prof.batch_size,
+        config = dict(model=name, seed=seed, weights=_rel(w), dataset=prof.dataset, split=prof.analyses.split,
+                      images=len(labels), invariance_images=len(inv_index), batch_size=prof.analyses.batch_size,
                       subset_seed=0, arrays=sorted(arrays))
         save(profile, seed, name, arrays, dict(provenance=prov, config=config, summary=summary))
         done.append(name)

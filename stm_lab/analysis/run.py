@@ -16,7 +16,7 @@ Outputs (``results/<profile>/``), one record schema for both profiles:
 
 - ``erf.json``: one record per (model, stage): the post-processed score map (``erf_score``, S x S, 3 decimals),
   ERF@t for t in (0.2, 0.3, 0.5, 0.99) (side and area ratios, squares centred on the stage's centre unit), the
-  shape statistics, the theoretical receptive field (None for DCNv3). :func:`erf_table` flattens it.
+  shape statistics, the theoretical receptive field (None for DCNv3). :func:`stm_lab.pages.erf.erf_table` flattens it.
 - ``invariance.json``: one record per (model, transform, magnitude): translation, rotation and scale sweeps
   (``stm_lab.analysis.invariance``): consistency with the reference view and top-1.
 - ``fgsm.json``: one record per (model, epsilon): FGSM top-1 and loss (``stm_lab.analysis.adversarial``).
@@ -28,7 +28,7 @@ Outputs (``results/<profile>/``), one record schema for both profiles:
   score x 255 rounded; :func:`erf_photo_score` decodes it), for the ERF page's per-photo maps beside the average.
 
 The qualitative claims of Sec. 6.2-6.3 are decided over the 12-epoch seed set's per-image outcomes
-(:mod:`stm_lab.analysis.outcomes`, :mod:`stm_lab.claims`, :func:`stm_lab.findings.robustness_results`).
+(:mod:`stm_lab.analysis.outcomes`, :mod:`stm_lab.claims`, :func:`stm_lab.pages.robustness.robustness_results`).
 """
 from __future__ import annotations
 
@@ -39,47 +39,21 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import assets, results
-from ..models import display_name, family_of as family, main_models
+from .. import assets, layout, profiles, results
+from ..models import family_of as family
 from .invariance import ANGLES, CROP_PCTS, crop, resize_short
-from .outcomes import subset_indices
 
-MICRO = tuple(main_models('micro'))
-TEST = tuple(main_models('test'))
 ANALYSES = ('erf', 'invariance', 'fgsm', 'demo', 'erf_photos')
 ERF_PHOTO_STAGES = (3, 4)  # the last two stages, as in the paper's Fig. 6
 FGSM_EPSILONS_255 = (0, 0.5, 1, 2, 4, 8)
 DEMO_ANGLES = tuple(range(0, 50, 5))
 SEED = 0
-
-
-@dataclass(frozen=True)
-class Profile:
-    """What each analysis uses at a profile (image counts are upper bounds: a split may hold fewer)."""
-    name: str
-    models: Tuple[str, ...]
-    dataset: str
-    split: str
-    erf_images: int
-    invariance_images: int
-    fgsm_images: int
-    batch_size: int
-    trained: bool
-
-
-PROFILES = {
-    'cpu': Profile('cpu', MICRO, 'imagenette', 'val', erf_images=100, invariance_images=500, fgsm_images=1000,
-                   batch_size=50, trained=True),
-    'smoke': Profile('smoke', TEST, 'fixture', 'val', erf_images=4, invariance_images=8, fgsm_images=8,
-                     batch_size=8, trained=False),
-}
 
 
 @dataclass
@@ -97,11 +71,7 @@ class Loaded:
 
 
 
-def _rel(path) -> str:
-    try:
-        return str(path.resolve().relative_to(results.ROOT))
-    except ValueError:
-        return str(path)
+_rel = results.project_path  # paths as results record them
 
 
 def checkpoint_path(profile: str, model: str):
@@ -112,7 +82,7 @@ def _print(msg: str) -> None:
     print(msg, flush=True)
 
 
-def iter_models(profile: Profile, models: Optional[Sequence[str]] = None, log=_print) -> Iterator[Loaded]:
+def iter_models(profile: profiles.Profile, models: Optional[Sequence[str]] = None, log=_print) -> Iterator[Loaded]:
     """Each model of the profile that can be had: cpu loads checkpoints (a missing one is skipped with a note),
     smoke builds the untrained test models (seeded)."""
     import stm_lab  # noqa: F401  (registers the models)
@@ -140,18 +110,11 @@ def iter_models(profile: Profile, models: Optional[Sequence[str]] = None, log=_p
                          classes, False, f'untrained, seed {SEED}')
 
 
-def load_images(profile: Profile, limit: int) -> Tuple[torch.Tensor, torch.Tensor, List[str]]:
+def load_images(profile: profiles.Profile, limit: int) -> Tuple[torch.Tensor, torch.Tensor, List[str]]:
     """A fixed, seeded subset of ``limit`` images of the profile's split (same for every model and analysis of
     that size): un-cropped float images in [0, 1], ``(N, 3, H, W)``, their labels and the class names."""
-    from ..data import decoded_images, find_shard
-    path = find_shard(profile.dataset, profile.split, download=profile.dataset != 'fixture')
-    with np.load(path, allow_pickle=False) as d:
-        labels, classes = d['labels'].astype(np.int64), [str(c) for c in d['classes']]
-    arr = decoded_images(path)
-    n = len(labels)
-    idx = subset_indices(n, limit, SEED)
-    x = torch.from_numpy(np.ascontiguousarray(arr[idx])).permute(0, 3, 1, 2).float().div_(255)
-    return x, torch.from_numpy(labels[idx]), classes
+    from ..data import split_images
+    return split_images(profile.dataset, profile.analyses.split, limit, SEED)
 
 
 def _check_classes(m: Loaded, classes: List[str]) -> None:
@@ -185,29 +148,6 @@ def run_invariance(m: Loaded, images: torch.Tensor, labels: torch.Tensor, batch_
     rows += rotation_sweep(m.model, data, ANGLES, **kw)
     rows += scale_sweep(m.model, data, CROP_PCTS, **kw)
     return rows
-
-
-def consistency_tracker(profile: str, n_images: int, data_cfg) -> Callable[[nn.Module], dict]:
-    """Fig. 7(c): a function of a model in training that returns its mean translation and rotation consistency
-    (over the non-zero shifts and angles of the sweeps above) on a fixed subset of ``n_images`` validation
-    images, the same subset for every epoch and model. ``data_cfg`` is the run's DataConfig (input pipeline)."""
-    from .invariance import rotation_sweep, translation_sweep
-    images, labels, _ = load_images(PROFILES[profile], n_images)
-    kw = dict(img_size=data_cfg.img_size, crop_pct=data_cfg.crop_pct, batch_size=100, mean=tuple(data_cfg.mean),
-              std=tuple(data_cfg.std), progress=False)
-
-    def mean_nonzero(rows):
-        return round(float(np.mean([r['consistency'] for r in rows if r['magnitude'] != 0])), 5)
-
-    def hook(model: nn.Module) -> dict:
-        device = next(model.parameters()).device
-        data = (images.to(device), labels.to(device))
-        t0 = time.perf_counter()
-        shift = translation_sweep(model, data, seed=SEED, **kw)
-        rot = rotation_sweep(model, data, ANGLES, **kw)
-        return dict(consistency_shift=mean_nonzero(shift), consistency_rotation=mean_nonzero(rot),
-                    consistency_images=len(images), consistency_time_s=round(time.perf_counter() - t0, 1))
-    return hook
 
 
 def run_fgsm(m: Loaded, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> List[dict]:
@@ -296,10 +236,9 @@ def analyze(what: str, profile: str, models: Optional[Sequence[str]] = None, lim
     (``demo`` -> ``demo_rotation.json``) unless no model was available. Returns the records."""
     if what not in ANALYSES:
         raise ValueError(f'unknown analysis {what!r}; valid: {", ".join(ANALYSES)}')
-    if profile not in PROFILES:
-        raise ValueError(f'unknown profile {profile!r}; valid: {", ".join(PROFILES)}')
-    prof = PROFILES[profile]
-    n = dict(erf=prof.erf_images, invariance=prof.invariance_images, fgsm=prof.fgsm_images, demo=None,
+    prof = profiles.get(profile, among=profiles.ANALYSIS_PROFILES)
+    sizes = prof.analyses
+    n = dict(erf=sizes.erf_images, invariance=sizes.invariance_images, fgsm=sizes.fgsm_images, demo=None,
              erf_photos=None)[what]
     if limit is not None and n is not None:
         n = min(n, limit)
@@ -314,16 +253,16 @@ def analyze(what: str, profile: str, models: Optional[Sequence[str]] = None, lim
             images, labels, classes = data
             _check_classes(m, classes)
         if what == 'erf':
-            rows = run_erf(m, images, prof.batch_size)
+            rows = run_erf(m, images, sizes.batch_size)
             summary = ', '.join(f's{r["stage"]} {next(a["side_ratio"] for a in r["erf_at"] if a["t"] == 0.5):.2f}'
                                 for r in rows)
             summary = f'ERF@50 side ratio {summary}'
         elif what == 'invariance':
-            rows = run_invariance(m, images, labels, prof.batch_size)
+            rows = run_invariance(m, images, labels, sizes.batch_size)
             summary = ', '.join(f'{t} consistency {np.mean([r["consistency"] for r in rows if r["transform"] == t]):.3f}'
                                 for t in ('shift', 'rotation', 'scale'))
         elif what == 'fgsm':
-            rows = run_fgsm(m, images, labels, prof.batch_size)
+            rows = run_fgsm(m, images, labels, sizes.batch_size)
             summary = ', '.join(f'{r["epsilon_255"]:g}/255: {r["top1"]:.3f}' for r in rows)
         elif what == 'erf_photos':
             rows = run_erf_photos(m)
@@ -341,7 +280,7 @@ def analyze(what: str, profile: str, models: Optional[Sequence[str]] = None, lim
         name = result_name(what)
         on_demo = what in ('demo', 'erf_photos')
         config = dict(analysis=what, models=done, dataset='demo photos' if on_demo else prof.dataset,
-                      split=None if on_demo else prof.split, n_images=None if on_demo else len(data[1]),
+                      split=None if on_demo else sizes.split, n_images=None if on_demo else len(data[1]),
                       trained=prof.trained, seed=SEED, img_size=sorted({r['img_size'] for r in records})
                       if what in ('erf', 'erf_photos') else None,
                       epsilons_255=list(FGSM_EPSILONS_255) if what == 'fgsm' else None,
@@ -359,77 +298,23 @@ def analyze(what: str, profile: str, models: Optional[Sequence[str]] = None, lim
 
 def result_name(what: str) -> str:
     """The result file an analysis writes (``results/<profile>/<name>.json``)."""
-    return 'demo_rotation' if what == 'demo' else what
+    return layout.ANALYSIS_RESULTS[what]
 
 
 SAME_SETTINGS = ('analysis', 'dataset', 'split', 'n_images', 'trained', 'seed', 'epsilons_255', 'angles')
 
 
-def load_or_compute(what: str, profile: str) -> dict:
-    """The saved result of an analysis; at the smoke profile a missing one is computed (seconds)."""
-    name = result_name(what)
+def load(what: str, profile: str) -> dict:
+    """The saved result of an analysis. Reading never computes: a missing one is an error naming the command."""
     try:
-        return results.load_result(profile, name)
+        return results.load_result(profile, result_name(what))
     except FileNotFoundError:
-        if profile != 'smoke':
-            raise
-        analyze(what, profile)
-        return results.load_result(profile, name)
+        raise FileNotFoundError(f'no {what} result at profile {profile}: make it with `stm-lab analyze {what} '
+                                f'--profile {profile}` (or every result: `stm-lab reproduce --profile {profile}`)'
+                                ) from None
 
 
-# ------------------------------------------------------------------------------------------------ summaries
-
-def erf_table(records: Sequence[dict]) -> List[dict]:
-    """Flat rows, one per (model, stage, t), without the maps."""
-    return [dict(model=r['model'], family=r['family'], trained=r['trained'], stage=r['stage'], **a,
-                 theoretical_side_ratio=r['theoretical_side_ratio'], asymmetry=r['asymmetry'])
-            for r in records for a in r['erf_at']]
-
-
-def erf_extremes(rows: Sequence[dict], stage: int = 3, t: float = 0.5) -> Tuple[Tuple[str, float], Tuple[str, float]]:
-    """((model, ERF@t side ratio) of the largest ERF at a stage, the same for the smallest), from
-    :func:`erf_table` rows; equal ratios go to the later model name for the largest, the earlier for the smallest."""
-    s = sorted(((r['side_ratio'], r['model']) for r in rows if r['t'] == t and r['stage'] == stage), reverse=True)
-    return (s[0][1], s[0][0]), (s[-1][1], s[-1][0])
-
-
-def asymmetry_by_family(records: Sequence[dict], stage: int = 3) -> Dict[str, float]:
-    """family -> the ERF map's asymmetry at a stage (``erf.json`` records), of the family's first model."""
-    out: Dict[str, float] = {}
-    for r in records:
-        if r['stage'] == stage:
-            out.setdefault(family(r['model']), r['asymmetry'])
-    return out
-
-
-def erf_shape_verdict(asymmetry: Dict[str, float]) -> str:
-    """The paper's reading of Fig. 6 (shifted windows give U-Swin a less symmetric ERF than U-HaloNet's halo
-    blocks) against :func:`asymmetry_by_family`: 'agrees with' or 'does not agree with' (a missing family
-    counts 0)."""
-    return 'agrees with' if asymmetry.get('swin', 0) > asymmetry.get('halonet', 0) else 'does not agree with'
-
-
-def mean_consistency_records(curves: Sequence[Sequence[dict]]) -> List[dict]:
-    """Per epoch, the mean of ``consistency_shift`` and ``consistency_rotation`` over several seeds' records (the
-    epochs that every seed measured)."""
-    by_epoch = [{r['epoch']: r for r in recs} for recs in curves]
-    epochs = sorted(set.intersection(*(set(b) for b in by_epoch))) if by_epoch else []
-    return [dict(epoch=e, consistency_images=by_epoch[0][e].get('consistency_images'), seeds=len(by_epoch),
-                 **{k: float(np.mean([b[e][k] for b in by_epoch])) for k in ('consistency_shift', 'consistency_rotation')})
-            for e in epochs]
-
-
-def consistency_order_text(recs: Dict[str, List[dict]], at: int, key: str = 'consistency_shift') -> str:
-    """'U-X 91.0% > U-Y 88.5% > ...': the models by ``key`` at their ``at``-th measurement (0 first, -1 last), most
-    consistent first."""
-    vals = {m: r[at][key] for m, r in recs.items()}
-    return ' > '.join(f'{display_name(m)} {100 * v:.1f}%' for m, v in sorted(vals.items(), key=lambda kv: -kv[1]))
-
-
-def consistency_gains_text(recs: Dict[str, List[dict]], key: str = 'consistency_shift') -> str:
-    """'U-X +3.0, U-Y -1.2': each model's change of ``key`` (points) from its first to its last measurement."""
-    return ', '.join(f'{display_name(m)} {100 * (r[-1][key] - r[0][key]):+.1f}' for m, r in recs.items())
-
+# ------------------------------------------------------------------------------------------------ records
 
 def image_data_uri(img: np.ndarray, quality: int = 90) -> str:
     """``uint8 (H, W, 3)`` -> a JPEG data URI (for plotly ``go.Image(source=...)``: a few kB per frame, where
@@ -438,19 +323,6 @@ def image_data_uri(img: np.ndarray, quality: int = 90) -> str:
     buf = io.BytesIO()
     Image.fromarray(np.asarray(img, np.uint8)).save(buf, format='JPEG', quality=quality)
     return 'data:image/jpeg;base64,' + base64.b64encode(buf.getvalue()).decode()
-
-
-def erf_photo_uris(img_size: int) -> Dict[str, str]:
-    """file -> data URI of each demo photo resized whole to ``img_size`` (what the ERF maps are computed on)."""
-    x, photos = demo_images()
-    x = F.interpolate(x, size=(img_size, img_size), mode='bicubic', antialias=True, align_corners=False).clamp(0, 1)
-    arr = (x * 255).round().byte().permute(0, 2, 3, 1).numpy()
-    return {p['file']: image_data_uri(a) for p, a in zip(photos, arr)}
-
-
-def demo_view_uris(img_size: int, crop_pct: float = 0.875, angles: Sequence[float] = DEMO_ANGLES) -> Dict[float, List[str]]:
-    """angle -> data URIs of the demo views (:func:`demo_views`), for :func:`stm_lab.figures.demo_rotation_figure`."""
-    return {a: [image_data_uri(v) for v in arr] for a, arr in demo_views(img_size, crop_pct, angles).items()}
 
 
 # ------------------------------------------------------------------------------------------------ CLI

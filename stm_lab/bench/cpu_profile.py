@@ -16,7 +16,8 @@ from typing import List, Optional
 
 import torch
 
-from ..training.config import IMAGENETTE_TRAIN_IMAGES, MICRO_MODELS, profile_config  # the trainer: what this benchmark drives
+from ..profiles import PROFILES
+from ..training.config import MICRO_MODELS, profile_config  # the trainer: what this benchmark drives
 from ..training.distributed import Dist
 from ..training.engine import Run, evaluate_models
 
@@ -57,7 +58,7 @@ def cpu_profile(models, profile: str = 'cpu', steps: int = 12, warmup: int = 3, 
     for name, run in runs.items():
         cfg = run.cfg
         train_speed = cfg.batch_size * steps / t_train[name].median
-        epoch_s = IMAGENETTE_TRAIN_IMAGES / round(train_speed, 1) if profile == 'cpu' else None
+        epoch_s = PROFILES['cpu'].train_images / round(train_speed, 1) if profile == 'cpu' else None
         rec = dict(model=name, batch_size=cfg.batch_size, num_workers=cfg.data.num_workers, amp=cfg.amp,
                    train_img_per_s=round(train_speed, 1),
                    eval_img_per_s=round(val_images[name] / t_eval[name].median, 1),

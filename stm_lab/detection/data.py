@@ -18,13 +18,6 @@ from torchvision.transforms import v2
 from torchvision.datasets import wrap_dataset_for_transforms_v2
 
 
-def quiet_coco(ann_file):
-    """pycocotools' COCO object, without its progress prints."""
-    from pycocotools.coco import COCO
-    with contextlib.redirect_stdout(io.StringIO()):
-        return COCO(str(ann_file))
-
-
 def usable(ann: dict) -> bool:
     """An annotation training can use: not a crowd region, a box at least one pixel wide and high."""
     return not ann.get('iscrowd', 0) and ann['bbox'][2] >= 1 and ann['bbox'][3] >= 1

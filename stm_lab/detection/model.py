@@ -30,7 +30,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
 from ..backbone import UnifiedNet
-from ..models import FAMILIES, SCALES, model_config
+from ..models import FAMILIES, model_config, parse_name
 
 # the paper's detection drop-path rates per scale (Sec. 4.3.3); the test layout trains for seconds: none
 DROP_PATH = {'micro': 0.1, 'tiny': 0.2, 'small': 0.2, 'base': 0.3, 'test': 0.0}
@@ -39,14 +39,11 @@ CLASSIFICATION_ONLY = ('conv_head.', 'head.', 'pool_norm.', 'end_norm.')
 
 
 def family_and_scale(model: str) -> Tuple[str, str]:
-    """``u_<family>_<scale>[_variant]`` -> (family, scale), with the list of valid names when it is not one."""
-    rest = model[2:] if model.startswith('u_') else ''
-    family = max((f for f in FAMILIES if rest.startswith(f + '_')), key=len, default=None)
-    scale = rest[len(family) + 1:].split('_')[0] if family else None
-    if family is None or scale not in (*SCALES, 'test'):
-        raise KeyError(f'{model!r} is not a unified model name u_<family>_<scale>; families: '
-                       f'{", ".join(sorted(FAMILIES))}; scales: {", ".join((*SCALES, "test"))}')
-    return family, scale
+    """(family, scale) of a registered unified model, with the list of valid names when it is not one."""
+    name = parse_name(model)
+    if not model.startswith('u_'):
+        raise KeyError(f'{model!r} is not a unified model; families: {", ".join(sorted(FAMILIES))}')
+    return name.family, name.scale
 
 
 @dataclass
@@ -261,8 +258,9 @@ def load_backbone_tensors(detector: MaskRCNN, tensors: Dict[str, torch.Tensor], 
 def load_backbone(detector: MaskRCNN, path) -> LoadReport:
     """Load a classification checkpoint (``results/<profile>/<model>.safetensors``, read safely by
     ``stm_lab.training.checkpoint.load_model``, which refuses damaged or mismatched files) into the detector's backbone."""
+    from ..results import project_path
     from ..training.checkpoint import load_model
     model, state = load_model(path)
     if state['model'] != detector.model_name:
         raise ValueError(f'{path} holds {state["model"]}, the detector is built on {detector.model_name}')
-    return load_backbone_tensors(detector, model.state_dict(), str(path))
+    return load_backbone_tensors(detector, model.state_dict(), project_path(path))  # as results record it

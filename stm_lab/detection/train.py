@@ -17,7 +17,7 @@ Profiles:
   Mask R-CNN with mmdetection's ``mask_rcnn_r50_fpn`` sizes. The backbone starts from
   ``results/paper/<model>.safetensors`` (a classification run of the paper profile). Not run here.
 - ``cpu``: the generated shapes set (:mod:`.shapes`) at 160 px, the five micro backbones from their ``cpu``
-  classification checkpoints, slim heads and a schedule sized by measured images/s (:data:`CPU`).
+  classification checkpoints, slim heads and a schedule sized by measured images/s (``stm_lab.profiles``).
 - ``smoke``: the ``*_test`` backbones on a handful of 64 px images drawn on the committed fixture photos; seconds.
 
 A run lives in ``runs/<profile>/detection/<model>/`` (``last.safetensors`` each epoch, safetensors with the state in
@@ -41,10 +41,9 @@ import torch.distributed as dist
 import torch.nn as nn
 from timm.optim import param_groups_weight_decay
 
-from .. import assets, results
+from .. import assets, layout, profiles, results
 from ..training.checkpoint import (RunLock, _load_optimizer, _optimizer_tensors, _prefixed, _tensor_digest,
                                    read_checkpoint, write_checkpoint)
-from ..training.config import MICRO_MODELS, PROFILES, SMOKE_MODELS
 from ..training.distributed import init_distributed, seed_everything
 from ..training.engine import RUNS_DIR, resume_source
 from . import coco_eval, shapes
@@ -119,52 +118,21 @@ class DetTrainConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-# the cpu profile (sized in data/README.md from `stm-lab detect bench --profile cpu`): 160 px images, heads a
-# quarter of the paper's widths, 2000 training images
-CPU_EPOCHS = 6
-CPU = dict(img_size=160, train_images=2000, val_images=500, batch_size=8, lr=2e-4, warmup_iters=100)
-
-
 def profile_config(model: str, profile: str, **overrides) -> DetTrainConfig:
-    """The resolved configuration of a detection run at a profile; ``overrides`` (DetTrainConfig fields) win."""
-    family, scale = family_and_scale(model)
-    if profile == 'paper':
-        cfg = DetTrainConfig(model=model, profile=profile, dataset='coco',
-                             detector=DetectorConfig(img_size=800, num_classes=COCO_NUM_CLASSES),
-                             epochs=12, batch_size=16, lr=1e-4, warmup_iters=1000, lr_steps=(8, 11), nproc=8,
-                             num_workers=4, eval_images=5000)
-    elif profile == 'cpu':
-        s = CPU['img_size']
-        epochs = overrides.get('epochs', CPU_EPOCHS)
-        cfg = DetTrainConfig(
-            model=model, profile=profile, dataset='shapes',
-            shapes=shapes.ShapesConfig(img_size=s, train_images=CPU['train_images'], val_images=CPU['val_images'],
-                                       photos='imagenette', max_side=200.0),
-            # objects of 10-200 px: anchors 4x the stride (the paper's 8x suits COCO at 800 px)
-            detector=DetectorConfig(img_size=s, num_classes=len(shapes.SHAPES) + 1, min_size=s, max_size=s,
-                                    resize=False, fpn_channels=64, anchor_sizes=(16, 32, 64, 128, 256),
-                                    box_head_dim=256, mask_head_layers=(64, 64), rpn_batch_size_per_image=128,
-                                    box_batch_size_per_image=64, rpn_pre_nms_top_n_train=600,
-                                    rpn_post_nms_top_n_train=300, rpn_pre_nms_top_n_test=300,
-                                    rpn_post_nms_top_n_test=300),
-            epochs=epochs, batch_size=CPU['batch_size'], lr=CPU['lr'], warmup_iters=CPU['warmup_iters'],
-            lr_steps=scaled_steps(epochs), eval_every=4, eval_images=100)
-    elif profile == 'smoke':
-        s = 64
-        epochs = overrides.get('epochs', 2)
-        cfg = DetTrainConfig(
-            model=model, profile=profile, dataset='shapes',
-            shapes=shapes.ShapesConfig(img_size=s, train_images=8, val_images=4, photos='fixture', max_instances=3,
-                                       min_side=8.0, max_side=64.0),
-            detector=DetectorConfig(img_size=s, num_classes=len(shapes.SHAPES) + 1, min_size=s, max_size=s,
-                                    resize=False, fpn_channels=16, anchor_sizes=(8, 16, 32, 64, 128),
-                                    box_head_dim=32, mask_head_layers=(16,), rpn_batch_size_per_image=32,
-                                    box_batch_size_per_image=32, rpn_pre_nms_top_n_train=100,
-                                    rpn_post_nms_top_n_train=50, rpn_pre_nms_top_n_test=50,
-                                    rpn_post_nms_top_n_test=50, box_detections_per_img=20),
-            epochs=epochs, batch_size=4, lr=2e-4, warmup_iters=2, lr_steps=scaled_steps(epochs), eval_images=4)
-    else:
-        raise ValueError(f'unknown profile {profile!r}; valid: {", ".join(PROFILES)}')
+    """The resolved configuration of a detection run at a profile (its ``detection`` settings in
+    :mod:`stm_lab.profiles`); ``overrides`` (DetTrainConfig fields) win."""
+    family_and_scale(model)  # a clear error for a name that is not a unified model
+    prof = profiles.get(profile, among=profiles.DETECTION_PROFILES)
+    d = dict(prof.detection)
+    detector, shape = dict(d.pop('detector')), d.pop('shapes', None)
+    if shape is None:  # COCO, from --data-dir
+        cfg = DetTrainConfig(model=model, profile=prof.name, dataset='coco',
+                             detector=DetectorConfig(**detector, num_classes=COCO_NUM_CLASSES), **d)
+    else:  # the generated shapes set
+        epochs = overrides.get('epochs', d.pop('epochs'))
+        cfg = DetTrainConfig(model=model, profile=prof.name, dataset='shapes', shapes=shapes.ShapesConfig(**shape),
+                             detector=DetectorConfig(**detector, num_classes=len(shapes.SHAPES) + 1),
+                             epochs=epochs, lr_steps=scaled_steps(epochs), **d)
     return replace(cfg, **overrides)
 
 
@@ -174,7 +142,9 @@ def scaled_steps(epochs: int) -> Tuple[int, ...]:
 
 
 def profile_models(profile: str) -> Tuple[str, ...]:
-    return {'smoke': SMOKE_MODELS, 'cpu': MICRO_MODELS}.get(profile, MICRO_MODELS)
+    """The backbones a profile's detectors are trained on (the roster at its scale; micro at paper, Table V)."""
+    prof = profiles.get(profile)
+    return prof.models if len(prof.scales) == 1 else profiles.PROFILES['cpu'].models
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -220,7 +190,7 @@ def build(cfg: DetTrainConfig, log=None) -> Tuple[nn.Module, Optional[LoadReport
     if path is None:
         return det, None
     if not path.exists():
-        if cfg.pretrained == 'auto' and cfg.profile == 'smoke':
+        if cfg.pretrained == 'auto' and profiles.get(cfg.profile).quick:
             if log:
                 log(f'[detect] {cfg.model}: no classification checkpoint at {path}; the backbone starts untrained')
             return det, None
@@ -267,10 +237,6 @@ def schedule_prefix_equal(was: DetTrainConfig, now: DetTrainConfig, epochs_done:
 
 def run_dir(cfg: DetTrainConfig) -> Path:
     return RUNS_DIR / cfg.profile / 'detection' / cfg.model
-
-
-def result_dir(profile: str) -> Path:
-    return results.RESULTS_DIR / profile / 'detection'
 
 
 def _log(msg: str) -> None:
@@ -422,18 +388,18 @@ def export_run(cfg, det, history, wall, report, commands, command, out, schedule
     final = dict(history[-1], **metrics)
     half = {k: (v.half() if v.is_floating_point() else v).detach().cpu().contiguous()
             for k, v in det.state_dict().items()}
-    dest = result_dir(cfg.profile) / f'{cfg.model}.safetensors'
+    dest = layout.det_weights(cfg.profile, cfg.model)
     final['weights_sha256'] = _tensor_digest(half)
     write_checkpoint(dest, half, dict(kind='det_weights', model=cfg.model, config=cfg.to_dict(), metrics=final))
     prov = results.provenance(cfg.profile, cfg.seed, wall_time_s=round(wall, 1),
                               cpu_time_s=round(sum(h['cpu_time_s'] for h in history), 1),
                               train_img_per_s_median=float(np.median([h['train_img_per_s'] for h in history])),
-                              loadavg=[round(x, 2) for x in os.getloadavg()], run_folder=str(out))
+                              loadavg=[round(x, 2) for x in os.getloadavg()], run_folder=results.project_path(out))
     if commands or command:
         prov['command'] = commands[0] if commands else command
     if schedule_changes:  # shortened or lengthened on resume, where the learning rates so far were the same
         prov['schedule_changes'] = list(schedule_changes)
-    results.save_result(f'{cfg.profile}/detection', f'det_train_{cfg.model}', history[:-1] + [final],
+    layout.det_train(cfg.profile, cfg.model).save(history[:-1] + [final],
                         config=dict(train=cfg.to_dict(), params=sum(p.numel() for p in det.parameters()),
                                     backbone_params=sum(p.numel() for p in det.backbone.body.parameters()),
                                     load_report=report.to_dict() if report else None,

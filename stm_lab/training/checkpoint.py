@@ -18,6 +18,7 @@ from safetensors.torch import save as st_save
 
 from ..backbone import UnifiedNet
 from ..mixers import ensure_mixer, mixer_module
+from .. import layout
 from ..results import atomic_write_bytes
 from .config import TrainConfig
 from .distributed import Dist
@@ -150,7 +151,7 @@ def check_export(weights, state: Optional[dict] = None) -> None:
     weights = Path(weights)
     if state is None:
         state = read_checkpoint(weights, tensors=False)[1]
-    doc_path = weights.parent / f'train_{state.get("model")}.json'
+    doc_path = layout.train_record_beside(weights, state.get('model'))
     if not doc_path.exists():
         return
     try:

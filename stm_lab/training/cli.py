@@ -21,7 +21,7 @@ from typing import Callable, List, Optional
 import torch
 import torch.distributed as dist
 
-from .. import results
+from .. import layout, results
 from ..results import atomic_write_bytes
 from .config import _positive, apply_settings, profile_config, profile_models
 from .engine import RunInterrupted, evaluate_checkpoint, train
@@ -39,23 +39,29 @@ def launch_command(module: str, argv: List[str], nproc: int, data_dir: Optional[
     return ' '.join(a if a == data_dir else shlex.quote(a) for a in args)
 
 
-def cmd_train(args) -> int:
+def train_config(args):
+    """The configuration parsed ``stm-lab train`` arguments resolve to: the profile's, the options, then --set
+    (also what stm_lab.replay compares a result's recorded configuration with)."""
     overrides = {k: v for k, v in dict(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, amp=args.amp,
                                        eval_every=args.eval_every).items() if v is not None}
     data = {k: v for k, v in dict(data_dir=args.data_dir, num_workers=args.workers).items() if v is not None}
     if args.no_download:
         data['download'] = False
-    cfg = apply_settings(profile_config(args.model, args.profile, data=data, **overrides), args.set or [])
+    return apply_settings(profile_config(args.model, args.profile, data=data, **overrides), args.set or [])
+
+
+def cmd_train(args) -> int:
+    cfg = train_config(args)
     if args.dry_run:
         print(json.dumps(cfg.to_dict(), indent=1))
         print(f'per process: batch {cfg.batch_size // cfg.nproc} on each of {cfg.nproc} processes')
         print(launch_command('stm_lab.training', args.argv, cfg.nproc,
                              '$IMAGENET' if cfg.data.dataset == 'imagenet' else None))
         return 0
-    command = _command()
+    command = results.command_line()
     hook = None
-    if cfg.track_consistency:  # the analyses sit downstream of training: imported only when asked for
-        from ..analysis.run import consistency_tracker
+    if cfg.track_consistency:
+        from .tracking import consistency_tracker
         hook = consistency_tracker(cfg.profile, cfg.track_consistency, cfg.data)
     try:
         final = train(cfg, Path(args.out) if args.out else None, resume=args.resume, progress=not args.no_progress,
@@ -75,19 +81,8 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _command() -> str:
-    """The command line as typed (``python -m stm_lab.training ...`` rather than the module's file name)."""
-    argv0 = Path(sys.argv[0])
-    if argv0.name in ('__main__.py', 'cli.py') and argv0.parent.name == 'training':
-        head = 'python -m stm_lab.training' + ('.cli' if argv0.name == 'cli.py' else '')
-    else:
-        head = argv0.name
-    return ' '.join([head, *map(shlex.quote, sys.argv[1:])])
-
-
 def _prov(profile: str, **extra) -> dict:
-    return dict(results.provenance(profile, 0, loadavg=[round(x, 2) for x in os.getloadavg()], **extra),
-                command=_command())
+    return results.provenance(profile, 0, loadavg=[round(x, 2) for x in os.getloadavg()], **extra)
 
 
 def cmd_eval(args) -> int:
@@ -110,7 +105,7 @@ def cmd_summary(args) -> int:
     table = format_summary(rows, args.profile)
     print(table)
     if args.save:
-        results.save_result(args.profile, 'table3_accuracy', rows, config=dict(models=[r['model'] for r in rows]),
+        layout.analysis(args.profile, 'table3_accuracy').save(rows, config=dict(models=[r['model'] for r in rows]),
                             prov=_prov(args.profile))
         path = results.RESULTS_DIR / args.profile / 'README.md'
         atomic_write_bytes(path, summary_readme(rows, table, args.profile).encode())

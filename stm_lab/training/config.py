@@ -10,13 +10,12 @@ from typing import Dict, List, Optional, Tuple
 
 from ..data import DataConfig, value_checker
 from ..mixers import mixer_trait
-from ..models import FAMILIES, create_model, main_models
+from .. import profiles
+from ..models import FAMILIES, create_model
 
-PROFILES = ('smoke', 'cpu', 'paper')  # training profiles (the notebooks use smoke and cpu: stm_lab.notebook_params)
-MICRO_MODELS = tuple(main_models('micro'))  # the roster at the cpu profile's scale
-SMOKE_MODELS = tuple(main_models('test'))  # what the smoke profile trains
+MICRO_MODELS = profiles.PROFILES['cpu'].models  # the roster at the cpu profile's scale
+SMOKE_MODELS = profiles.PROFILES['smoke'].models  # what the smoke profile trains
 IMAGENET_TRAIN_IMAGES = 1281167
-IMAGENETTE_TRAIN_IMAGES = 9469  # the cpu profile's training split
 EXPORT_WEIGHTS = ('ema', 'model')  # the values of TrainConfig.export_weights
 
 # Table IV, per mixer family; warm-up start and final learning rates from the authors' launch scripts
@@ -24,9 +23,6 @@ PAPER_RECIPES = {
     'transformer': dict(batch_size=1024, warmup_lr=1e-6, min_lr=1e-5),  # Halo, PVT, Swin
     'cnn': dict(batch_size=4096, warmup_lr=0.0, min_lr=1e-6),  # DWConv (ConvNeXt), DCNv3 (InternImage)
 }
-# cpu profile: epochs for every model (same for all five, so they are compared on one recipe); see data/README.md
-CPU_EPOCHS = 22
-
 
 @dataclass
 class TrainConfig:
@@ -53,7 +49,7 @@ class TrainConfig:
     eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated)
     nproc: int = 1  # processes the dry-run's torchrun command starts (the real count comes from torchrun)
     # Fig. 7(c): >0 records, after every epoch, the translation and rotation consistency of the (non-EMA) weights
-    # on this many fixed validation images (stm_lab.analysis.run.consistency_tracker)
+    # on this many fixed validation images (stm_lab.training.tracking)
     track_consistency: int = 0
     # the weights exported to results/ at the end, fixed before training (never chosen by their validation score):
     # 'ema' (the moving average) or 'model' (the trained weights); None: 'ema' where the EMA is on, else 'model'.
@@ -133,51 +129,30 @@ def scaled_ema_decay(paper_decay: float, paper_steps: int, steps: int) -> float:
 
 
 def profile_config(model: str, profile: str, **overrides) -> TrainConfig:
-    """The resolved configuration of ``model`` at a profile (``smoke``, ``cpu``, ``paper``); overrides win
-    (``data`` overrides may be a dict of DataConfig fields)."""
+    """The resolved configuration of ``model`` at a profile (:mod:`stm_lab.profiles`); overrides win (``data``
+    overrides may be a dict of DataConfig fields)."""
+    prof = profiles.get(profile)
     recipe = overrides.pop('recipe', None) or model_recipe(model)
     r = PAPER_RECIPES[recipe]
-    paper_steps = 300 * math.ceil(IMAGENET_TRAIN_IMAGES / r['batch_size'])
     data = overrides.pop('data', None) or {}
-    if profile == 'paper':  # exactly Table IV: ImageNet-1k at 224, 300 epochs, 8 GPUs
-        cfg = TrainConfig(model=model, profile=profile, recipe=recipe, epochs=300, warmup_epochs=20,
-                          data=DataConfig(dataset='imagenet', img_size=224, num_workers=8, download=False),
-                          amp='fp16', nproc=8, **r)
-        return replace(cfg, data=replace(cfg.data, **data), **overrides)
-    if profile == 'cpu':  # micro models on Imagenette at 64x64 (the choices are explained in data/README.md)
-        base = TrainConfig(model=model, profile=profile, recipe=recipe, epochs=CPU_EPOCHS,
-                           # one batch for both families: with ~150 steps per epoch instead of the paper's 313-1252,
-                           # the CNNs' 4x larger batch cost accuracy here (data/README.md); peak lr 1e-3
-                           batch_size=64, lr_per_1024=1.6e-2,
-                           warmup_lr=r['warmup_lr'], min_lr=r['min_lr'], eval_every=5,
-                           # Table IV's heavy regularization (RandAugment, mixup, cutmix, random erasing) is made for
-                           # 300 epochs of 1.28M images; at 12 epochs of 9,469 it cost 13-17 points (data/README.md)
-                           data=DataConfig(dataset='imagenette', img_size=64, scale=(0.35, 1.0), auto_augment=None,
-                                           color_jitter=0.0, re_prob=0.0, mixup=0.0, cutmix=0.0))
-        n_train = IMAGENETTE_TRAIN_IMAGES
-    elif profile == 'smoke':  # *_test models on the committed fixture, seconds
-        base = TrainConfig(model=model, profile=profile, recipe=recipe, epochs=2, batch_size=32, lr_per_1024=3.2e-2,
-                           warmup_lr=r['warmup_lr'], min_lr=r['min_lr'],
-                           data=DataConfig(dataset='fixture', img_size=32, download=False))
-        n_train = 300
-    else:
-        raise ValueError(f"unknown profile {profile!r}; valid: {', '.join(PROFILES)}")
-    cfg = replace(base, data=replace(base.data, **data), **overrides)
+    # the recipe's per-family values, then the profile's (the cpu profile's one batch size for both families)
+    cfg = TrainConfig(model=model, profile=prof.name, recipe=recipe, data=DataConfig(**prof.data), **{**r, **prof.train})
+    cfg = replace(cfg, data=replace(cfg.data, **data), **overrides)
+    if not prof.scale_schedule:  # exactly Table IV
+        return cfg
     # warm-up and EMA follow the run's length: the paper's 20 of 300 epochs, and an EMA time constant that is the
-    # same fraction of the run as 0.9999's is of the paper's (unless given explicitly)
-    steps = cfg.epochs * (n_train // cfg.batch_size)
+    # same fraction of the run as 0.9999's is of the paper's (unless the profile or the caller sets them)
+    paper_steps = 300 * math.ceil(IMAGENET_TRAIN_IMAGES / r['batch_size'])
+    steps = cfg.epochs * (prof.train_images // cfg.batch_size)
     derived = dict(warmup_epochs=round(cfg.epochs * 20 / 300, 2),
                    ema_decay=round(scaled_ema_decay(0.9999, paper_steps, steps), 5))
-    if profile == 'smoke':
-        derived['ema_decay'] = 0.9  # 18 steps: only checks that the EMA is wired
-    return replace(cfg, **{k: v for k, v in derived.items() if k not in overrides})
+    return replace(cfg, **{k: v for k, v in derived.items() if k not in overrides and k not in prof.train})
 
 
 def profile_models(profile: str) -> Tuple[str, ...]:
     """The models a profile trains for Table III (``profile`` may name a sub-folder, 'cpu/epochs24'): the
     ``*_test`` models at smoke, the micro models at cpu, Table III's twenty at paper."""
-    from ..paper import TABLE3
-    return {'smoke': SMOKE_MODELS, 'paper': tuple(TABLE3)}.get(profile.split('/')[0], MICRO_MODELS)
+    return profiles.get(profile).models
 
 
 def evaluated_after(epoch: int, epochs: int, eval_every: int) -> bool:

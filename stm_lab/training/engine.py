@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
@@ -29,15 +28,15 @@ from timm.optim import param_groups_weight_decay
 from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 
-from .. import results
+from .. import layout, results
 from ..backbone import UnifiedNet
 from ..data import BatchFinish, DataConfig, build_mixup, image_transform, load_dataset
 from ..mixers import mixer_module
 from ..models import create_model
-from ..results import ROOT, atomic_write_bytes, remove_stale_temporaries
+from ..results import atomic_write_bytes, remove_stale_temporaries
 from .checkpoint import (RunLock, _load_optimizer, _optimizer_tensors, _prefixed, _tensor_digest, load_model,
                          model_from_tensors, read_checkpoint, weights_state, write_checkpoint)
-from .config import SMOKE_MODELS, TrainConfig, _positive, config_differences, evaluated_after, profile_config
+from .config import TrainConfig, _positive, config_differences, evaluated_after
 from .distributed import Dist, _all_mean, _log, init_distributed, prepare_model, seed_everything
 
 
@@ -442,8 +441,8 @@ def export_result(run: Run, out: Path, command: Optional[str] = None, results_su
     model = run.ema.module if use_ema else run.model
     half = {k: (v.half() if v.is_floating_point() else v).detach().cpu().contiguous()
             for k, v in model.state_dict().items()}
-    where = f'{cfg.profile}/{results_subdir}' if results_subdir else cfg.profile
-    dest = results.RESULTS_DIR / where / f'{cfg.model}.safetensors'
+    where = layout.folder(cfg.profile, results_subdir or '')
+    dest = layout.weights(where, cfg.model)
     state = weights_state(cfg, model.config.to_dict(), run.classes, 'ema' if use_ema else 'model', final)
     check = model_from_tensors(state['model_config'], half, dest).to(run.d.device)  # as load_model rebuilds it
     loader = torch.utils.data.DataLoader(run.val_set, 256, sampler=run.val_indices)  # all of it, on this process
@@ -451,7 +450,7 @@ def export_result(run: Run, out: Path, command: Optional[str] = None, results_su
     state['weights_rule'] = f'fixed: {cfg.exported}'  # results written before the rule have none (by score)
     final.update(weights=state['weights'], weights_rule=state['weights_rule'], top1_fp16=fp16['top1'],
                  top5_fp16=fp16['top5'],
-                 checkpoint=str(dest.relative_to(ROOT) if dest.is_relative_to(ROOT) else dest),
+                 checkpoint=results.project_path(dest),
                  weights_sha256=_tensor_digest(half))
     # two files, two renames: the result JSON's last record repeats the weights' metrics (and digest), so a kill
     # between the writes leaves a pair that check_export refuses; exporting the finished run again repairs it
@@ -462,7 +461,8 @@ def export_result(run: Run, out: Path, command: Optional[str] = None, results_su
                               train_img_per_s_median=float(np.median(train_speed)), processes=run.d.world,
                               cpu_time_s=(round(sum(h['cpu_time_s'] for h in run.history), 1)  # of rank 0
                                           if all('cpu_time_s' in h for h in run.history) else None),
-                              loadavg=[round(x, 2) for x in os.getloadavg()], run_folder=str(out))
+                              loadavg=[round(x, 2) for x in os.getloadavg()],
+                              run_folder=results.project_path(out))
     # the command that started the run (provenance of the numbers); resumes and a re-export only beside it
     if run.commands or command:
         prov['command'] = run.commands[0] if run.commands else command
@@ -470,7 +470,7 @@ def export_result(run: Run, out: Path, command: Optional[str] = None, results_su
         prov['resumed_with'] = run.commands[1:]
     if command and command not in run.commands:
         prov['exported_with'] = command
-    results.save_result(where, f'train_{cfg.model}', records,
+    layout.train(where, cfg.model).save(records,
                         config=dict(train=cfg.to_dict(), model=model.config.to_dict(),
                                     params=sum(p.numel() for p in model.parameters())), prov=prov)
     _log(run.d, f'[train] {cfg.model}: top-1 {final["top1"]:.2f}% (EMA {final.get("ema_top1", float("nan")):.2f}%), '
@@ -502,19 +502,3 @@ def evaluate_checkpoint(path, dataset: Optional[str] = None, split: str = 'val',
     return dict(model=state['model'], checkpoint=str(path), weights=state['weights'], dataset=dcfg.dataset,
                 split=split, images=out['val_images'], top1=out['top1'], top5=out['top5'],
                 eval_img_per_s=round(out['val_images'] / dt, 1))
-
-
-def smoke_command(model: str) -> str:
-    """The stm-lab command that trains ``model`` at the smoke profile as :func:`ensure_smoke_results` does."""
-    return f'stm-lab train --model {shlex.quote(model)} --profile smoke --resume none --no-progress'
-
-
-def ensure_smoke_results() -> List[str]:
-    """Train, in this process, the smoke profile's models (the ``*_test`` roster, seconds each on the committed
-    fixture) that have no ``results/smoke/train_<model>.json``; returns their names. The book's smoke pages call
-    this explicitly before they read the results (reading never trains). Each result records the equivalent
-    stm-lab command (:func:`smoke_command`) as its provenance, not the program that called this."""
-    missing = [m for m in SMOKE_MODELS if not results.result_path('smoke', f'train_{m}').exists()]
-    for m in missing:
-        train(profile_config(m, 'smoke'), resume='none', progress=False, command=smoke_command(m))
-    return missing

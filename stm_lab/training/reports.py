@@ -1,12 +1,13 @@
-"""Reading training results: Table III's accuracy beside the paper's, the runs kept apart, the core time of the
-runs, and the markdown written beside the committed weights. Nothing here trains."""
+"""Reading training results: Table III's accuracy beside the paper's, the runs kept apart, how the exported weights
+were chosen, and the markdown written beside the committed weights (``stm-lab summary --save``). Nothing here
+trains; the Training page (:mod:`stm_lab.pages.training`) reads through it."""
 from __future__ import annotations
 
 from typing import Dict, List
 
-from .. import results
+from .. import layout, results
 from .checkpoint import check_export
-from .config import MICRO_MODELS, SMOKE_MODELS, evaluated_after, profile_models
+from .config import MICRO_MODELS, SMOKE_MODELS, profile_models
 
 
 def summary(profile: str = 'cpu', models=None) -> List[dict]:
@@ -15,11 +16,11 @@ def summary(profile: str = 'cpu', models=None) -> List[dict]:
     from ..paper import TABLE3
     rows = []
     for name in models or profile_models(profile):
-        try:
-            doc = results.load_result(profile, f'train_{name}')
-        except FileNotFoundError:
+        result = layout.train(profile, name)
+        if not result.exists():
             continue
-        weights = results.RESULTS_DIR / profile / f'{name}.safetensors'
+        doc = result.load()
+        weights = layout.weights(profile, name)
         if weights.exists():
             check_export(weights)
         f = doc['records'][-1]
@@ -32,34 +33,16 @@ def summary(profile: str = 'cpu', models=None) -> List[dict]:
     return rows
 
 
-def core_time_estimate(docs: Dict[str, dict], speeds: List[dict]) -> Dict[str, float]:
-    """model -> core-seconds its run takes at the one-thread speeds ``speeds`` (the records of
-    ``train_throughput.json``): every epoch's training, and each evaluation the configuration schedules (every
-    ``eval_every`` epochs and the last; the trained weights and, where there is one, the EMA). Models without a
-    speed record are left out. The sum over the five, halved, is the wall time on two cores shared perfectly."""
-    speed = {r['model']: r for r in speeds}
-    out = {}
-    for m, doc in docs.items():
-        if m not in speed or not speed[m].get('train_epoch_s'):
-            continue
-        cfg, last = doc['config']['train'], doc['records'][-1]
-        epochs = cfg['epochs']
-        evals = sum(evaluated_after(e, epochs, cfg.get('eval_every') or 1) for e in range(1, epochs + 1))
-        per_eval = last['val_images'] / speed[m]['eval_img_per_s'] * (2 if cfg.get('ema_decay', 0) > 0 else 1)
-        out[m] = epochs * speed[m]['train_epoch_s'] + evals * per_eval
-    return out
-
-
 def training_results(profile: str, folder: str = '') -> Dict[str, dict]:
     """model -> its ``train_<model>.json`` document under ``results/<profile>[/<folder>]``: the five main models in
     the paper's order (their ``*_test`` versions at the smoke profile), then any other model with a result there (a
     reader's own mixer), by name. Models without one are left out: this only reads (the smoke profile's are made
-    by ``stm-lab train --profile smoke``, or :func:`stm_lab.training.engine.ensure_smoke_results`)."""
-    where = f'{profile}/{folder}' if folder else profile
+    by ``stm-lab train --profile smoke``, all of them by ``stm-lab reproduce --profile smoke``)."""
+    where = layout.folder(profile, folder)
     roster = SMOKE_MODELS if profile == 'smoke' else MICRO_MODELS
-    found = {p.stem[len('train_'):] for p in (results.RESULTS_DIR / where).glob('train_*.json')}
-    docs = {m: results.load_result(where, f'train_{m}') for m in [*(m for m in roster if m in found),
-                                                                  *sorted(found - set(roster))]}
+    found = set(layout.trained_models(where))
+    order = [*(m for m in roster if m in found), *sorted(found - set(roster))]
+    docs = {m: layout.train(where, m).load() for m in order}
     return {m: d for m, d in docs.items() if 'train' in d['config']}  # not e.g. train_throughput.json
 
 
@@ -106,7 +89,8 @@ def selection_text(docs: Dict[str, dict]) -> str:
 def result_folders(profile: str) -> List[str]:
     """Sub-folders of ``results/<profile>/`` that hold training results (runs kept apart with ``--results-subdir``)."""
     root = results.RESULTS_DIR / profile
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and any(p.glob('train_*.json'))) if root.is_dir() else []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and layout.trained_models(layout.folder(profile, p.name))
+                  ) if root.is_dir() else []
 
 
 def config_changes(base: dict, other: dict) -> Dict[str, tuple]:
@@ -140,7 +124,7 @@ def summary_readme(rows: List[dict], table: str, profile: str) -> str:
              '## Input-size adaptations', '',
              'Windows and reduction ratios follow the feature maps at this input size (`stm_lab.models.adapt_to_img_size`):', '']
     for r in rows:
-        doc = results.load_result(profile, f'train_{r["model"]}')
+        doc = layout.train(profile, r['model']).load()
         mc, tc = doc['config']['model'], doc['config']['train']
         stage = [o for o in mc['stage_mixer_options'] if o]
         opts = ', '.join(f'{k}={v}' for k, v in mc['mixer_options'].items()) or 'none'
@@ -156,13 +140,13 @@ def summary_readme(rows: List[dict], table: str, profile: str) -> str:
         docs = training_results(profile, folder)
         lines += ['', f'### `{folder}/`', '']
         if not docs:  # other models than the main set: the ablation variants, tabulated by `stm-lab ablations`
-            names = sorted(p.stem[len('train_'):] for p in (results.RESULTS_DIR / profile / folder).glob('train_*.json'))
+            names = layout.trained_models(layout.folder(profile, folder))
             lines.append(f'{len(names)} runs of other models ({", ".join(f"`{n}`" for n in names)}); their tables '
                          'are on the book\'s Ablations page (`stm-lab ablations list` prints each command).')
             continue
         for m, doc in docs.items():
             try:
-                changes = config_changes(results.load_result(profile, f'train_{m}'), doc)
+                changes = config_changes(layout.train(profile, m).load(), doc)
             except FileNotFoundError:
                 changes = {}
             lines.append(f'- `{m}`: ' + ('; '.join(f'{k} {a} -> {b}' for k, (a, b) in changes.items()) or 'no change')
