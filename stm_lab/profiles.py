@@ -36,7 +36,8 @@ class Profile:
     dataset: str  # the classification data: 'fixture' (committed photos), 'imagenette', 'imagenet'
     img_size: int  # its input side
     scales: Tuple[str, ...]  # the roster's scales trained at this profile ('test': the smoke layouts)
-    setting: str  # the phrase the pages print for it
+    data_text: str  # its data as the pages name it: 'Imagenette at 64x64' (short form: data_short)
+    data_short: str
     help: str  # one line in every --profile's help
     train: Mapping = field(default_factory=dict)
     data: Mapping = field(default_factory=dict)
@@ -63,6 +64,16 @@ class Profile:
         return self.scales[0]
 
     @property
+    def setting(self) -> str:
+        """'micro models on Imagenette at 64x64': what the pages say the results are of."""
+        return f'{"/".join(self.scales)} models on {self.data_text}'
+
+    @property
+    def caption(self) -> str:
+        """'micro models, Imagenette 64 px': the short form the figure and table captions use."""
+        return f'{"/".join(self.scales)} models, {self.data_short}'
+
+    @property
     def models(self) -> Tuple[str, ...]:
         """The roster at this profile's scales, scale-major (at paper: Table III's twenty)."""
         from .models import main_models
@@ -76,7 +87,7 @@ class Profile:
 # the cpu profile's choices are explained and measured in data/README.md
 PROFILES: Dict[str, Profile] = {p.name: p for p in (
     Profile('smoke', dataset='fixture', img_size=32, scales=('test',),
-            setting='the tiny *_test models, untrained or trained for seconds on the committed fixture photos',
+            data_text='the committed fixture photos', data_short='fixture',
             help='the tiny *_test models on the committed fixture, seconds',
             train=dict(epochs=2, batch_size=32, lr_per_1024=3.2e-2, ema_decay=0.9),  # 18 steps: EMA only wired
             data=dict(dataset='fixture', img_size=32, download=False), train_images=300,
@@ -92,7 +103,7 @@ PROFILES: Dict[str, Profile] = {p.name: p for p in (
                               rpn_post_nms_top_n_train=50, rpn_pre_nms_top_n_test=50, rpn_post_nms_top_n_test=50,
                               box_detections_per_img=20))),
     Profile('cpu', dataset='imagenette', img_size=64, scales=('micro',),
-            setting='micro models on Imagenette at 64x64', help='the micro models, hours on two cores',
+            data_text='Imagenette at 64x64', data_short='Imagenette 64 px', help='the micro models, hours on two cores',
             # one batch for both families: with ~150 steps per epoch instead of the paper's 313-1252, the CNNs' 4x
             # larger batch cost accuracy here; peak lr 1e-3
             train=dict(epochs=22, batch_size=64, lr_per_1024=1.6e-2, eval_every=5),
@@ -117,7 +128,7 @@ PROFILES: Dict[str, Profile] = {p.name: p for p in (
                               rpn_post_nms_top_n_test=300))),
     # exactly Table IV: ImageNet-1k at 224, 300 epochs, 8 GPUs; Table V's 1x schedule on COCO at 800 px
     Profile('paper', dataset='imagenet', img_size=224, scales=('micro', 'tiny', 'small', 'base'),
-            setting='the four scales on ImageNet-1k at 224x224 (the paper\'s setting)',
+            data_text='ImageNet-1k at 224x224', data_short='ImageNet 224 px',
             help="the paper's data and scale, on GPUs",
             train=dict(epochs=300, warmup_epochs=20, amp='fp16', nproc=8),
             data=dict(dataset='imagenet', img_size=224, num_workers=8, download=False),

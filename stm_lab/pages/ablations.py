@@ -9,6 +9,7 @@ import plotly.graph_objects as go
 
 from .. import ablations
 from ..claims import BY_ID, Result, check_difference
+from ..profiles import PROFILES
 from .common import family_color, signed, stm_name
 from .training import mean_top1_se
 
@@ -110,7 +111,8 @@ def ablation_bars(rows: Iterable[dict]) -> go.Figure:
     labels = [f'{stm_name(r["family"])} {r["variant"]}' for r in rows]
     colors = [family_color(r['family']) for r in rows]
     fig = go.Figure()
-    fig.add_bar(x=labels, y=[r['diff'] for r in rows], marker_color=colors, name='ours (micro, Imagenette 64 px)',
+    fig.add_bar(x=labels, y=[r['diff'] for r in rows], marker_color=colors,
+                name=f'ours (micro, {PROFILES["cpu"].data_short})',
                 error_y=dict(type='data', array=[2 * r['noise'] if r['noise'] else 0 for r in rows], visible=True),
                 hovertemplate='%{x}: %{y:+.2f} points<extra>ours</extra>')
     fig.add_scatter(x=labels, y=[r['paper_diff'] for r in rows], mode='markers', name='paper (ImageNet, 224 px)',

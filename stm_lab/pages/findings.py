@@ -90,13 +90,13 @@ def _coverage_items(p: str = PROFILE) -> tuple:
         return [layout.train(layout.folder(p, r.subdir), r.model) for r in runs if r.table == table and r.seed == seed]
     complexity, accuracy = layout.analysis('paper', 'table3_complexity'), layout.analysis(p, 'table3_accuracy')
     detection, erf = layout.analysis(p, 'detection'), layout.analysis(p, 'erf')
-    short = f'micro models, Imagenette 64 px, {prof.seed_epochs} epochs'  # the ablations' and the seed set's runs
+    short = f'{prof.caption}, {prof.seed_epochs} epochs'  # the ablations' and the seed set's runs
     return (
         ('Table I', 'the five spatial token mixers', [complexity],
          'same operators; plain PyTorch plus a compiled DCNv3 core'),
         ('Table II', 'stage and block design', ablation('II'), f'{short} (paper: tiny, ImageNet 224, 300 epochs)'),
         ('Table III', 'parameters and FLOPs', [complexity], 'none: counted at 224 as in the paper'),
-        ('Table III', 'accuracy', [accuracy], f'micro models only, Imagenette 64 px, {prof.epochs} epochs'),
+        ('Table III', 'accuracy', [accuracy], f'micro models only, {prof.data_short}, {prof.epochs} epochs'),
         ('Table IV', 'training recipe', [accuracy], 'a light form at the cpu profile (no RandAugment, mixup/cutmix, '
          'random erasing); the full recipe at the paper profile'),
         ('Table V', 'detection with Mask R-CNN', [detection], DETECTION_SETTING),
