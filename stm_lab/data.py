@@ -313,6 +313,9 @@ class ArrayDataset(torch.utils.data.Dataset):
 
 
 
+ANALYSIS_SEED = 0  # the analyses' fixed image subsets and shift directions (and the training tracker's)
+
+
 def subset_indices(n: int, limit: int, seed: int = 0) -> List[int]:
     """The fixed seeded subset of ``limit`` of ``n`` images (sorted), the same for every model and analysis."""
     return sorted(np.random.default_rng(seed).permutation(n)[:min(limit, n)].tolist())

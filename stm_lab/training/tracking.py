@@ -13,9 +13,7 @@ import torch.nn as nn
 
 from .. import profiles
 from ..analysis.invariance import ANGLES, rotation_sweep, translation_sweep
-from ..data import split_images
-
-SEED = 0  # the subset and the shift directions: the analyses' (stm_lab.analysis.run.SEED)
+from ..data import ANALYSIS_SEED as SEED, split_images
 
 
 def consistency_tracker(profile: str, n_images: int, data_cfg) -> Callable[[nn.Module], dict]:
