@@ -163,7 +163,7 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     modules = _take_imports(argv)
     args = build_parser().parse_args(argv)  # --help, --version and usage errors end here, before torch is imported
-    if args.command == 'bench' and args.benchmark is None:  # the list of benchmarks is its help
+    if getattr(args, 'benchmark', '') is None:  # `stm-lab bench` alone: the list of benchmarks is its help
         return importlib.import_module('stm_lab.bench.cli').run_parsed(args)
     if _needs_checkout(args):
         print(f'stm-lab: error: `stm-lab {" ".join(argv[:2])}` works in the project\'s checkout (it reads notebooks/ '

@@ -19,6 +19,7 @@ from typing import Callable, Dict, NamedTuple, Optional
 
 from . import __version__
 from .profiles import DEFAULT as DEFAULT_PROFILE, NAMES as PROFILES, NOTEBOOK_PROFILES, PROFILES as _PROFILES
+from .profiles import AMP_MODES
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout (stm_lab.results.ROOT, without importing torch)
 NOTEBOOKS_DIR = ROOT / 'notebooks'
@@ -157,7 +158,7 @@ def add_train(p):
     p.add_argument('--batch-size', type=int,
                    help="global batch size; the learning rate follows, linear rule (default: the profile's)")
     p.add_argument('--seed', type=int, help='random seed (default: 0)')
-    p.add_argument('--amp', choices=('none', 'bf16', 'fp16'),
+    p.add_argument('--amp', choices=AMP_MODES,
                    help="autocast: none, bf16 (CPU or GPU) or fp16 (GPU, with a gradient scaler) (default: the "
                         "profile's)")
     p.add_argument('--eval-every', type=int,
@@ -240,6 +241,9 @@ def add_detect(p):
     s.add_argument('--pretrained', help="backbone initialization: 'auto' (default: the profile's classification "
                                         "checkpoint), 'none' (seeded initialization) or a path")
     s.add_argument('--data-dir', help='COCO folder (paper profile)')
+    s.add_argument('--amp', choices=AMP_MODES,
+                   help="autocast of the training steps: none, bf16 (faster where the CPU has bf16 units, "
+                        "avx512_bf16 / amx_bf16) or fp16 (GPU) (default: the profile's)")
     s.add_argument('--stop-after', type=int, help='stop after this many epochs in this call (resume later)')
     s.add_argument('--out', help='run folder (default: runs/<profile>/detection/<model>)')
     s.add_argument('--dry-run', action='store_true', help='print the resolved configuration and torchrun command')
@@ -249,7 +253,11 @@ def add_detect(p):
     s = _sub(sub, 'bench', 'training / inference images/s per model at a profile')
     _profile(s, NOTEBOOK_PROFILES)
     s.add_argument('--models', nargs='*', help="model names (default: the profile's five)")
-    s.add_argument('--steps', type=int, default=4, help='timed steps per model (after one warm-up step)')
+    s.add_argument('--steps', type=int, default=4, help='timed training steps per model per round')
+    s.add_argument('--rounds', type=int, default=3, help='interleaved timing rounds (the median is used)')
+    s.add_argument('--no-companion', dest='companion', action='store_false',
+                   help='time alone, without a second training running beside (the plan runs two side by side)')
+    s.add_argument('--amp', choices=AMP_MODES, help="autocast of the timed steps (default: the profile's)")
     s.add_argument('--save', action='store_true', help='write results/<profile>/detection_throughput.json')
     s = _sub(sub, 'run', 'the smoke profile end to end (data, five trainings, evaluation)')
     _profile(s, ('smoke',), what='The only one here')

@@ -141,6 +141,8 @@ NOTEBOOK_PROFILES: Tuple[str, ...] = tuple(n for n, p in PROFILES.items() if p.n
 ANALYSIS_PROFILES: Tuple[str, ...] = tuple(n for n, p in PROFILES.items() if p.analyses)
 DETECTION_PROFILES: Tuple[str, ...] = tuple(n for n, p in PROFILES.items() if p.detection)
 DEFAULT = 'cpu'  # every command's default: the committed results
+# autocast modes of a run (classification and detection): none (float32), bf16 (CPU or GPU), fp16 (GPU, scaled)
+AMP_MODES: Tuple[str, ...] = ('none', 'bf16', 'fp16')
 
 
 def get(name: str, *, among: Optional[Tuple[str, ...]] = None) -> Profile:

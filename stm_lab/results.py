@@ -142,6 +142,21 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_bf16_units() -> bool:
+    """Whether this CPU computes bf16 in hardware (``avx512_bf16`` or AMX tiles, as ``lscpu`` lists them): only there
+    do oneDNN's bf16 matmuls and convolutions run faster than float32; elsewhere bf16 is emulated."""
+    import torch
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def bf16_warning(device_type: str) -> Optional[str]:
+    """The one-line warning a bf16 run prints where it will be slower than float32 (a CPU without bf16 units)."""
+    if device_type != 'cpu' or cpu_bf16_units():
+        return None
+    return (f'warning: bf16 requested but this CPU ({cpu_name()}) has no bf16 units (avx512_bf16 / amx_bf16): '
+            f'bf16 is emulated here and will be slower than fp32; the numbers are those of a bf16 run all the same')
+
+
 def provenance(profile: str, seed: Optional[int] = None, **extra: Any) -> dict:
     import timm
     return dict(
@@ -154,6 +169,7 @@ def provenance(profile: str, seed: Optional[int] = None, **extra: Any) -> dict:
         torch=torch.__version__,
         timm=timm.__version__,
         cpu=cpu_name(),
+        cpu_bf16_units=cpu_bf16_units(),
         cpu_threads=torch.get_num_threads(),
         gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         **extra,

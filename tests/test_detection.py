@@ -2,6 +2,7 @@
 loading and the paper profile; clear errors for bad input; the smoke profile end to end."""
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -13,12 +14,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import stm_lab  # noqa: F401  (registers the models)
-from stm_lab import results
+from stm_lab import layout, results
 from stm_lab.detection import coco_eval, run, scale, shapes
 from stm_lab.detection.data import DetectionSet, check_target
 from stm_lab.detection.model import (DetectorConfig, build_detector, family_and_scale, load_backbone,
                                      load_backbone_tensors)
-from stm_lab.detection.train import lr_at, profile_config, scaled_steps
+from stm_lab.detection.train import lr_at, profile_config, scaled_steps, train
 from stm_lab.models import create_model, main_models
 from stm_lab.pages import detection as page, findings
 from stm_lab.results import ROOT
@@ -664,3 +665,77 @@ def test_not_yet_markdown_lists_the_commands_in_order():
     text = page.not_yet_note('cpu', run.commands('cpu'))
     assert text.startswith('**The cpu-profile detection runs have not been made yet**')
     assert '\n'.join(run.commands('cpu')) in text
+
+
+# ------------------------------------------------------------------------------------------ precision and speed
+
+def test_detection_precision_is_checked_and_fp16_needs_a_gpu(tmp_path):
+    with pytest.raises(ValueError, match='amp must be one of none, bf16, fp16'):
+        run.profile_config('u_dwconv_test', 'smoke', amp='fp8')
+    cfg = run.profile_config('u_dwconv_test', 'smoke', amp='fp16', pretrained='none')
+    with pytest.raises(ValueError, match='needs a GPU.*--amp bf16'):
+        train(cfg, resume='none', out_dir=tmp_path / 'run', log=lambda m: None)
+    assert not (tmp_path / 'run').exists()  # refused before anything is written
+
+
+def test_a_bf16_detection_run_records_its_precision_and_warns_without_bf16_units(tmp_path, monkeypatch):
+    """bf16 autocast really runs (its losses are not the float32 run's), the result records it, and a CPU without
+    bf16 units gets the one-line warning (a CPU with them gets none)."""
+    losses = {}
+    for amp, units in (('none', False), ('bf16', False), ('bf16', True)):
+        monkeypatch.setattr(results, 'cpu_bf16_units', lambda units=units: units)
+        lines = []
+        cfg = run.profile_config('u_dwconv_test', 'smoke', amp=amp, epochs=1, pretrained='none')
+        final = train(cfg, resume='none', out_dir=tmp_path / f'{amp}-{units}', log=lines.append)
+        losses[amp, units] = final['loss']
+        warned = [m for m in lines if 'no bf16 units' in m]
+        assert len(warned) == (amp == 'bf16' and not units), lines
+        assert not warned or 'slower than fp32' in warned[0]
+        doc = layout.det_train('smoke', 'u_dwconv_test').load()
+        assert doc['config']['train']['amp'] == amp
+    assert losses['bf16', False] == losses['bf16', True] != losses['none', False]
+
+
+def test_bf16_warning_only_on_a_cpu_without_bf16_units(monkeypatch):
+    monkeypatch.setattr(results, 'cpu_bf16_units', lambda: False)
+    assert 'emulated' in results.bf16_warning('cpu') and results.bf16_warning('cuda') is None
+    monkeypatch.setattr(results, 'cpu_bf16_units', lambda: True)
+    assert results.bf16_warning('cpu') is None
+
+
+def test_the_bench_estimate_is_steps_times_the_measured_step():
+    """Known answer: 2 s a step over the cpu profile's epochs of (train images // batch) steps, and evaluations at
+    an inference speed so high that only the COCOeval passes count."""
+    cfg = run.profile_config('u_halonet_micro', 'cpu')
+    h = run.core_hours('cpu', [dict(model='u_halonet_micro', train_s_per_step=2.0, eval_img_per_s=1e12)])
+    steps = cfg.epochs * (cfg.shapes.train_images // cfg.batch_size)
+    assert h['u_halonet_micro']['train'] == round((steps * 2.0 + 2 * run.COCOEVAL_S) / 3600, 3)
+
+
+def test_the_bench_times_the_runs_own_step_with_the_shared_timer(monkeypatch):
+    """The bench's figures are the shared timer's: per model the median of its rounds, images/s the batch over it;
+    and every timed call is a training step of the run (train_step), counted."""
+    from stm_lab.detection import train as train_module
+    calls = []
+    real = train_module.train_step
+    monkeypatch.setattr(train_module, 'train_step', lambda *a, **k: calls.append(a[5]) or real(*a, **k))
+    (rec,) = run.bench('smoke', ['u_dwconv_test'], steps=2, warmup=1, rounds=3, companion=False, log=lambda m: None)
+    assert len(calls) == 1 + 3 * 2 and calls == sorted(calls)  # warm-up then rounds, the schedule's steps in order
+    assert rec['train_s_per_step'] == pytest.approx(sorted(rec['train_s_per_step_rounds'])[1], abs=1e-4)
+    assert rec['train_img_per_s'] == pytest.approx(rec['batch_size'] / rec['train_s_per_step'], rel=1e-3)
+    assert rec['companion'] is None and rec['amp'] == 'none' and rec['eval_img_per_s'] > 0
+
+
+@pytest.mark.e2e
+def test_detect_bench_command_runs_beside_a_companion_and_leaves_none(capsys):
+    """`stm-lab detect bench` (it failed on the name of its sub-command once): a second training runs beside it in
+    its own process, which is gone when the bench ends."""
+    from pathlib import Path
+    from stm_lab import cli
+    tasks = Path(f'/proc/{os.getpid()}/task')
+    if not tasks.exists():
+        pytest.skip('needs /proc to list child processes')
+    assert cli.main(['detect', 'bench', '--profile', 'smoke', '--models', 'u_dwconv_test', '--steps', '1',
+                     '--rounds', '1', '--threads', '1']) == 0
+    assert 'u_dwconv_test: training about' in capsys.readouterr().out
+    assert not [c for t in tasks.iterdir() for c in (t / 'children').read_text().split()]

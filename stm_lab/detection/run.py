@@ -195,46 +195,96 @@ def evaluate_profile(profile: str, models: Optional[Sequence[str]] = None, save:
 
 # ------------------------------------------------------------------------------------------- speed
 
-def bench(profile: str, models: Optional[Sequence[str]] = None, steps: int = 4, warmup: int = 1,
-          log=_log) -> List[dict]:
-    """Training and inference images per CPU second (of this process, so per core with one thread) for each model at
-    the profile's settings: a few steps on the generated set, the backbone untrained (the speed is the same)."""
-    from .train import build, optimizer, lr_at
-    out = []
-    for m in models or profile_models(profile):
-        cfg = profile_config(m, profile)
-        ds = dataset(cfg, 'train', train=True, limit=(steps + warmup) * cfg.batch_size)
-        loader = torch.utils.data.DataLoader(ds, cfg.batch_size, collate_fn=collate, shuffle=False)
-        det, _ = build(replace(cfg, pretrained='none'))
-        opt = optimizer(det, cfg)
-        det.train()
-        times = []
-        for i, (imgs, targets) in enumerate(loader):
-            t0 = time.process_time()  # CPU time of this process: the cost in core time, however busy the machine
-            for g in opt.param_groups:
-                g['lr'] = lr_at(cfg, cfg.warmup_iters, 1)
-            loss = sum(det(imgs, targets).values())
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if i >= warmup:
-                times.append(time.process_time() - t0)
-        val = dataset(cfg, 'val', train=False, limit=2 * cfg.batch_size)
-        det.eval()
-        t0 = time.process_time()
-        with torch.no_grad():
-            for imgs, _ in torch.utils.data.DataLoader(val, cfg.batch_size, collate_fn=collate):
-                det(imgs)
-        eval_speed = len(val) / (time.process_time() - t0)
-        train_speed = cfg.batch_size * len(times) / sum(times)
-        n_train = cfg.shapes.train_images if cfg.shapes else None
-        rec = dict(model=m, img_size=cfg.detector.img_size, batch_size=cfg.batch_size, steps=len(times),
-                   train_img_per_s=round(train_speed, 2), eval_img_per_s=round(eval_speed, 2),
-                   threads=torch.get_num_threads(),
-                   epoch_core_min=round(n_train / train_speed / 60, 2) if n_train else None,
-                   params_m=round(sum(p.numel() for p in det.parameters()) / 1e6, 3))
-        log(f'[detect] bench {m}: {rec}')
-        out.append(rec)
+def _bench_setup(model: str, profile: str, amp: Optional[str] = None):
+    """A detector of the profile's run of ``model`` with its optimizer and an endless stream of its training
+    batches, and a function doing the run's next training step (:func:`~.train.train_step`). The backbone starts
+    from the classification checkpoint the run would load (a trained backbone proposes fewer, better boxes than an
+    untrained one, which changes the heads' work); at a quick profile without one, from its seeded initialization."""
+    from .train import build, optimizer, pretrained_path, train_step
+    cfg = profile_config(model, profile, **({'amp': amp} if amp else {}))
+    path = pretrained_path(cfg)
+    if path is None or not path.exists():
+        cfg = replace(cfg, pretrained='none')
+    ds = dataset(cfg, 'train', train=True)
+    loader = torch.utils.data.DataLoader(ds, cfg.batch_size, shuffle=True, collate_fn=collate, drop_last=True,
+                                         generator=torch.Generator().manual_seed(cfg.seed))
+    det, _ = build(cfg)
+    opt = optimizer(det, cfg)
+    det.train()
+    steps_per_epoch = len(loader)
+    state = dict(it=iter(loader), step=min(cfg.warmup_iters, steps_per_epoch))
+
+    def step():
+        try:
+            imgs, targets = next(state['it'])
+        except StopIteration:
+            state['it'] = iter(loader)
+            imgs, targets = next(state['it'])
+        train_step(det, opt, cfg, imgs, targets, state['step'], steps_per_epoch, 'cpu')
+        state['step'] += 1
+
+    return cfg, det, step
+
+
+def _companion(model: str, profile: str, threads: int) -> None:
+    """The second run of the plan (two trainings side by side): train steps until killed. Runs in its own process,
+    started by :func:`bench`, and prints a line once its first step is done."""
+    torch.set_num_threads(threads)
+    _, _, step = _bench_setup(model, profile)
+    step()
+    print('ready', flush=True)
+    while True:
+        step()
+
+
+def bench(profile: str, models: Optional[Sequence[str]] = None, steps: int = 4, warmup: int = 1, rounds: int = 3,
+          companion: bool = True, amp: Optional[str] = None, log=_log) -> List[dict]:
+    """Seconds per training step and inference images/s of each model's detector at the profile's settings, timed
+    as the runs will go: the run's own step (:func:`~.train.train_step`: its data loading, backbone and learning
+    rate schedule included) with the shared timer (:func:`stm_lab.bench.timing.interleaved`: the models side by
+    side, ``rounds`` rounds of ``steps`` steps each, the median; wall-clock time) and, with ``companion``, a second
+    training of the same kind running in another process throughout, as the plan runs two one-thread trainings
+    side by side on two cores (which share caches and memory bandwidth, and may be hyper-threads of one core)."""
+    import subprocess
+    from ..bench.timing import interleaved
+    models = list(models or profile_models(profile))
+    threads = torch.get_num_threads()
+    partner = None
+    if companion:
+        code = (f'from stm_lab.detection.run import _companion; '
+                f'_companion({models[0]!r}, {profile!r}, {threads})')
+        partner = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE, text=True)
+        if partner.stdout.readline().strip() != 'ready':
+            raise RuntimeError(f'the companion training of the bench failed to start (exit code {partner.wait()})')
+    try:
+        setups = {m: _bench_setup(m, profile, amp) for m in models}
+        t = interleaved({m: s[2] for m, s in setups.items()}, rounds=rounds, calls=steps, warmup=warmup,
+                        log=lambda line: log(f'[detect] bench{line}'), fmt=lambda sec: f'{sec:.2f} s/step')
+        out = []
+        for m, (cfg, det, _) in setups.items():
+            val = dataset(cfg, 'val', train=False, limit=2 * cfg.batch_size)
+            batches = list(torch.utils.data.DataLoader(val, cfg.batch_size, collate_fn=collate))
+            det.eval()
+
+            def infer():
+                with torch.no_grad():
+                    for imgs, _ in batches:
+                        det(imgs)
+            e = interleaved({m: infer}, rounds=1, warmup=0)[m]
+            sec = t[m].median
+            rec = dict(model=m, img_size=cfg.detector.img_size, batch_size=cfg.batch_size, amp=cfg.amp,
+                       steps=steps, rounds=rounds, train_s_per_step=round(sec, 4),
+                       train_s_per_step_rounds=[round(x, 4) for x in t[m].seconds],
+                       train_img_per_s=round(cfg.batch_size / sec, 2), eval_img_per_s=round(len(val) / e.median, 2),
+                       threads=threads, companion=models[0] if partner else None,
+                       backbone_init='none' if cfg.pretrained == 'none' else 'classification checkpoint',
+                       params_m=round(sum(p.numel() for p in det.parameters()) / 1e6, 3))
+            log(f'[detect] bench {m}: {rec}')
+            out.append(rec)
+    finally:
+        if partner is not None:
+            partner.kill()
+            partner.wait()
     return out
 
 
@@ -251,13 +301,13 @@ def core_hours(profile: str, speeds: List[dict], epochs: Optional[int] = None) -
     for r in speeds:
         cfg = profile_config(r['model'], profile, **({'epochs': epochs} if epochs else {}))
         n_val = cfg.shapes.val_images
-        train_s = cfg.epochs * cfg.shapes.train_images / r['train_img_per_s']
+        train_s = cfg.epochs * (cfg.shapes.train_images // cfg.batch_size) * r['train_s_per_step']
         quick = (cfg.epochs - 1) // cfg.eval_every if cfg.eval_every else 0
         train_s += (quick * cfg.eval_images + n_val) / r['eval_img_per_s'] + 2 * COCOEVAL_S
         sweep = plan['sweep_images'] * (1 + sum(s * s for s in scale.SCALES))  # the reference pass at 1, then all
         eval_s = (n_val + sweep) / r['eval_img_per_s'] + COCOEVAL_S * (
             2 + plan['bootstrap'] + 2 * len(scale.SCALES) + plan['sweep_bootstrap'] * len(UPSCALES))
-        out[r['model']] = dict(train=round(train_s / 3600, 2), evaluate=round(eval_s / 3600, 2))
+        out[r['model']] = dict(train=round(train_s / 3600, 3), evaluate=round(eval_s / 3600, 3))
     return out
 
 
@@ -315,8 +365,8 @@ def _dispatch(args) -> int:
             print(f'{split}: {len(doc["images"])} images, {len(doc["annotations"])} instances, by COCO size: '
                   f'{shapes.bucket_counts(doc)} ({folder})')
     elif args.command == 'train':
-        over = {k: v for k, v in dict(epochs=args.epochs, pretrained=args.pretrained,
-                                      data_dir=args.data_dir).items() if v is not None}
+        over = {k: v for k, v in dict(epochs=args.epochs, pretrained=args.pretrained, data_dir=args.data_dir,
+                                      amp=args.amp).items() if v is not None}
         cfg = profile_config(args.model, args.profile, **over)
         if args.dry_run:
             print(json.dumps(cfg.to_dict(), indent=1))
@@ -336,12 +386,18 @@ def _dispatch(args) -> int:
     elif args.command == 'evaluate':
         evaluate_profile(args.profile, args.models)
     elif args.command == 'bench':
-        recs = bench(args.profile, args.models, args.steps)
+        from ..bench.timing import Watch, provenance
+        watch = Watch()
+        recs = bench(args.profile, args.models, args.steps, rounds=args.rounds, companion=args.companion,
+                     amp=args.amp)
+        hours = core_hours(args.profile, recs)
+        for m, h in hours.items():
+            print(f'{m}: training about {60 * h["train"]:.0f} min, evaluation about {60 * h["evaluate"]:.0f} min '
+                  f'(one thread{", beside another training" if args.companion else ""})')
         if args.save:
-            prov = dict(results.provenance(args.profile, 0, loadavg=[round(v, 2) for v in os.getloadavg()]),
-                        command=results.command_line())
-            results.save_result(args.profile, 'detection_throughput', recs,
-                                config=dict(steps=args.steps, core_hours=core_hours(args.profile, recs)), prov=prov)
+            layout.analysis(args.profile, 'detection_throughput').save(
+                recs, config=dict(steps=args.steps, rounds=args.rounds, companion=args.companion, core_hours=hours),
+                prov=provenance(watch, args.profile))
     elif args.command == 'run':
         smoke_run()
     elif args.command == 'commands':

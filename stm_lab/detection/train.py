@@ -44,6 +44,7 @@ from timm.optim import param_groups_weight_decay
 from .. import assets, layout, profiles, results
 from ..training.checkpoint import (RunLock, _load_optimizer, _optimizer_tensors, _prefixed, _tensor_digest,
                                    read_checkpoint, write_checkpoint)
+from ..training.config import AMP_MODES, autocast
 from ..training.distributed import init_distributed, seed_everything
 from ..training.engine import RUNS_DIR, resume_source
 from . import coco_eval, shapes
@@ -77,6 +78,7 @@ class DetTrainConfig:
     num_workers: int = 0
     eval_every: int = 0  # epochs between quick evaluations on eval_images (0: only the final one)
     eval_images: int = 100
+    amp: str = 'none'  # autocast of the training steps: none (float32), bf16, fp16 (GPU); evaluation is float32
 
     def __post_init__(self):
         if isinstance(self.shapes, dict):
@@ -105,6 +107,7 @@ class DetTrainConfig:
         need(all(1 <= s <= self.epochs for s in self.lr_steps), f'lr_steps must be epochs in 1..{self.epochs}, '
                                                                    f'got {self.lr_steps}')
         need(0 <= self.hflip <= 1, f'hflip must be a probability, got {self.hflip!r}')
+        need(self.amp in AMP_MODES, f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
         need(self.batch_size % self.nproc == 0, f'batch_size {self.batch_size} must split over {self.nproc} processes')
 
     def to_dict(self) -> dict:
@@ -263,10 +266,37 @@ def evaluate_detector(det: nn.Module, ds: DetectionSet, batch_size: int = 8, mas
     return out, dets
 
 
+def train_step(model: nn.Module, opt: torch.optim.Optimizer, cfg: DetTrainConfig, imgs, targets, step: int,
+               steps_per_epoch: int, device, scaler=None) -> dict:
+    """One optimizer step on a batch at global step ``step`` (its learning rate from the schedule); returns the
+    loss parts. The training loop and the speed bench (:func:`stm_lab.detection.run.bench`) both run this."""
+    for g in opt.param_groups:
+        g['lr'] = lr_at(cfg, step, steps_per_epoch)
+    imgs = [im.to(device) for im in imgs]
+    targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+    with autocast(cfg.amp, torch.device(device).type):
+        parts = model(imgs, targets)
+    parts = {k: v.float() for k, v in parts.items()}  # no-ops in float32
+    loss = sum(parts.values())
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f'loss is {loss.item()} at step {step}; the last checkpoint is kept')
+    opt.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+        opt.step()
+    else:  # fp16 on a GPU
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    return {k: v.item() for k, v in parts.items()}
+
+
 def train(cfg: DetTrainConfig, resume: str = 'auto', stop_after: Optional[int] = None, command: Optional[str] = None,
           out_dir: Optional[Path] = None, log=_log, export: bool = True) -> dict:
     """Train (or continue) a detection run; returns the last epoch's record (with the final AP when done)."""
     d = init_distributed()
+    if cfg.amp == 'fp16' and d.device.type != 'cuda':
+        raise ValueError("--amp fp16 needs a GPU (it uses a gradient scaler); on the CPU use --amp bf16")
     out = Path(out_dir) if out_dir else run_dir(cfg)
     ckpt = out / 'last.safetensors'
     source = resume_source(ckpt, resume)
@@ -321,7 +351,11 @@ def train(cfg: DetTrainConfig, resume: str = 'auto', stop_after: Optional[int] =
         n_params = sum(p.numel() for p in det.parameters())
         log(f'[detect] {cfg.model} ({n_params / 1e6:.2f}M params) profile {cfg.profile}: {cfg.epochs} epochs x '
             f'{steps_per_epoch} steps of {cfg.batch_size} images, lr {cfg.lr:g}, {torch.get_num_threads()} thread(s); '
-            f'run folder {out}')
+            f'run folder {out}' + (f', autocast {cfg.amp}' if cfg.amp != 'none' else ''))
+        note = results.bf16_warning(d.device.type) if cfg.amp == 'bf16' else None
+        if note:
+            log(f'[detect] {note}')
+        scaler = torch.amp.GradScaler('cuda') if cfg.amp == 'fp16' else None
         done_here = 0
         while epoch < cfg.epochs and (stop_after is None or done_here < stop_after):
             seed_everything(cfg.seed, epoch, d.rank)
@@ -329,19 +363,8 @@ def train(cfg: DetTrainConfig, resume: str = 'auto', stop_after: Optional[int] =
             model.train()
             t0, c0, losses, images = time.perf_counter(), time.process_time(), [], 0
             for i, (imgs, targets) in enumerate(loader):
-                step = epoch * steps_per_epoch + i
-                for g in opt.param_groups:
-                    g['lr'] = lr_at(cfg, step, steps_per_epoch)
-                imgs = [im.to(d.device) for im in imgs]
-                targets = [{k: (v.to(d.device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
-                parts = model(imgs, targets)
-                loss = sum(parts.values())
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f'loss is {loss.item()} at step {step}; the last checkpoint is kept')
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                losses.append({k: v.item() for k, v in parts.items()})
+                losses.append(train_step(model, opt, cfg, imgs, targets, epoch * steps_per_epoch + i,
+                                         steps_per_epoch, d.device, scaler))
                 images += len(imgs)
             epoch += 1
             seconds = time.perf_counter() - t0

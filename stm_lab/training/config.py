@@ -17,6 +17,7 @@ MICRO_MODELS = profiles.PROFILES['cpu'].models  # the roster at the cpu profile'
 SMOKE_MODELS = profiles.PROFILES['smoke'].models  # what the smoke profile trains
 IMAGENET_TRAIN_IMAGES = 1281167
 EXPORT_WEIGHTS = ('ema', 'model')  # the values of TrainConfig.export_weights
+AMP_MODES = profiles.AMP_MODES
 
 # Table IV, per mixer family; warm-up start and final learning rates from the authors' launch scripts
 PAPER_RECIPES = {
@@ -62,8 +63,8 @@ class TrainConfig:
         self.betas = tuple(self.betas)
         if self.recipe not in PAPER_RECIPES:
             raise ValueError(f'unknown recipe {self.recipe!r}; valid: {", ".join(PAPER_RECIPES)}')
-        if self.amp not in ('none', 'bf16', 'fp16'):
-            raise ValueError(f"amp must be 'none', 'bf16' or 'fp16', got {self.amp!r}")
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
         # bad values fail here, in one line, before anything is written (not as a traceback epochs later)
         check = value_checker('')
         for name in ('epochs', 'batch_size', 'eval_every', 'nproc'):
@@ -248,3 +249,10 @@ def recipe_table(columns: Dict[str, TrainConfig]) -> List[dict]:
     """Table IV as rows ``{'setting': label, <column>: value, ...}`` from resolved configurations, e.g.
     ``{'paper, transformer': profile_config('u_swin_tiny', 'paper'), 'cpu': profile_config('u_swin_micro', 'cpu')}``."""
     return [dict(setting=label, **{name: read(cfg) for name, cfg in columns.items()}) for label, read in RECIPE_ROWS]
+
+
+def autocast(amp: str, device_type: str):
+    """The autocast context of a run's forward passes: off for ``none``, else bf16 or fp16 on the device."""
+    import torch
+    dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(amp)
+    return torch.autocast(device_type, dtype=dtype, enabled=dtype is not None)

@@ -36,7 +36,7 @@ from ..models import create_model
 from ..results import atomic_write_bytes, remove_stale_temporaries
 from .checkpoint import (RunLock, _load_optimizer, _optimizer_tensors, _prefixed, _tensor_digest, load_model,
                          model_from_tensors, read_checkpoint, weights_state, write_checkpoint)
-from .config import TrainConfig, _positive, config_differences, evaluated_after
+from .config import TrainConfig, autocast, _positive, config_differences, evaluated_after
 from .distributed import Dist, _all_mean, _log, init_distributed, prepare_model, seed_everything
 
 
@@ -118,8 +118,7 @@ class Run:
 
     # -- numerics
     def autocast(self):
-        dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(self.cfg.amp)
-        return torch.autocast(self.d.device.type, dtype=dtype, enabled=dtype is not None)
+        return autocast(self.cfg.amp, self.d.device.type)
 
     def loss(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         with self.autocast():
@@ -364,6 +363,9 @@ def train(cfg: TrainConfig, out_dir: Optional[Path] = None, resume: str = 'auto'
                     f'{run.steps_per_epoch} steps, batch {cfg.batch_size} over {d.world} process(es), peak lr '
                     f'{cfg.lr:.2e}, EMA {cfg.ema_decay}, device {d.device}, {torch.get_num_threads()} thread(s); '
                     f'run folder {out}')
+            note = results.bf16_warning(d.device.type) if cfg.amp == 'bf16' else None
+            if note:
+                _log(d, f'[train] {note}')
         saved = run.epoch if loaded is not None and source == ckpt else None  # the epoch the folder's checkpoint holds
         epoch_now = run.epoch + 1
         try:
