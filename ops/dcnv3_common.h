@@ -22,16 +22,23 @@ inline void check_pair(at::IntArrayRef v, const char* name, int64_t minimum) {
   TORCH_CHECK(v[0] >= minimum && v[1] >= minimum, "dcnv3: ", name, " must be >= ", minimum, ", got ", v);
 }
 
-inline void check_tensor(const at::Tensor& t, const char* name, const at::Tensor& like) {
+inline void check_tensor(const at::Tensor& t, const char* name, const at::Tensor& input) {
   TORCH_CHECK(t.defined(), "dcnv3: ", name, " is undefined");
   TORCH_CHECK(t.dim() == 4, "dcnv3: ", name, " must have rank 4, got shape ", t.sizes());
-  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble,
-              "dcnv3: ", name, " must be float32 or float64, got ", t.scalar_type());
-  TORCH_CHECK(t.scalar_type() == like.scalar_type(), "dcnv3: ", name, " has dtype ", t.scalar_type(),
-              " but input has ", like.scalar_type());
-  TORCH_CHECK(t.device() == like.device(), "dcnv3: ", name, " is on ", t.device(), " but input is on ",
-              like.device());
+  TORCH_CHECK(t.device() == input.device(), "dcnv3: ", name, " is on ", t.device(), " but input is on ",
+              input.device());
   TORCH_CHECK(t.is_contiguous(), "dcnv3: ", name, " must be contiguous (call .contiguous())");
+}
+
+// Storage dtypes: input float64, float32 or bfloat16; offset and mask of the input's dtype, or both float32 with a
+// bfloat16 input (then the output and grad_output are float32 as well: they follow the offset's dtype).
+inline void check_dtypes(const at::Tensor& input, const at::Tensor& offset, const at::Tensor& mask) {
+  const at::ScalarType in = input.scalar_type(), off = offset.scalar_type();
+  TORCH_CHECK(in == at::kFloat || in == at::kDouble || in == at::kBFloat16,
+              "dcnv3: input must be float32, float64 or bfloat16, got ", in);
+  TORCH_CHECK(off == in || (in == at::kBFloat16 && off == at::kFloat), "dcnv3: offset has dtype ", off,
+              " but input has ", in, in == at::kBFloat16 ? " (valid for offset and mask: BFloat16 or Float)" : "");
+  TORCH_CHECK(mask.scalar_type() == off, "dcnv3: mask has dtype ", mask.scalar_type(), " but offset has ", off);
 }
 
 inline Geometry check_inputs(const at::Tensor& input, const at::Tensor& offset, const at::Tensor& mask,
@@ -40,6 +47,7 @@ inline Geometry check_inputs(const at::Tensor& input, const at::Tensor& offset, 
   check_tensor(input, "input", input);
   check_tensor(offset, "offset", input);
   check_tensor(mask, "mask", input);
+  check_dtypes(input, offset, mask);
   check_pair(kernel, "kernel_size", 1);
   check_pair(stride, "stride", 1);
   check_pair(pad, "pad", 0);
@@ -69,8 +77,11 @@ inline Geometry check_inputs(const at::Tensor& input, const at::Tensor& offset, 
   return g;
 }
 
-inline void check_grad_output(const at::Tensor& grad_out, const at::Tensor& input, const Geometry& g) {
+inline void check_grad_output(const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& offset,
+                              const Geometry& g) {
   check_tensor(grad_out, "grad_output", input);
+  TORCH_CHECK(grad_out.scalar_type() == offset.scalar_type(), "dcnv3: grad_output has dtype ", grad_out.scalar_type(),
+              " but the output (offset's dtype) has ", offset.scalar_type());
   TORCH_CHECK(grad_out.sizes() == at::IntArrayRef({g.N, g.Ho, g.Wo, g.C}), "dcnv3: grad_output must have shape ",
               at::IntArrayRef({g.N, g.Ho, g.Wo, g.C}), ", got ", grad_out.sizes());
 }

@@ -1,5 +1,6 @@
 """The compiled DCNv3 CPU kernel (ops/dcnv3_cpu.cpp) against the pure-PyTorch reference: forward on random shapes,
-gradients, a whole U-InternImage model, bad arguments, and the fallback when no kernel can be built.
+gradients, bfloat16 storage (against float64, a known box sum, under autocast), a whole U-InternImage model, bad
+arguments, and the fallback when no kernel can be built.
 
 Tests that need the kernel skip (with the reason) where there is no C++ compiler or no ninja; the first run compiles
 it once (about 15-60 s) into the build cache, later runs reuse it.
@@ -120,10 +121,12 @@ def test_dtype_promotion_and_half_precision(kernel):
     x, offset, mask = _inputs(1, 6, 6, 16, 2, 3, 1, 1, 1, 2.0)
     args = (3, 1, 1, 1, 2, 1.0)
     for dtypes in ((torch.float16, torch.float32, torch.float32), (torch.bfloat16,) * 3, (torch.float32,) * 3,
-                   (torch.float32, torch.float64, torch.float32)):
+                   (torch.float32, torch.float64, torch.float32), (torch.bfloat16, torch.float32, torch.float32),
+                   (torch.bfloat16, torch.bfloat16, torch.float16), (torch.float32, torch.bfloat16, torch.bfloat16),
+                   (torch.bfloat16, torch.float64, torch.bfloat16)):
         ins = [t.to(d) for t, d in zip((x, offset, mask), dtypes)]
         got, want = (dcnv3_core(*ins, *args, backend=b) for b in ('cpp', 'torch'))
-        assert got.dtype == want.dtype
+        assert got.dtype == want.dtype == torch.promote_types(torch.promote_types(*dtypes[:2]), dtypes[2])
         torch.testing.assert_close(got, want, rtol=0, atol=1e-2 if got.dtype == torch.bfloat16 else 1e-5)
 
 
@@ -137,12 +140,14 @@ def test_non_contiguous_inputs_are_copied(kernel):
     torch.testing.assert_close(dcnv3_core(xt, ot, mt, 3, 1, 1, 1, 2, 1.0, backend='cpp'), want, rtol=0, atol=0)
 
 
-def test_empty_batch(kernel):
-    x, offset, mask = (t.requires_grad_() for t in _inputs(0, 4, 4, 16, 2, 3, 1, 1, 1, 1.0))
+@pytest.mark.parametrize('dtype', [torch.float64, torch.bfloat16])
+def test_empty_batch(kernel, dtype):
+    x, offset, mask = (t.requires_grad_() for t in _inputs(0, 4, 4, 16, 2, 3, 1, 1, 1, 1.0, dtype=dtype))
     out = dcnv3_core(x, offset, mask, 3, 1, 1, 1, 2, 1.0, backend='cpp')
-    assert out.shape == (0, 4, 4, 16)
+    assert out.shape == (0, 4, 4, 16) and out.dtype == dtype
     out.sum().backward()
     assert x.grad.shape == x.shape and offset.grad.shape == offset.shape and mask.grad.shape == mask.shape
+    assert x.grad.dtype == offset.grad.dtype == mask.grad.dtype == dtype
 
 
 # ---- backward ----------------------------------------------------------------------------------------------------
@@ -182,10 +187,14 @@ def test_gradients_match_reference(kernel, case):
         torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=1e-4, msg=lambda m: f'grad of {name}: {m}')
 
 
-def test_results_do_not_depend_on_the_thread_count(kernel):
-    """The backward partitions grad_input by (image, group): no atomics, so results are bit-identical."""
+@pytest.mark.parametrize('dtypes', [(torch.float32,) * 2, (torch.bfloat16,) * 2, (torch.bfloat16, torch.float32)],
+                         ids=['float32', 'bfloat16', 'bf16-input-float32-offset-mask'])
+def test_results_do_not_depend_on_the_thread_count(kernel, dtypes):
+    """The backward partitions grad_input by (image, group): no atomics, so results are bit-identical; a bf16
+    input's gradient is rounded from its float32 sums by the task that owns them."""
     x, offset, mask = _inputs(3, 12, 11, 32, 2, 3, 1, 1, 1, 3.0, dtype=torch.float32)
-    grad_out = torch.randn(3, 12, 11, 32)
+    x, offset, mask = x.to(dtypes[0]), offset.to(dtypes[1]), mask.to(dtypes[1])
+    grad_out = torch.randn(3, 12, 11, 32).to(dtypes[1])
     threads = torch.get_num_threads()
     results = []
     try:
@@ -193,6 +202,7 @@ def test_results_do_not_depend_on_the_thread_count(kernel):
             torch.set_num_threads(n)
             leaves = [t.clone().requires_grad_() for t in (x, offset, mask)]
             out = dcnv3_core(*leaves, 3, 1, 1, 1, 2, 1.0, backend='cpp')
+            assert out.dtype == dtypes[1] and out.dtype == grad_out.dtype
             results.append([out, *torch.autograd.grad(out, leaves, grad_out)])
     finally:
         torch.set_num_threads(threads)
@@ -207,6 +217,165 @@ def test_double_backward_is_refused_clearly(kernel):
     (g,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match='once_differentiable|differentiate twice'):
         g.sum().backward()
+
+
+# ---- bfloat16 storage ---------------------------------------------------------------------------------------------
+
+def _kink_free_bf16_offsets(shape, gen):
+    """Offsets exact in bf16 whose fractional part is an odd multiple of 1/16: with offset_scale 0.5, 1 or 2 no
+    point lands on a pixel, where bilinear sampling has a kink and the kernel's one-sided derivative and grid_sample's
+    may legitimately differ. (Random bf16 offsets hit integers often: 1/64 of those in [2, 4) are integers.)"""
+    whole = torch.randint(-4, 4, shape, generator=gen)
+    sixteenths = 2 * torch.randint(0, 8, shape, generator=gen) + 1
+    return (whole + sixteenths / 16).to(torch.bfloat16)
+
+
+def _assert_one_bf16_rounding(got, exact, name):
+    """``got`` (bf16) is ``exact`` (float64) rounded once: within half a bf16 ulp (<= 2^-8 relative) plus float32
+    accumulation error (2^-16 of the tensor's largest value), and equal to ``exact`` rounded to nearest for all but a
+    few elements (those within float32 error of a rounding boundary). Sums kept in bf16, or a bf16 intermediate
+    (weights, products), leave errors of bf16 size relative to the terms, which breaks both."""
+    assert got.dtype == torch.bfloat16 and got.shape == exact.shape, name
+    err = (got.double() - exact).abs()
+    bound = 2.0 ** -8 * exact.abs() + 2.0 ** -16 * exact.abs().max()
+    assert (err <= bound).all(), f'{name}: error {(err / bound).max():.2f}x the bound'
+    rounded = (got == exact.to(torch.bfloat16)).double().mean().item()
+    assert rounded >= 0.99, f'{name}: only {rounded:.4f} of the elements are the exact value rounded to nearest'
+
+
+# (n, h, w, c, group, kernel, stride, pad, dilation, offset_scale)
+BF16_CASES = [
+    (2, 9, 8, 64, 4, 3, 1, 1, 1, 1.0),  # 16 channels per group (the micro models' width)
+    (2, 7, 7, 64, 2, 3, 2, 2, 2, 0.5),  # 32 channels per group, stride, dilation, offset_scale 0.5
+    (2, 6, 5, 32, 4, 3, 1, 1, 1, 2.0),  # 8 channels per group, offset_scale 2
+    (2, 6, 5, 20, 4, 3, 1, 1, 1, 1.0),  # 5 channels per group (width read at run time)
+    (1, 5, 6, 48, 2, (3, 2), (1, 2), (1, 0), (1, 3), 1.0),  # 24 channels per group, rectangular kernel, pairs
+]
+
+
+@pytest.mark.parametrize('case', BF16_CASES)
+def test_bfloat16_matches_float64_reference(kernel, case):
+    """bf16 storage, float32 arithmetic: the output and each gradient are the float64 reference on the same
+    bf16 values, rounded once to bf16."""
+    n, h, w, c, group, k, stride, pad, dil, scale = case
+    args = (k, stride, pad, dil, group, scale)
+    x, offset, mask = _inputs(n, h, w, c, group, k, stride, pad, dil, 1.0, seed=11)
+    gen = torch.Generator().manual_seed(12)
+    x, mask, offset = x.bfloat16(), mask.bfloat16(), _kink_free_bf16_offsets(offset.shape, gen)
+    grad_out = torch.randn(dcnv3_core(x, offset, mask, *args, backend='cpp').shape, generator=gen).bfloat16()
+
+    def run(backend, dtype):
+        leaves = [t.to(dtype).requires_grad_() for t in (x, offset, mask)]
+        out = dcnv3_core(*leaves, *args, backend=backend)
+        return [out, *torch.autograd.grad(out, leaves, grad_out.to(dtype))]
+
+    for name, got, exact in zip(('output', 'grad_input', 'grad_offset', 'grad_mask'), run('cpp', torch.bfloat16),
+                                run('torch', torch.float64)):
+        _assert_one_bf16_rounding(got, exact, name)
+
+
+def test_bfloat16_input_with_float32_offset_and_mask(kernel):
+    """A bf16 input with float32 offsets and mask: read as they are (no sub-pixel precision lost), so the output,
+    float32, and the offset and mask gradients are as exact as the float32 kernel's; the input's gradient is bf16."""
+    args = (3, 1, 1, 1, 4, 1.0)
+    x, offset, mask = _inputs(2, 7, 6, 64, 4, 3, 1, 1, 1, 4.0, seed=13)
+    x = x.bfloat16()
+    grad_out = torch.randn(2, 7, 6, 64, dtype=torch.float64)
+    leaves = [x.requires_grad_(), offset.float().requires_grad_(), mask.float().requires_grad_()]
+    out = dcnv3_core(*leaves, *args, backend='cpp')
+    got = [out, *torch.autograd.grad(out, leaves, grad_out.float())]
+    assert [t.dtype for t in got] == [torch.float32, torch.bfloat16, torch.float32, torch.float32]
+    exact_leaves = [t.detach().double().requires_grad_() for t in leaves]
+    exact_out = dcnv3_core(*exact_leaves, *args, backend='torch')
+    exact = [exact_out, *torch.autograd.grad(exact_out, exact_leaves, grad_out)]
+    torch.testing.assert_close(got[0].double(), exact[0], rtol=0, atol=1e-5)
+    _assert_one_bf16_rounding(got[1], exact[1], 'grad_input')
+    for name, g, e in zip(('grad_offset', 'grad_mask'), got[2:], exact[2:]):
+        torch.testing.assert_close(g.double(), e, rtol=1e-4, atol=1e-4, msg=lambda m: f'{name}: {m}')
+
+
+@pytest.mark.parametrize('c,group', [(32, 2), (32, 4), (12, 2)])  # 16, 8 and 6 (run time) channels per group
+def test_bfloat16_zero_offsets_unit_mask_is_a_box_sum(kernel, c, group):
+    """Zero offsets, mask 1, small integers (exact in bf16, as are all sums here): the output is the 3x3 box sum;
+    with grad_output 1, grad_input counts the windows that cover a pixel, grad_mask is the group's channel sum s at
+    the tap, and grad_offset is the one-sided difference s(right/below) - s(here) (points sit on pixels)."""
+    n, h, w, k = 2, 5, 6, 9
+    gen = torch.Generator().manual_seed(17)
+    x = torch.randint(-3, 4, (n, h, w, c), generator=gen).double()
+    offset, mask = torch.zeros(n, h, w, group * k * 2), torch.ones(n, h, w, group * k)
+    leaves = [t.bfloat16().requires_grad_() for t in (x, offset, mask)]
+    out = dcnv3_core(*leaves, 3, 1, 1, 1, group, 1.0, backend='cpp')
+    grad_input, grad_offset, grad_mask = torch.autograd.grad(out, leaves, torch.ones_like(out))
+
+    planes = x.permute(0, 3, 1, 2)  # (N, C, H, W)
+    box = torch.nn.functional.conv2d(planes, torch.ones(c, 1, 3, 3, dtype=torch.float64), padding=1, groups=c)
+    assert out.dtype == torch.bfloat16 and torch.equal(out.double(), box.permute(0, 2, 3, 1))
+    cover = torch.nn.functional.conv2d(torch.ones(1, 1, h, w, dtype=torch.float64), torch.ones(1, 1, 3, 3,
+                                       dtype=torch.float64), padding=1)[0, 0]  # windows covering each pixel
+    assert torch.equal(grad_input.double(), cover[None, :, :, None].expand(n, h, w, c))
+    # s[n, y, x, g]: channel sum of group g at pixel (y - 1, x - 1) of the input, zero-padded by 2 on each side
+    s = torch.nn.functional.pad(x.reshape(n, h, w, group, c // group).sum(-1), (0, 0, 2, 2, 2, 2))
+    want_mask, want_dx, want_dy = (torch.zeros(n, h, w, group, 3, 3, dtype=torch.float64) for _ in range(3))
+    for a in range(3):  # kernel column: x offset a - 1; point index a * 3 + b
+        for b in range(3):  # kernel row: y offset b - 1
+            here = s[:, b + 1:b + 1 + h, a + 1:a + 1 + w]
+            want_mask[..., a, b] = here
+            want_dx[..., a, b] = s[:, b + 1:b + 1 + h, a + 2:a + 2 + w] - here
+            want_dy[..., a, b] = s[:, b + 2:b + 2 + h, a + 1:a + 1 + w] - here
+    assert torch.equal(grad_mask.double(), want_mask.reshape(n, h, w, group * k))
+    assert torch.equal(grad_offset.double(), torch.stack([want_dx, want_dy], -1).reshape(n, h, w, group * k * 2))
+
+
+def test_autocast_bfloat16_mixer_runs_the_kernel_in_bfloat16(kernel, one_thread, monkeypatch):
+    """Under CPU autocast the DCNv3 mixer's value, offset and mask arrive as bf16 and go to the kernel as they are:
+    inside dcnv3_core no tensor op runs but the kernel (no copy to float32 and back), both kernel ops see and return
+    bf16, and the output's autograd node is the kernel's own (no cast node whose backward would convert the
+    gradient)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+    from stm_lab.mixers import create_mixer
+    import stm_lab.mixers.dcnv3 as dcnv3_mixer
+
+    calls, inside, outputs = [], [False], []
+
+    def dtypes(tree):
+        return [t.dtype for t in tree_leaves(tree) if isinstance(t, torch.Tensor)]
+
+    class Record(TorchDispatchMode):  # every op that reaches the dispatcher: (name, inside dcnv3_core, in, out)
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            calls.append((func.name(), inside[0], dtypes((args, kwargs)), dtypes(out)))
+            return out
+
+    real = dcnv3_mixer.dcnv3_core
+
+    def spy(*args, **kwargs):
+        inside[0] = True
+        try:
+            outputs.append(real(*args, **kwargs))
+        finally:
+            inside[0] = False
+        return outputs[-1]
+
+    monkeypatch.setattr(dcnv3_mixer, 'dcnv3_core', spy)
+    torch.manual_seed(0)
+    mixer = create_mixer('dcnv3', 32, 2)
+    with torch.no_grad():  # learned offsets and masks: points between pixels
+        for layer in (mixer.offset, mixer.mask):
+            layer.weight.normal_(0, 0.1)
+    x = torch.randn(2, 6, 5, 32, requires_grad=True)
+    with dcnv3_backend('cpp'), Record():
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            y = mixer(x)
+        y.float().square().sum().backward()
+
+    bf16 = torch.bfloat16
+    assert y.dtype == bf16 and x.grad.dtype == torch.float32 and torch.isfinite(x.grad).all()
+    assert [name for name, within, ins, outs in calls if within and ins + outs] == ['stm_lab::dcnv3_forward']
+    kernel_ops = {name: (ins, outs) for name, _, ins, outs in calls if name.startswith('stm_lab::dcnv3')}
+    assert kernel_ops == {'stm_lab::dcnv3_forward': ([bf16] * 3, [bf16]),
+                          'stm_lab::dcnv3_backward': ([bf16] * 4, [bf16] * 3)}
+    assert type(outputs[0].grad_fn).__name__ == '_DCNv3FunctionBackward'
 
 
 # ---- a whole model -----------------------------------------------------------------------------------------------
@@ -314,9 +483,14 @@ def _geometry(**kw):
     (lambda x, o, m: (x[:, :, ::2], o, m), {}, 'must be contiguous|must have shape'),
     (lambda x, o, m: (x.transpose(1, 2), o, m), {}, 'input must be contiguous'),
     (lambda x, o, m: (x, o.transpose(1, 2), m), {}, 'offset must be contiguous'),
-    (lambda x, o, m: (x.int(), o, m), {}, 'input must be float32 or float64'),
-    (lambda x, o, m: (x.half(), o.half(), m.half()), {}, 'input must be float32 or float64'),
+    (lambda x, o, m: (x.int(), o, m), {}, 'input must be float32, float64 or bfloat16, got Int'),
+    (lambda x, o, m: (x.half(), o.half(), m.half()), {}, 'input must be float32, float64 or bfloat16, got Half'),
     (lambda x, o, m: (x, o.double(), m), {}, 'offset has dtype Double but input has Float'),
+    (lambda x, o, m: (x, o.bfloat16(), m.bfloat16()), {}, 'offset has dtype BFloat16 but input has Float'),
+    (lambda x, o, m: (x.bfloat16(), o.double(), m.double()), {},
+     r'offset has dtype Double but input has BFloat16 \(valid for offset and mask: BFloat16 or Float\)'),
+    (lambda x, o, m: (x.bfloat16(), o, m.bfloat16()), {}, 'mask has dtype BFloat16 but offset has Float'),
+    (lambda x, o, m: (x, o, m.double()), {}, 'mask has dtype Double but offset has Float'),
     (lambda x, o, m: (x[0], o, m), {}, 'input must have rank 4'),
     (lambda x, o, m: (x, o[..., :-2].contiguous(), m), {}, 'offset must have shape'),
     (lambda x, o, m: (x, o, m[:, 1:].contiguous()), {}, 'mask must have shape'),
@@ -341,10 +515,13 @@ def test_kernel_checks_its_arguments(kernel, tensors, geometry, match):
 def test_kernel_checks_grad_output(kernel):
     x, offset, mask = _good()
     for grad_out, match in ((torch.zeros(1, 4, 4, 3), 'grad_output must have shape'),
-                            (torch.zeros(1, 4, 4, 4).double(), 'grad_output has dtype Double'),
+                            (torch.zeros(1, 4, 4, 4).double(), 'grad_output has dtype Double but the output'),
                             (torch.zeros(1, 4, 4, 8)[..., ::2], 'grad_output must be contiguous')):
         with pytest.raises(RuntimeError, match=match):
             kernel.dcnv3_backward(grad_out, x, offset, mask, *_geometry())
+    # a bf16 input with float32 offset and mask has a float32 output, hence a float32 grad_output
+    with pytest.raises(RuntimeError, match='grad_output has dtype BFloat16 but the output .offset.s dtype. has Float'):
+        kernel.dcnv3_backward(torch.zeros(1, 4, 4, 4).bfloat16(), x.bfloat16(), offset, mask, *_geometry())
 
 
 # ---- no kernel: fall back with one warning -----------------------------------------------------------------------

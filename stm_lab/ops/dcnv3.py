@@ -122,7 +122,10 @@ def dcnv3_core(
             (on first use, then cached; a failed build warns once) and the tensors are on the CPU, else
             ``"torch"``; ``None`` (default) -- the process default: ``"auto"``, or what :func:`dcnv3_backend` /
             ``$STM_LAB_DCNV3_BACKEND`` set (that is how a model's mixers are switched without changing them).
-            The backends compute the same function; results differ by float rounding only.
+            The backends compute the same function; results differ by float rounding only. A bfloat16 input
+            (e.g. under CPU autocast) is sampled in bfloat16 storage with float32 arithmetic on ``"cpp"`` (no
+            copy to float32; :mod:`stm_lab.ops.dcnv3_cpp` says which dtypes it keeps), via float32 on
+            ``"torch"``: both round their result to bfloat16 once.
 
     Returns:
         ``(N, H_out, W_out, C)`` in the promoted dtype of the three inputs, with

@@ -1,9 +1,21 @@
 """The compiled DCNv3 core (``ops/dcnv3_cpu.cpp``) as an autograd function.
 
 Use it through ``stm_lab.ops.dcnv3_core(..., backend="cpp" | "auto")``, which validates the arguments first. The
-kernel computes in float32 or float64: other floating dtypes are computed in float32 and cast back, as the
-pure-PyTorch path does. Its backward is hand-written and not itself differentiable (``once_differentiable``):
-double backward needs ``backend="torch"``.
+kernel stores float64, float32 or bfloat16 and computes in float64 (float64 inputs) or float32 (all others). Which
+storage a call gets (:func:`dcnv3_core_cpp`):
+
+- a bfloat16 input is read as bfloat16, never copied to float32 (the case of CPU autocast, where the input, offset
+  and mask all arrive as bfloat16). Offset and mask are taken as bfloat16 when both are, else as float32: a
+  float32 or float16 one is not rounded to bfloat16 (a bf16 offset of 5.3 pixels is off by up to 1/64 pixel;
+  measured on random inputs with offsets of 2-6 pixels, rounding float32 offsets and mask to bf16 made the output's
+  mean error 5-12x that of rounding the output itself to bf16), and float16/bfloat16 -> float32 is exact. The
+  output has the offset's storage dtype, which is then the promoted dtype of the three.
+- everything else as before: all three in the promoted dtype, at least float32 (float16 computes in float32), and
+  the result cast back to the promoted dtype, as the pure-PyTorch path does.
+
+The result's dtype is always the promoted dtype of the three inputs, the gradients' their inputs' dtypes. Its
+backward is hand-written and not itself differentiable (``once_differentiable``): double backward needs
+``backend="torch"``.
 """
 from __future__ import annotations
 
@@ -55,10 +67,15 @@ class _DCNv3Function(torch.autograd.Function):
 
 
 def dcnv3_core_cpp(input, offset, mask, kernel, stride, pad, dilation, group, offset_scale):
-    """Compiled DCNv3 core; the arguments are assumed checked (pairs for kernel, stride, pad, dilation)."""
+    """Compiled DCNv3 core; the arguments are assumed checked (pairs for kernel, stride, pad, dilation). Storage
+    dtypes: see the module docstring."""
     out_dtype = torch.promote_types(torch.promote_types(input.dtype, offset.dtype), mask.dtype)
-    dtype = torch.promote_types(out_dtype, torch.float32)
-    # the kernel indexes raw memory: it needs one dtype and contiguous tensors (copies only where needed)
-    input, offset, mask = (t.to(dtype).contiguous() for t in (input, offset, mask))
+    if input.dtype == torch.bfloat16 and out_dtype in (torch.bfloat16, torch.float32):
+        dtype, param_dtype = torch.bfloat16, out_dtype  # offset, mask and output: bf16 if all are, else float32
+    else:
+        dtype = param_dtype = torch.promote_types(out_dtype, torch.float32)
+    # the kernel indexes raw memory: it needs contiguous tensors (copies only where needed)
+    input = input.to(dtype).contiguous()
+    offset, mask = (t.to(param_dtype).contiguous() for t in (offset, mask))
     geometry = (list(kernel), list(stride), list(pad), list(dilation), int(group), float(offset_scale))
     return _DCNv3Function.apply(input, offset, mask, geometry).to(out_dtype)
