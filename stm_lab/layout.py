@@ -34,7 +34,7 @@ ANALYSES = {
     'table3_complexity': 'stm-lab complexity', 'ablation_complexity': 'stm-lab ablations complexity',
     # results/bench/: the benchmarks' figures (stm-lab bench <protocol>)
     'train_speed': 'stm-lab bench train-speed',
-    'train_speed_bf16': 'stm-lab bench train-speed --amp bf16 --name train_speed_bf16',
+    'train_speed_bf16': 'stm-lab bench train-speed --bf16',
     'train_profile': 'stm-lab bench train-profile', 'dcnv3': 'stm-lab bench dcnv3',
     'table8_throughput': 'stm-lab bench table8',
     **{f'table8_throughput_{scale}_cuda': f'stm-lab bench table8 --scale {scale} (on a GPU)' for scale in ('micro', 'tiny')},

@@ -322,6 +322,9 @@ def bench_train_speed(p):
     p.add_argument('--steps', type=int, default=2, help='training steps per model per round')
     p.add_argument('--warmup', type=int, default=2, help='untimed training steps per model first')
     p.add_argument('--infer-rounds', type=int, default=5, help='interleaved inference rounds')
+    p.add_argument('--bf16', action='store_true',
+                   help='time every model in fp32 and under bf16 autocast in the same rounds and print the bf16/fp32 '
+                        'ratios (result: train_speed_bf16)')
     _bench_run_options(p, 'train_speed')
 
 

@@ -177,6 +177,49 @@ def test_ratio_to_the_baseline(monkeypatch):
         by['u_pvt_test']['images_per_sec'] / by['u_dwconv_test']['images_per_sec'], rel=1e-2)
 
 
+def test_train_speed_fp32_and_bf16_side_by_side(monkeypatch):
+    """--bf16: both precisions of every model in the same rounds; each record's ratio to fp32 is its images/s over
+    the same model's fp32 figure, and the ratio to the baseline stays within one precision."""
+    monkeypatch.setattr(train_speed, 'BASELINE', 'u_dwconv_test')
+    records = train_speed.train_speed(models=('u_swin_test', 'u_dwconv_test'), train_size=32, infer_sizes=(),
+                                      batch_size=2, rounds=2, steps_per_round=1, warmup=0, device='cpu',
+                                      amp_dtypes=(None, torch.bfloat16), num_classes=10)
+    assert [(r['model'], r['dtype']) for r in records] == [
+        ('u_swin_test', 'fp32'), ('u_dwconv_test', 'fp32'), ('u_swin_test', 'bf16'), ('u_dwconv_test', 'bf16')]
+    by = {(r['model'], r['dtype']): r for r in records}
+    for m in ('u_swin_test', 'u_dwconv_test'):
+        fp32, bf16 = by[(m, 'fp32')], by[(m, 'bf16')]
+        assert len(bf16['per_round']) == 2 and fp32['ratio_to_fp32'] == 1.0
+        assert bf16['ratio_to_fp32'] == pytest.approx(bf16['images_per_sec'] / fp32['images_per_sec'], rel=1e-2)
+    assert by[('u_dwconv_test', 'bf16')]['ratio_to_dwconv'] == 1.0
+    assert by[('u_swin_test', 'bf16')]['ratio_to_dwconv'] == pytest.approx(
+        by[('u_swin_test', 'bf16')]['images_per_sec'] / by[('u_dwconv_test', 'bf16')]['images_per_sec'], rel=1e-2)
+    table = train_speed.format_precision_table(records).splitlines()
+    assert 'train 32 (bs 2), images/s' in table[0] and table[1].split() == ['model', '|', 'fp32', 'bf16', 'bf16/fp32']
+    row = table[3].split()
+    swin = by[('u_swin_test', 'bf16')]
+    assert row[0] == 'u_swin_test' and row[-1] == f'{swin["ratio_to_fp32"]:.2f}x'
+    assert float(row[2]) == pytest.approx(by[('u_swin_test', 'fp32')]['images_per_sec'], abs=0.06)
+    json.dumps(records)
+
+
+def test_train_speed_bf16_command_line(capsys, monkeypatch, tmp_path):
+    import stm_lab.results as results
+    monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path)
+    for units in (False, True):  # the title says which kind of CPU gave the ratios
+        monkeypatch.setattr(results, 'cpu_bf16_units', lambda: units)
+        assert cli.main(['train-speed', '--bf16', '--models', 'u_dwconv_test', '--img-size', '32', '--infer-sizes',
+                         '--batch-size', '2', '--rounds', '1', '--steps', '1', '--warmup', '0', '--threads', '1']) == 0
+        title = capsys.readouterr().out.splitlines()[0]
+        assert 'fp32 and bf16 (autocast)' in title and results.cpu_name() in title
+        assert ('WITHOUT bf16 units' in title and 'emulated' in title) != units
+    doc = json.loads((tmp_path / 'bench' / 'train_speed_bf16.json').read_text())
+    assert [r['dtype'] for r in doc['records']] == ['fp32', 'bf16'] and doc['records'][1]['ratio_to_fp32'] > 0
+    assert doc['config']['dtype'] == doc['provenance']['dtype'] == 'fp32 and bf16 (autocast)'
+    assert cli.main(['train-speed', '--bf16', '--amp', 'bf16', '--models', 'u_dwconv_test', '--no-save']) == 2
+    assert 'cannot be combined with --amp bf16' in capsys.readouterr().err
+
+
 def test_table8_protocol_records_state_the_batch():
     records = table8.table8_throughput(['u_swin_test'], sizes=(32, 48), batch_sizes=(2, 1), device='cpu',
                                   warmup=0, steps=1, built_for=64)
@@ -225,7 +268,24 @@ def test_train_profile_command(tmp_path, monkeypatch, capsys):
                      '--steps', '1', '--top', '3', '--threads', '1', '--device', 'cpu']) == 0
     doc = json.loads((tmp_path / 'bench' / 'train_profile.json').read_text())
     assert doc['records'][0]['model'] == 'u_dwconv_test' and len(doc['records'][0]['top_operators']) == 3
-    assert 'u_dwconv_test (training step, 32x32, batch 2, 1 threads)' in capsys.readouterr().out
+    assert 'u_dwconv_test (training step, 32x32, batch 2, 1 threads, fp32)' in capsys.readouterr().out
+
+
+def test_train_profile_counts_the_bf16_conversions(tmp_path, monkeypatch, capsys):
+    import stm_lab.results as results
+    monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path)
+    assert cli.main(['train-profile', '--models', 'u_swin_test', '--img-size', '32', '--batch-size', '2', '--steps',
+                     '1', '--top', '3', '--threads', '1', '--device', 'cpu', '--amp', 'bf16']) == 0
+    record = json.loads((tmp_path / 'bench' / 'train_profile.json').read_text())['records'][0]
+    c = record['conversions']
+    assert record['dtype'] == 'bf16' and c['count'] > 0 and c['mb'] > 0 and 0 < c['share'] < 1
+    assert sum(n for _, _, n, _ in c['causes']) <= c['count'] and len(c['causes']) <= 12
+    # autocast's casts of the linear layers' weights, forward and backward, are among the causes
+    assert any(cause.startswith('forward torch/nn/modules/linear.py') and d == 'float -> BFloat16'
+               for cause, d, _, _ in c['causes'])
+    assert any(cause == 'backward ToCopyBackward0' for cause, _, _, _ in c['causes'])
+    out = capsys.readouterr().out
+    assert 'u_swin_test (training step, 32x32, batch 2, 1 threads, bf16)' in out and 'dtype conversions:' in out
 
 
 class _SlowBackward(torch.autograd.Function):

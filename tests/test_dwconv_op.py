@@ -5,6 +5,7 @@ import torch.nn.functional as F
 
 from stm_lab.mixers import create_mixer
 from stm_lab.ops import _build
+from stm_lab.ops import dwconv as dw
 from stm_lab.ops.dwconv import depthwise_conv2d
 
 needs_kernel = pytest.mark.skipif(_build.load() is None, reason='compiled CPU kernels unavailable here')
@@ -91,9 +92,9 @@ def test_unknown_backend_lists_the_valid_ones():
 
 
 @needs_kernel
-def test_compiled_backend_refuses_half_tensors_clearly():
-    x, w = torch.zeros(1, 2, 3, 3, dtype=torch.float16, requires_grad=True), torch.zeros(2, 1, 3, 3, dtype=torch.float16)
-    with pytest.raises(RuntimeError, match='float32/float64 CPU tensors'):
+def test_compiled_backend_refuses_mixed_dtypes_clearly():
+    x, w = torch.zeros(1, 2, 3, 3, dtype=torch.bfloat16, requires_grad=True), torch.zeros(2, 1, 3, 3)
+    with pytest.raises(RuntimeError, match='CPU tensors of one dtype'):
         depthwise_conv2d(x, w, backend='cpp')
 
 
@@ -108,13 +109,77 @@ def test_kernel_checks_its_shapes():
         torch.ops.stm_lab.dwconv_weight_grad(g.transpose(1, 2), x, 7, 7, 3, 3)
 
 
-def test_autocast_takes_the_plain_path_with_the_same_gradients():
-    (x, weight, bias), _ = _case(2, 8, 5, 5, 7, 7, dtype=torch.float32)
-    grads = []
-    for fn in (lambda: depthwise_conv2d(x, weight, bias), lambda: F.conv2d(x, weight, bias, padding=3, groups=8)):
+# ---------------------------------------------------------------------------------------------- bf16 / autocast
+def _bf16_reference(x, weight, bias, grad):
+    """float64 convolution and gradients of the values a bf16 autocast convolution sees: x and grad rounded to bf16
+    (they are stored so), weight and bias as given."""
+    ref = [t.detach().to(torch.bfloat16).double().requires_grad_() if t is x else t.detach().double().requires_grad_()
+           for t in (x, weight, bias)]
+    out = F.conv2d(*ref, padding=(weight.shape[-2] // 2, weight.shape[-1] // 2), groups=x.shape[1])
+    return out, torch.autograd.grad(out, ref, grad.to(torch.bfloat16).double())
+
+
+@needs_kernel
+@pytest.mark.parametrize('conv_in', ['float32', 'bf16'])  # the convolutions' dtype: CPUs without / with bf16 oneDNN
+def test_bf16_autocast_known_answers(conv_in, monkeypatch):
+    """Under CPU bf16 autocast the op stores x and the output in bf16, as autocast's conv2d does, and returns the
+    float32 weight and bias gradients in float32, summed in float32: the weight gradient equals the float64 one of
+    the same bf16 values to float32 rounding (aten's path rounds it to bf16: ~1e-2 off), the rest to bf16 rounding."""
+    if conv_in == 'bf16':  # what a CPU with bf16 units runs (aten's bf16 convolution: slow here, but the same numbers)
+        monkeypatch.setattr(dw, 'conv_dtype', lambda dtype: dtype)
+    (x, weight, bias), grad = _case(4, 24, 6, 5, 7, 7, dtype=torch.float32, seed=3)
+    x_in = x.detach().to(torch.bfloat16).requires_grad_()  # as the projection before it delivers it
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = depthwise_conv2d(x_in, weight, bias)
+    gx, gw, gb = torch.autograd.grad(out, (x_in, weight, bias), grad.to(torch.bfloat16))
+    assert out.dtype == gx.dtype == torch.bfloat16 and gw.dtype == gb.dtype == torch.float32
+    want, (rx, rw, rb) = _bf16_reference(x, weight, bias, grad)
+    torch.testing.assert_close(gw.double(), rw, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(gb.double(), rb, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(out.double(), want, rtol=2e-2, atol=5e-2)  # weight rounded to bf16 where it runs so
+    torch.testing.assert_close(gx.double(), rx, rtol=2e-2, atol=5e-2)
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):  # inference: the same numbers
+        assert torch.equal(depthwise_conv2d(x_in, weight, bias), out)
+
+
+@needs_kernel
+def test_bf16_tensors_outside_autocast_stay_bf16():
+    (x, weight, bias), grad = _case(2, 8, 5, 4, 3, 5, dtype=torch.float32, seed=4)
+    ts = [t.detach().to(torch.bfloat16).requires_grad_() for t in (x, weight, bias)]
+    out = depthwise_conv2d(*ts)
+    grads = torch.autograd.grad(out, ts, grad.to(torch.bfloat16))
+    assert out.dtype == torch.bfloat16 and all(g.dtype == torch.bfloat16 for g in grads)
+    ref = [t.detach().double().requires_grad_() for t in ts]
+    want = F.conv2d(*ref, padding=(1, 2), groups=8)
+    for g, r in zip(grads, torch.autograd.grad(want, ref, grad.to(torch.bfloat16).double())):
+        torch.testing.assert_close(g.double(), r, rtol=1e-2, atol=2e-2)  # one bf16 rounding of each result
+
+
+@needs_kernel
+def test_kernel_accumulates_bf16_in_float32():
+    """bf16 in, float32 out, and the float32 kernel's numbers on the same (exactly widened) values."""
+    gen = torch.Generator().manual_seed(5)
+    g, x = (torch.randn(3, 4, 4, 16, generator=gen).to(torch.bfloat16) for _ in range(2))
+    got = torch.ops.stm_lab.dwconv_weight_grad(g, x, 7, 7, 3, 3)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, torch.ops.stm_lab.dwconv_weight_grad(g.float(), x.float(), 7, 7, 3, 3),
+                               rtol=1e-6, atol=1e-6)
+
+
+@needs_kernel
+def test_bf16_autocast_takes_the_compiled_weight_gradient_not_atens():
+    """aten's depth-wise weight gradient is the slow path (module docstring); under autocast it used to run."""
+    from torch.profiler import ProfilerActivity, profile
+    (x, weight, bias), grad = _case(2, 8, 4, 4, 7, 7, dtype=torch.float32)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
         with torch.autocast('cpu', dtype=torch.bfloat16):
-            y = fn()
-        assert y.dtype == torch.bfloat16
-        grads.append(torch.autograd.grad(y.float().square().sum(), (x, weight, bias)))
-    for a, b in zip(*grads):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+            out = depthwise_conv2d(x, weight, bias)
+        out.backward(grad.to(out.dtype))
+    names = {e.key for e in prof.key_averages()}
+    assert 'stm_lab::dwconv_weight_grad' in names and 'aten::convolution_backward' not in names
+
+
+def test_conv_dtype_follows_onednn():
+    assert dw.conv_dtype(torch.float32) == torch.float32 and dw.conv_dtype(torch.float64) == torch.float64
+    bf16_native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert dw.conv_dtype(torch.bfloat16) == (torch.bfloat16 if bf16_native else torch.float32)

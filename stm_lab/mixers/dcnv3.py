@@ -13,11 +13,15 @@ pixels) and how much each tap counts (softmax over the taps), from a depth-wise-
 With zero offsets and a uniform mask this is a k x k average pooling (zero padding counted) between the two
 projections -- which is exactly the state :meth:`DCNv3Mixer.init_weights` starts from. The offset-branch LayerNorm
 uses eps 1e-5 as in the paper's code (InternImage itself uses 1e-6). The sampling runs in
-(``stm_lab.ops.dcnv3_core``): a compiled CPU kernel (``ops/``) when it builds, else ``F.grid_sample``.
+(``stm_lab.ops.dcnv3_core``): a compiled CPU kernel (``ops/``) when it builds, else ``F.grid_sample``. Under CPU
+autocast the offset branch's depth-wise convolution goes through ``stm_lab.ops.dwconv.depthwise_conv2d`` (its bf16
+path; aten's is the slow one), in float32 / float64 through ``nn.Conv2d`` as always.
 """
+import torch
 import torch.nn as nn
 
 from ..ops import dcnv3_core
+from ..ops.dwconv import depthwise_conv2d
 from .base import TokenMixer
 from . import register_mixer
 
@@ -71,7 +75,12 @@ class DCNv3Mixer(TokenMixer):
         b, h, w, _ = x.shape
         k = self.kernel_size
         value = self.input_proj(x)
-        x1 = self.dw_conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # (B, H, W, C)
+        x1 = x.permute(0, 3, 1, 2)
+        if torch.is_autocast_enabled(x.device.type):  # aten's bf16 depth-wise conv: see stm_lab.ops.dwconv
+            x1 = depthwise_conv2d(x1, self.dw_conv.weight, self.dw_conv.bias)
+        else:  # float32 / float64 keep nn.Conv2d's gradients, bit for bit those the committed runs trained with
+            x1 = self.dw_conv(x1)
+        x1 = x1.permute(0, 2, 3, 1)  # (B, H, W, C)
         x1 = self.dw_act(self.dw_norm(x1))
         offset = self.offset(x1)  # (B, H, W, G*K*2)
         mask = self.mask(x1).reshape(b, h, w, self.num_heads, k * k).softmax(-1)  # (B, H, W, G, K)

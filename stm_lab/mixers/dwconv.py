@@ -5,7 +5,8 @@ ConvNeXt's depth-wise convolution wrapped with input/output projections so that 
 transformer-style block as the attention mixers (paper Sec. 3 and Fig. 2).
 
 With zero padding the depth-wise convolution goes through ``stm_lab.ops.dwconv.depthwise_conv2d``: the same
-numbers as ``nn.Conv2d``, with a backward that is several times faster on the CPU (see there)."""
+numbers as ``nn.Conv2d``, with a backward that is several times faster on the CPU, in float32 and under bf16
+autocast (see there)."""
 import torch.nn as nn
 
 from ..ops.dwconv import depthwise_conv2d

@@ -71,26 +71,29 @@ class _WindowAttention(torch.autograd.Function):
         else:
             logits = _scaled_bmm(q, k.transpose(1, 2), scale)
             for bias in biases:  # in place, broadcast against the logits seen as `view`
-                logits.view(view).add_(bias)
+                logits.view(view).add_(bias.to(logits.dtype))
         # softmax in at least float32 (bf16/fp16 logits under autocast), as autocast itself would
         p = torch.softmax(logits, -1, dtype=torch.promote_types(logits.dtype, torch.float32))
-        ctx.save_for_backward(q, k, v, p)
+        p_v = p.to(v.dtype)  # p itself unless autocast: saved, so that the backward does not cast it again
+        ctx.save_for_backward(q, k, v, p, p_v)
         ctx.scale, ctx.view = scale, view
-        ctx.bias_shapes = [b.shape if need else None for b, need in zip(biases, ctx.needs_input_grad[5:])]
-        return torch.bmm(p.to(v.dtype), v)
+        # a bias gradient comes back in the bias's dtype, summed in float32: a float32 bias (Swin's table under
+        # autocast) gets no bf16 rounding and no cast node on its way back
+        ctx.biases = [(b.shape, b.dtype) if need else None for b, need in zip(biases, ctx.needs_input_grad[5:])]
+        return torch.bmm(p_v, v)
 
     @staticmethod
     def backward(ctx, grad):
-        q, k, v, p = ctx.saved_tensors
+        q, k, v, p, p_v = ctx.saved_tensors
         grad = grad.to(v.dtype)
         gp = torch.bmm(grad, v.transpose(1, 2)).to(p.dtype)
         gl = torch._softmax_backward_data(gp, p, -1, p.dtype)  # d logits = p * (gp - sum(gp * p))
-        gv = torch.bmm(p.to(v.dtype).transpose(1, 2), grad)
+        gv = torch.bmm(p_v.transpose(1, 2), grad)
         gl_q = gl.to(q.dtype)
         gq = _scaled_bmm(gl_q, k, ctx.scale)
         gk = _scaled_bmm(gl_q.transpose(1, 2), q, ctx.scale)  # computed as (M, Nk, d), the layout of k
         gl = gl.view(ctx.view)
-        gbiases = [gl.sum_to_size(shape) if shape is not None else None for shape in ctx.bias_shapes]
+        gbiases = [gl.sum_to_size(b[0]).to(b[1]) if b is not None else None for b in ctx.biases]
         return gq, gk, gv, None, None, *gbiases
 
 
@@ -101,7 +104,8 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *biases:
     q: (M, Nq, d); k, v: (M, Nk, d) (any batch stride). Each bias is added to the logits seen as ``view``
     (default ``(M, Nq, Nk)``) with broadcasting, e.g. a ``(nW, heads, N, N)`` bias with
     ``view = (B, nW, heads, N, N)``; ``-inf`` marks pairs that may not attend (every row must allow at least one
-    key). Returns (M, Nq, d).
+    key). Returns (M, Nq, d). Biases of another dtype than q (a float32 table under autocast) are cast inside, and
+    their gradients come back in their own dtype.
 
     The same computation as ``F.scaled_dot_product_attention(q, k, v, attn_mask=sum(biases), scale=scale)``,
     with an explicit backward: the scale rides in the matrix products, the biases are added in place without
@@ -109,7 +113,7 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *biases:
     of 4-169 tokens this is faster on the CPU than SDPA's math path (taken in training, since the biases need
     gradients) and than its fused CPU kernel (inference)."""
     view = tuple(view) if view is not None else (q.shape[0], q.shape[1], k.shape[1])
-    return _WindowAttention.apply(q, k, v, float(scale), view, *(b.to(q.dtype) for b in biases))
+    return _WindowAttention.apply(q, k, v, float(scale), view, *biases)
 
 
 class _Permute(torch.autograd.Function):
