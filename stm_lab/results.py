@@ -170,6 +170,8 @@ def provenance(profile: str, seed: Optional[int] = None, **extra: Any) -> dict:
         timm=timm.__version__,
         cpu=cpu_name(),
         cpu_bf16_units=cpu_bf16_units(),
+        # the vector ISA ATen's kernels dispatch to (DEFAULT / AVX2 / AVX512): runs re-make bit for bit only on the same
+        cpu_capability=torch.backends.cpu.get_cpu_capability(),
         cpu_threads=torch.get_num_threads(),
         gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         **extra,
