@@ -501,8 +501,29 @@ def test_training_course_reads_the_runs_it_describes(tmp_path, monkeypatch):
     assert c['best'] == 'u_halonet_micro' and c['best_AP50'] == 0.3 and not c['reached']
     text = page.course_note('cpu', models)
     assert 'below the 0.5' in text and 'fell by 10%.' in text and 'under a 12-epoch schedule' in text
+    assert r['estimate_error'] is None and 'estimated the training time' not in text  # that bench timed no step
     smoke = run.profile_models('smoke')
     assert page.training_course('smoke', smoke) == {} and 'No detector' in page.course_note('smoke', smoke)
+
+
+def test_training_course_compares_the_bench_estimate_with_the_run(tmp_path, monkeypatch):
+    """Known answer: 2 epochs of (train images // batch) steps at a benched 1.5 s a step, against a run whose epochs
+    took 400 and 500 s of wall time."""
+    monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path)
+    cfg = run.profile_config('u_swin_micro', 'cpu')
+    recs = [dict(epoch=1, loss=2.0, wall_time_s=400.0, cpu_time_s=390.0),
+            dict(epoch=2, loss=1.9, wall_time_s=500.0, cpu_time_s=480.0, box_AP50=0.6)]
+    results.save_result('cpu/detection', 'det_train_u_swin_micro', recs,
+                        config=dict(train=dict(epochs=2, lr_steps=[2], batch_size=cfg.batch_size,
+                                               shapes=dict(train_images=cfg.shapes.train_images))), prov={})
+    results.save_result('cpu', 'detection_throughput', [dict(model='u_swin_micro', train_img_per_s=5.0,
+                                                             train_s_per_step=1.5)])
+    (r,) = page.training_course('cpu', run.profile_models('cpu'))['rows']
+    estimated = 2 * (cfg.shapes.train_images // cfg.batch_size) * 1.5
+    assert r['train_wall_s'] == 900.0 and r['estimated_train_s'] == estimated
+    assert r['estimate_error'] == pytest.approx(estimated / 900 - 1)
+    text = page.course_note('cpu', run.profile_models('cpu'))
+    assert f'within {abs(estimated / 900 - 1):.0%}' in text and f'{estimated / 60:.0f} min estimated, 15 measured' in text
 
 
 # ------------------------------------------------------------------------------------------ end to end

@@ -157,6 +157,8 @@ def training_course(profile: str, models: Sequence[str]) -> dict:
     against ``AP50_TARGET``. ``{}`` when nothing was trained."""
     bench = _load(layout.analysis(profile, 'detection_throughput'))
     bench_speed = {r['model']: r['train_img_per_s'] for r in bench['records']} if bench else {}
+    # benches that time the run's own step (train_s_per_step) estimate a run's wall time: steps x the step
+    bench_step = {r['model']: r['train_s_per_step'] for r in bench['records'] if 'train_s_per_step' in r} if bench else {}
     rows = []
     for m, doc in train_docs(profile, models).items():
         cfg = doc['config']['train']  # the run's own configuration
@@ -166,10 +168,15 @@ def training_course(profile: str, models: Sequence[str]) -> dict:
         fall = (loss[drop - 2] - loss[drop - 1]) / loss[drop - 2] if 2 <= drop <= len(loss) else None
         cpu_s = sum(r.get('cpu_time_s', 0) for r in epochs)
         speed = len(epochs) * cfg['shapes']['train_images'] / cpu_s if cpu_s else None
+        wall_s = sum(r.get('wall_time_s', 0) for r in epochs)
+        estimated_s = (len(epochs) * (cfg['shapes']['train_images'] // cfg['batch_size']) * bench_step[m]
+                       if m in bench_step else None)
         rows.append(dict(model=m, epochs=len(epochs), lr_steps=list(cfg['lr_steps']), loss=loss,
                          loss_fall_before_drop=fall, schedule_changes=doc['provenance'].get('schedule_changes', []),
                          img_per_core_s=speed, bench_img_per_s=bench_speed.get(m),
                          speed_ratio=(bench_speed[m] / speed if speed and m in bench_speed else None),
+                         train_wall_s=wall_s or None, estimated_train_s=estimated_s,
+                         estimate_error=(estimated_s / wall_s - 1 if estimated_s and wall_s else None),
                          box_AP50=doc['records'][-1].get('box_AP50')))
     if not rows:
         return {}
@@ -215,6 +222,13 @@ def course_note(profile: str, models: Sequence[str]) -> str:
             verdict += (f", {_span(ratios, '.1f')} times slower than the short benchmark that sized the "
                         f"profile (`stm-lab detect bench`: a few steps of an untrained detector)")
         verdict += f'. More epochs (`--epochs {paper_epochs}`) are the first thing to try with more compute.'
+    timed = [r for r in rows if r['estimate_error'] is not None]
+    if timed:
+        errors = [r['estimate_error'] for r in timed]
+        verdict += (f" The bench (`stm-lab detect bench`: each run's own training step timed beside a second training) "
+                    f"estimated the training time of the {len(timed)} runs within {max(abs(e) for e in errors):.0%} "
+                    f"(" + ', '.join(f"{display_name(r['model'])} {r['estimated_train_s'] / 60:.0f} min estimated, "
+                                     f"{r['train_wall_s'] / 60:.0f} measured" for r in timed) + ").")
     return '\n\n'.join([verdict] + lines)
 
 
