@@ -1,5 +1,6 @@
 """Detection (stm_lab.detection): known answers for the generated set, the evaluation, the scale sweep, the backbone
 loading and the paper profile; clear errors for bad input; the smoke profile end to end."""
+from dataclasses import replace
 import json
 import math
 import os
@@ -670,6 +671,25 @@ def test_detection_setting_texts_from_a_configuration():
         'COCO train2017 at a shorter side of 800 px (longer at most 1333), 12 epochs of batch 16, AdamW lr 0.0001'
 
 
+def test_page_describes_the_runs_own_setting_not_the_profile(tmp_path, monkeypatch):
+    """The Detection page's setting comes from the committed runs' records: a run made before the profile changed is
+    described as it was trained; runs in two settings are refused, naming what differs; no run: the profile."""
+    from stm_lab.detection.train import profile_config
+    monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path)
+    assert page.runs_config('smoke') == profile_config('u_halonet_test', 'smoke')
+    old = profile_config('u_swin_test', 'smoke', epochs=3, lr=5e-4, warmup_iters=7)
+    for m in ('u_swin_test', 'u_pvt_test'):
+        layout.det_train('smoke', m).save([dict(epoch=3, loss=1.0)], config=dict(train=replace(old, model=m).to_dict()),
+                                          prov={})
+    got = page.runs_config('smoke')
+    assert (got.epochs, got.lr, got.warmup_iters, got.lr_steps) == (3, 5e-4, 7, old.lr_steps)
+    assert 'lr 0.0005' in page.schedule_text(got) and '7 warm-up steps' in page.schedule_text(got)
+    layout.det_train('smoke', 'u_dwconv_test').save([dict(epoch=2, loss=1.0)], prov={}, config=dict(
+        train=profile_config('u_dwconv_test', 'smoke', epochs=2).to_dict()))
+    with pytest.raises(ValueError, match=r'differ in epochs, lr, lr_steps, warmup_iters'):
+        page.runs_config('smoke')
+
+
 def test_training_note_with_and_without_a_classification_checkpoint():
     doc = dict(config=dict(backbone_init='results/cpu/u_swin_micro.safetensors',
                            load_report=dict(loaded=['a', 'b', 'c'], resized=['d'], new=['e', 'f'])),
@@ -725,12 +745,14 @@ def test_bf16_warning_only_on_a_cpu_without_bf16_units(monkeypatch):
 
 
 def test_the_bench_estimate_is_steps_times_the_measured_step():
-    """Known answer: 2 s a step over the cpu profile's epochs of (train images // batch) steps, and evaluations at
-    an inference speed so high that only the COCOeval passes count."""
+    """Known answer: 2 s a step over the cpu profile's 12 epochs of 2000 // 8 steps, and evaluations at an inference
+    speed so high that only the COCOeval passes count: the quick ones after epochs 4 and 8, and the final one."""
     cfg = run.profile_config('u_halonet_micro', 'cpu')
+    assert (cfg.epochs, cfg.shapes.train_images, cfg.batch_size, cfg.eval_every) == (12, 2000, 8, 4)
     h = run.core_hours('cpu', [dict(model='u_halonet_micro', train_s_per_step=2.0, eval_img_per_s=1e12)])
-    steps = cfg.epochs * (cfg.shapes.train_images // cfg.batch_size)
-    assert h['u_halonet_micro']['train'] == round((steps * 2.0 + 2 * run.COCOEVAL_S) / 3600, 3)
+    assert h['u_halonet_micro']['train'] == round((12 * 250 * 2.0 + 3 * run.COCOEVAL_S) / 3600, 3)
+    h6 = run.core_hours('cpu', [dict(model='u_halonet_micro', train_s_per_step=2.0, eval_img_per_s=1e12)], epochs=6)
+    assert h6['u_halonet_micro']['train'] == round((6 * 250 * 2.0 + 2 * run.COCOEVAL_S) / 3600, 3)  # quick after 4
 
 
 def test_the_bench_times_the_runs_own_step_with_the_shared_timer(monkeypatch):

@@ -303,7 +303,7 @@ def core_hours(profile: str, speeds: List[dict], epochs: Optional[int] = None) -
         n_val = cfg.shapes.val_images
         train_s = cfg.epochs * (cfg.shapes.train_images // cfg.batch_size) * r['train_s_per_step']
         quick = (cfg.epochs - 1) // cfg.eval_every if cfg.eval_every else 0
-        train_s += (quick * cfg.eval_images + n_val) / r['eval_img_per_s'] + 2 * COCOEVAL_S
+        train_s += (quick * cfg.eval_images + n_val) / r['eval_img_per_s'] + (quick + 1) * COCOEVAL_S  # + the final
         sweep = plan['sweep_images'] * (1 + sum(s * s for s in scale.SCALES))  # the reference pass at 1, then all
         eval_s = (n_val + sweep) / r['eval_img_per_s'] + COCOEVAL_S * (
             2 + plan['bootstrap'] + 2 * len(scale.SCALES) + plan['sweep_bootstrap'] * len(UPSCALES))

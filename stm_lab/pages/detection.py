@@ -244,6 +244,25 @@ def training_note(model: str, doc: dict) -> str:
             f"`{doc['provenance'].get('command')}`")
 
 
+def runs_config(profile: str, models: Optional[Sequence[str]] = None):
+    """The setting the page describes: the recorded configuration of the committed detector runs (their
+    ``det_train_<model>.json``), so that the page says how the runs it shows were trained even where the profile has
+    changed since; the profile's configuration before any run. Runs made in different settings are refused (one
+    setting for all backbones; the error names the fields that differ)."""
+    from ..detection.train import DetTrainConfig, profile_config, profile_models
+    models = list(models or profile_models(profile))
+    docs = train_docs(profile, models)
+    if not docs:
+        return profile_config(models[0], profile)
+    cfgs = {m: DetTrainConfig.from_dict(d['config']['train']).to_dict() for m, d in docs.items()}
+    first = next(iter(cfgs.values()))
+    differ = sorted({k for c in cfgs.values() for k in c if k != 'model' and c[k] != first[k]})
+    if differ:
+        raise ValueError(f'the committed detectors of profile {profile} were trained in different settings '
+                         f'(they differ in {", ".join(differ)}): retrain them in one setting')
+    return DetTrainConfig.from_dict(first)
+
+
 def setting_text(cfg) -> str:
     """The generated shapes set of a profile's configuration, in words."""
     s = cfg.shapes
