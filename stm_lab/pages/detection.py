@@ -159,6 +159,7 @@ def training_course(profile: str, models: Sequence[str]) -> dict:
     bench_speed = {r['model']: r['train_img_per_s'] for r in bench['records']} if bench else {}
     # benches that time the run's own step (train_s_per_step) estimate a run's wall time: steps x the step
     bench_step = {r['model']: r['train_s_per_step'] for r in bench['records'] if 'train_s_per_step' in r} if bench else {}
+    beside = {r['model']: bool(r.get('companion')) for r in bench['records']} if bench else {}  # timed beside a training
     rows = []
     for m, doc in train_docs(profile, models).items():
         cfg = doc['config']['train']  # the run's own configuration
@@ -177,6 +178,7 @@ def training_course(profile: str, models: Sequence[str]) -> dict:
                          speed_ratio=(bench_speed[m] / speed if speed and m in bench_speed else None),
                          train_wall_s=wall_s or None, estimated_train_s=estimated_s,
                          estimate_error=(estimated_s / wall_s - 1 if estimated_s and wall_s else None),
+                         bench_beside_training=beside.get(m),
                          box_AP50=doc['records'][-1].get('box_AP50')))
     if not rows:
         return {}
@@ -225,7 +227,9 @@ def course_note(profile: str, models: Sequence[str]) -> str:
     timed = [r for r in rows if r['estimate_error'] is not None]
     if timed:
         errors = [r['estimate_error'] for r in timed]
-        verdict += (f" The bench (`stm-lab detect bench`: each run's own training step timed beside a second training) "
+        alone = not all(r['bench_beside_training'] for r in timed)
+        verdict += (f" The bench (`stm-lab detect bench`: each run's own training step timed "
+                    f"{'alone' if alone else 'beside a second training'}) "
                     f"estimated the training time of the {len(timed)} runs within {max(abs(e) for e in errors):.0%} "
                     f"(" + ', '.join(f"{display_name(r['model'])} {r['estimated_train_s'] / 60:.0f} min estimated, "
                                      f"{r['train_wall_s'] / 60:.0f} measured" for r in timed) + ").")
