@@ -681,12 +681,16 @@ def test_page_describes_the_runs_own_setting_not_the_profile(tmp_path, monkeypat
     from stm_lab.detection.train import profile_config
     monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path)
     assert page.runs_config('smoke') == profile_config('u_halonet_test', 'smoke')
+    assert page.profile_change_note('smoke') == ''
     old = profile_config('u_swin_test', 'smoke', epochs=3, lr=5e-4, warmup_iters=7)
     for m in ('u_swin_test', 'u_pvt_test'):
         layout.det_train('smoke', m).save([dict(epoch=3, loss=1.0)], config=dict(train=replace(old, model=m).to_dict()),
                                           prov={})
     got = page.runs_config('smoke')
     assert (got.epochs, got.lr, got.warmup_iters, got.lr_steps) == (3, 5e-4, 7, old.lr_steps)
+    note = page.profile_change_note('smoke')  # the reproduce commands now train the profile's setting
+    assert '(epochs, lr, warmup_iters, lr_steps)' in note and note.endswith(
+        page.schedule_text(profile_config('u_swin_test', 'smoke')) + '.')
     assert 'lr 0.0005' in page.schedule_text(got) and '7 warm-up steps' in page.schedule_text(got)
     layout.det_train('smoke', 'u_dwconv_test').save([dict(epoch=2, loss=1.0)], prov={}, config=dict(
         train=profile_config('u_dwconv_test', 'smoke', epochs=2).to_dict()))

@@ -267,6 +267,20 @@ def runs_config(profile: str, models: Optional[Sequence[str]] = None):
     return DetTrainConfig.from_dict(first)
 
 
+def profile_change_note(profile: str) -> str:
+    """'' where the committed runs were trained in the profile's current setting; else a sentence saying that the
+    reproduce commands now train another setting (the profile's, in words) than the runs the page shows."""
+    from ..detection.train import profile_config
+    runs = runs_config(profile)
+    now = profile_config(runs.model, profile)
+    if runs == now:
+        return ''
+    was, new = runs.to_dict(), now.to_dict()
+    differ = [k for k in new if k != 'model' and new[k] != was[k]]
+    return (f"The profile's detection setting has changed since the runs shown here were trained ({', '.join(differ)}): "
+            f"these commands now train {schedule_text(now)}.")
+
+
 def setting_text(cfg) -> str:
     """The generated shapes set of a profile's configuration, in words."""
     s = cfg.shapes
