@@ -73,7 +73,7 @@ class _HaloWindows(torch.autograd.Function):
         nby, nbx = (Hk - wy) // sy + 1, (Wk - wx) // sx + 1
         sB, sH, sW, sT, sh, sd = kv.stride()
         windows = kv.as_strided((T, B, nby, nbx, nh, wy, wx, d), (sT, sB, sy * sH, sx * sW, sh, sH, sW, sd))
-        ctx.geometry = (kv.shape, rows, cols, nby, nbx)
+        ctx.geometry, ctx.dtype = (kv.shape, rows, cols, nby, nbx), kv.dtype
         k, v = windows.contiguous().view(T, -1, wy * wx, d).unbind(0)
         return k, v
 
@@ -81,8 +81,10 @@ class _HaloWindows(torch.autograd.Function):
     def backward(ctx, gk: torch.Tensor, gv: torch.Tensor):
         (B, Hk, Wk, T, nh, d), (sy, wy), (sx, wx), nby, nbx = ctx.geometry
         qy, qx = -(-wy // sy), -(-wx // sx)  # a window spans this many steps per axis
-        # accumulate on the map cut into steps: window position (iy * sy + ty) of block by lands on step by + iy
-        out = gk.new_zeros(B, nby + qy - 1, sy, nbx + qx - 1, sx, T, nh, d)
+        # accumulate on the map cut into steps: window position (iy * sy + ty) of block by lands on step by + iy;
+        # half-precision gradients (bf16 autocast) are summed in float32 and rounded once, as a matmul would
+        low = ctx.dtype in (torch.bfloat16, torch.float16)
+        out = gk.new_zeros(B, nby + qy - 1, sy, nbx + qx - 1, sx, T, nh, d, dtype=torch.float32 if low else None)
         for t, g in enumerate((gk, gv)):
             if g is None:
                 continue
@@ -94,7 +96,7 @@ class _HaloWindows(torch.autograd.Function):
                     out[:, iy:iy + nby, :ly, ix:ix + nbx, :lx, t] += g[:, :, iy * sy:iy * sy + ly, :,
                                                                          ix * sx:ix * sx + lx]
         out = out.view(B, (nby + qy - 1) * sy, (nbx + qx - 1) * sx, T, nh, d)
-        return out[:, :Hk, :Wk], None, None
+        return out[:, :Hk, :Wk].to(ctx.dtype), None, None
 
 
 class _Axis(NamedTuple):
