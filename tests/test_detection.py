@@ -675,27 +675,25 @@ def test_detection_setting_texts_from_a_configuration():
         'COCO train2017 at a shorter side of 800 px (longer at most 1333), 12 epochs of batch 16, AdamW lr 0.0001'
 
 
-def test_page_describes_the_runs_own_setting_not_the_profile(tmp_path, monkeypatch):
-    """The Detection page's setting comes from the committed runs' records: a run made before the profile changed is
-    described as it was trained; runs in two settings are refused, naming what differs; no run: the profile."""
-    from stm_lab.detection.train import profile_config
-    monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path)
-    assert page.runs_config('smoke') == profile_config('u_halonet_test', 'smoke')
-    assert page.profile_change_note('smoke') == ''
+def test_page_describes_the_runs_own_setting_not_the_profile():
+    """The Detection page's setting is the shown runs' recorded one: a setting the profile has since changed is
+    described as the runs were trained, and the reproduce commands say what they now train; a run retrained in another
+    setting is named with what differs, the others' shared setting described; no run: None (the notebook then takes
+    the profile's)."""
+    assert page.shared_setting({}) == (None, '')
     old = profile_config('u_swin_test', 'smoke', epochs=3, lr=5e-4, warmup_iters=7)
-    for m in ('u_swin_test', 'u_pvt_test'):
-        layout.det_train('smoke', m).save([dict(epoch=3, loss=1.0)], config=dict(train=replace(old, model=m).to_dict()),
-                                          prov={})
-    got = page.runs_config('smoke')
-    assert (got.epochs, got.lr, got.warmup_iters, got.lr_steps) == (3, 5e-4, 7, old.lr_steps)
-    note = page.profile_change_note('smoke')  # the reproduce commands now train the profile's setting
-    assert '(epochs, lr, warmup_iters, lr_steps)' in note and note.endswith(
-        page.schedule_text(profile_config('u_swin_test', 'smoke')) + '.')
+    runs = {m: replace(old, model=m) for m in ('u_swin_test', 'u_pvt_test')}
+    runs['u_dwconv_test'] = profile_config('u_dwconv_test', 'smoke', epochs=2)
+    got, note = page.shared_setting(runs)
+    assert got is runs['u_swin_test'] and (got.epochs, got.lr, got.warmup_iters) == (3, 5e-4, 7)
+    assert note == ('Trained in another setting than the other detectors, so not comparable with them: U-DWConv '
+                    '(epochs, lr, warmup_iters, lr_steps).')
+    assert page.shared_setting({'u_swin_test': old}) == (old, '')
+    now = profile_config('u_swin_test', 'smoke')
+    assert page.profile_change_note(now, profile_config('u_swin_test', 'smoke')) == ''
+    change = page.profile_change_note(got, now)
+    assert '(epochs, lr, warmup_iters, lr_steps)' in change and change.endswith(page.schedule_text(now) + '.')
     assert 'lr 0.0005' in page.schedule_text(got) and '7 warm-up steps' in page.schedule_text(got)
-    layout.det_train('smoke', 'u_dwconv_test').save([dict(epoch=2, loss=1.0)], prov={}, config=dict(
-        train=profile_config('u_dwconv_test', 'smoke', epochs=2).to_dict()))
-    with pytest.raises(ValueError, match=r'differ in epochs, lr, lr_steps, warmup_iters'):
-        page.runs_config('smoke')
 
 
 def test_training_note_with_and_without_a_classification_checkpoint():

@@ -106,7 +106,7 @@ def _as_first_recorded(doc: dict) -> dict:
 
 def test_the_migration_gives_the_committed_commands_and_is_idempotent(tmp_path):
     migrated = [f for f in committed() if '_as_run"' in f.read_text()]
-    assert len(migrated) >= 55
+    assert len(migrated) >= 50  # the committed results from before the migration (re-made runs no longer need it)
     for f in migrated:
         rel = f.relative_to(RESULTS)
         old = _as_first_recorded(json.loads(f.read_text()))

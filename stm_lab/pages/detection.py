@@ -6,7 +6,9 @@ are :mod:`stm_lab.detection.run`'s. A configuration argument ``cfg`` is a
 from __future__ import annotations
 
 import itertools
-from typing import Dict, Iterable, List, Optional, Sequence
+import json
+from collections import Counter
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import plotly.graph_objects as go
@@ -248,35 +250,37 @@ def training_note(model: str, doc: dict) -> str:
             f"`{doc['provenance'].get('command')}`")
 
 
-def runs_config(profile: str, models: Optional[Sequence[str]] = None):
-    """The setting the page describes: the recorded configuration of the committed detector runs (their
-    ``det_train_<model>.json``), so that the page says how the runs it shows were trained even where the profile has
-    changed since; the profile's configuration before any run. Runs made in different settings are refused (one
-    setting for all backbones; the error names the fields that differ)."""
-    from ..detection.train import DetTrainConfig, profile_config, profile_models
-    models = list(models or profile_models(profile))
-    docs = train_docs(profile, models)
-    if not docs:
-        return profile_config(models[0], profile)
-    cfgs = {m: DetTrainConfig.from_dict(d['config']['train']).to_dict() for m, d in docs.items()}
-    first = next(iter(cfgs.values()))
-    differ = sorted({k for c in cfgs.values() for k in c if k != 'model' and c[k] != first[k]})
-    if differ:
-        raise ValueError(f'the committed detectors of profile {profile} were trained in different settings '
-                         f'(they differ in {", ".join(differ)}): retrain them in one setting')
-    return DetTrainConfig.from_dict(first)
+def shared_setting(runs: Dict[str, object]) -> Tuple[Optional[object], str]:
+    """The setting the page describes, from the committed runs' recorded configurations (``model ->
+    DetTrainConfig``; the notebook reads them from each ``det_train_<model>.json``), so that the page says how the runs
+    it shows were trained even where the profile has changed since: the setting most runs share (the first run's on a
+    tie), None before any run; and '' or a sentence naming each run trained otherwise, with the fields that differ
+    (one setting for every backbone is the plan; a run retrained otherwise is said, not hidden)."""
+    if not runs:
+        return None, ''
+
+    def key(cfg) -> str:
+        return json.dumps({k: v for k, v in cfg.to_dict().items() if k != 'model'}, sort_keys=True, default=str)
+    counts = Counter(key(c) for c in runs.values())
+    common = max(counts, key=counts.get)  # the first of the most common, in the runs' order
+    shared = next(c for c in runs.values() if key(c) == common)
+    odd = [f'{display_name(m)} ({", ".join(_differ(c, shared))})' for m, c in runs.items() if key(c) != common]
+    return shared, (f"Trained in another setting than the other detectors, so not comparable with them: "
+                    f"{'; '.join(odd)}." if odd else '')
 
 
-def profile_change_note(profile: str) -> str:
-    """'' where the committed runs were trained in the profile's current setting; else a sentence saying that the
-    reproduce commands now train another setting (the profile's, in words) than the runs the page shows."""
-    from ..detection.train import profile_config
-    runs = runs_config(profile)
-    now = profile_config(runs.model, profile)
-    if runs == now:
+def _differ(a, b) -> List[str]:
+    """The configuration fields (``to_dict``) in which two runs' settings differ, the model aside."""
+    x, y = a.to_dict(), b.to_dict()
+    return [k for k in x if k != 'model' and x[k] != y.get(k)]
+
+
+def profile_change_note(runs, now) -> str:
+    """'' where the shown runs' setting (``runs``) is the profile's current one (``now``); else a sentence saying that
+    the reproduce commands now train another setting than the runs the page shows."""
+    differ = _differ(now, runs)
+    if not differ:
         return ''
-    was, new = runs.to_dict(), now.to_dict()
-    differ = [k for k in new if k != 'model' and new[k] != was[k]]
     return (f"The profile's detection setting has changed since the runs shown here were trained ({', '.join(differ)}): "
             f"these commands now train {schedule_text(now)}.")
 
