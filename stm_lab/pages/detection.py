@@ -259,12 +259,12 @@ def shared_setting(runs: Dict[str, object]) -> Tuple[Optional[object], str]:
     if not runs:
         return None, ''
 
-    def key(cfg) -> str:
-        return json.dumps({k: v for k, v in cfg.to_dict().items() if k != 'model'}, sort_keys=True, default=str)
-    counts = Counter(key(c) for c in runs.values())
+    keys = {m: json.dumps({k: v for k, v in c.to_dict().items() if k != 'model'}, sort_keys=True, default=str)
+            for m, c in runs.items()}
+    counts = Counter(keys.values())
     common = max(counts, key=counts.get)  # the first of the most common, in the runs' order
-    shared = next(c for c in runs.values() if key(c) == common)
-    odd = [f'{display_name(m)} ({", ".join(_differ(c, shared))})' for m, c in runs.items() if key(c) != common]
+    shared = next(runs[m] for m, k in keys.items() if k == common)
+    odd = [f'{display_name(m)} ({", ".join(_differ(runs[m], shared))})' for m, k in keys.items() if k != common]
     return shared, (f"Trained in another setting than the other detectors, so not comparable with them: "
                     f"{'; '.join(odd)}." if odd else '')
 
