@@ -526,6 +526,7 @@ def test_training_course_compares_the_bench_estimate_with_the_run(tmp_path, monk
     text = page.course_note('cpu', run.profile_models('cpu'))
     assert f'within {abs(estimated / 900 - 1):.0%}' in text and f'{estimated / 60:.0f} min estimated, 15 measured' in text
     assert 'step timed alone' in text  # the bench record names no companion training
+    assert '1 of the 1 detectors reach a box AP50 of at least 0.5' in text and 'U-Swin Transformer 0.600); the best is U-Swin Transformer.' in text
     results.save_result('cpu', 'detection_throughput', [dict(model='u_swin_micro', train_img_per_s=5.0,
                                                              train_s_per_step=1.5, companion='u_halonet_micro')])
     assert 'step timed beside a second training' in page.course_note('cpu', run.profile_models('cpu'))

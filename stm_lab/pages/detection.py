@@ -186,7 +186,8 @@ def training_course(profile: str, models: Sequence[str]) -> dict:
         return {}
     best = max((r for r in rows if r['box_AP50'] is not None), key=lambda r: r['box_AP50'], default=None)
     return dict(rows=rows, best=best and best['model'], best_AP50=best and best['box_AP50'], target=AP50_TARGET,
-                reached=bool(best and best['box_AP50'] >= AP50_TARGET))
+                reached=bool(best and best['box_AP50'] >= AP50_TARGET),
+                at_target=[r['model'] for r in rows if r['box_AP50'] is not None and r['box_AP50'] >= AP50_TARGET])
 
 
 def _span(values: Sequence[float], fmt: str) -> str:
@@ -214,9 +215,15 @@ def course_note(profile: str, models: Sequence[str]) -> str:
     falls = [r['loss_fall_before_drop'] for r in rows if r['loss_fall_before_drop'] is not None]
     best = next(r for r in rows if r['model'] == c['best'])
     paper_epochs = profiles.get('paper').detection['epochs']  # the 1x schedule
-    verdict = (f"The best detector, {display_name(c['best'])}, reaches a box AP50 of {c['best_AP50']:.3f} "
-               f"({'at least' if c['reached'] else 'below'} the {c['target']:g} taken as the sign of a model that "
-               f"has clearly learned the task).")
+    if c['reached']:
+        verdict = (f"{len(c['at_target'])} of the {len(rows)} detectors reach a box AP50 of at least {c['target']:g} "
+                   f"at the end of training, taken as the sign of a model that has clearly learned the task ("
+                   + ', '.join(f"{display_name(r['model'])} {r['box_AP50']:.3f}" for r in rows
+                               if r['box_AP50'] is not None) +
+                   f"); the best is {display_name(c['best'])}.")
+    else:
+        verdict = (f"The best detector, {display_name(c['best'])}, reaches a box AP50 of {c['best_AP50']:.3f} "
+                   f"(below the {c['target']:g} taken as the sign of a model that has clearly learned the task).")
     if not c['reached'] and falls and speeds:
         verdict += (f" The runs stopped well before convergence: in the last epoch at the full learning rate (epoch "
                     f"{best['lr_steps'][0] if best['lr_steps'] else best['epochs']}) the training loss still fell by "
