@@ -92,3 +92,33 @@ def test_erf_seed_set_reads_erf50_of_every_seed_with_outcomes(tmp_path, monkeypa
     assert runs.scores == {2: 45.3125, 4: 50.0}
     assert erf_page.erf_seed_set('cpu', 4, models=[model])[model].mean == 75.0
     assert erf_page.erf_seed_set('cpu', 3, models=['u_pvt_micro']) == {}
+
+
+def test_precision_run_is_compared_with_its_seed_and_the_seed_set(tmp_path, monkeypatch):
+    """Known answer: float32 seeds 68, 70, 72 (mean 70, sd 2); a bf16 run of seed 0 at 71.5 is within two standard
+    deviations, one at 75 outside; a run that also changes the epochs is not a precision run."""
+    monkeypatch.setattr(results, 'RESULTS_DIR', tmp_path)
+
+    def doc(folder, top1, seed, amp='none', epochs=12):
+        _train_doc(tmp_path / 'cpu' / folder, 'u_swin_micro', top1)
+        path = tmp_path / 'cpu' / folder / 'train_u_swin_micro.json'
+        d = json.loads(path.read_text())
+        d['config']['train'] = dict(seed=seed, amp=amp, epochs=epochs, data={})
+        d['provenance'].update(cpu='CPU X', cpu_bf16_units=False)
+        path.write_text(json.dumps(d))
+        return d
+    for folder, top1, seed in (('epochs12', 68.0, 0), ('seed1', 70.0, 1), ('seed2', 72.0, 2)):
+        doc(folder, top1, seed)
+    near, far, longer = doc('bf16', 71.5, 0, 'bf16'), doc('bf16b', 75.0, 0, 'bf16'), doc('e24', 75.0, 0, 'bf16', 24)
+    rows = training.precision_runs('cpu', {'bf16': {'u_swin_micro': near}, 'bf16b': {'u_swin_micro': far},
+                                           'e24': {'u_swin_micro': longer}})
+    assert [(r['folder'], r['top1'], r['base_top1'], r['within']) for r in rows] == [('bf16', 71.5, 68.0, True),
+                                                                                     ('bf16b', 75.0, 68.0, False)]
+    assert rows[0]['seed_mean'] == pytest.approx(70.0) and rows[0]['seed_sd'] == pytest.approx(2.0)
+    assert rows[0]['seeds'] == [0, 1, 2] and rows[0]['seed_range'] == (68.0, 72.0)
+    text = training.precision_text(rows)
+    assert 'top-1 71.50% against 68.00% for the same run with `amp` none' in text
+    assert 'standard deviation 2.00, range 68.00-72.00%: within the seeds' in text
+    assert 'top-1 75.00% against 68.00%' in text and 'outside the seeds' in text
+    assert 'without bf16 units: bf16 emulated' in text
+    assert training.precision_text([]) == ''

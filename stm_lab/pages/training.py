@@ -12,9 +12,11 @@ from ..ablations import image_se
 from ..claims import BY_ID, Result
 from ..models import display_name, family_of, scale_of
 from ..paper import ORIGINAL_TINY, TABLE3
+from .. import layout
 from ..training.config import evaluated_after
+from ..training.reports import config_changes
 from .common import color_of, family_color, names, stm_name, two_panels
-from .evidence import paper_gap, seed_rank
+from .evidence import paper_gap, seed_rank, seed_set
 
 DWCONV_TARGET, TARGET = 70.0, 60.0  # the cpu profile's targets: U-DWConv-micro at least 70%, every model 60%
 BUDGET_HOURS, CORES = 3, 2  # the cpu profile's budget: three hours of a two-core machine
@@ -178,6 +180,53 @@ def accuracy_results(profile: str) -> List[Result]:
     top1 = {family_of(m): v[2] for m, v in TABLE3.items() if scale_of(m) == 'micro'}
     return [seed_rank(profile, BY_ID[cid], paper, paper_gap(BY_ID[cid], top1))
             for cid in ('acc_halo_best', 'acc_pvt_worst')]
+
+
+def precision_runs(profile: str, others: Mapping[str, Mapping[str, dict]]) -> List[dict]:
+    """The runs kept apart (``others``: folder -> model -> its ``train_<model>.json``) that change only the autocast
+    (``amp``) of a run of the 12-epoch seed set (same model, seed, epochs and every other setting): each one's top-1
+    beside that run's and the float32 seed set's mean, sample standard deviation and range. ``within``: the run lies
+    within two standard deviations of the seeds' mean (None with fewer than two seeds)."""
+    rows = []
+    for folder, runs in others.items():
+        for m, doc in runs.items():
+            base = layout.train(layout.seed_folder(profile, doc['config']['train']['seed']), m)
+            if not base.exists():
+                continue
+            base_doc = base.load()
+            if set(config_changes(base_doc, doc)) != {'amp'}:
+                continue
+            seeds = seed_set(profile, 'top1', [m]).get(m)
+            scores = sorted(seeds.scores.items()) if seeds else []
+            values = [v for _, v in scores]
+            mean = sum(values) / len(values) if values else None
+            sd = (math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None)
+            top1 = doc['records'][-1]['top1_fp16']
+            rows.append(dict(model=m, folder=folder, amp=doc['config']['train']['amp'],
+                             base_amp=base_doc['config']['train']['amp'], seed=doc['config']['train']['seed'],
+                             epochs=doc['config']['train']['epochs'], top1=top1,
+                             base_top1=base_doc['records'][-1]['top1_fp16'], seeds=[s for s, _ in scores],
+                             seed_mean=mean, seed_sd=sd, seed_range=(min(values), max(values)) if values else None,
+                             within=(abs(top1 - mean) <= 2 * sd) if sd else None,
+                             cpu=doc['provenance'].get('cpu'), bf16_units=doc['provenance'].get('cpu_bf16_units')))
+    return rows
+
+
+def precision_text(rows: Iterable[dict]) -> str:
+    """The reader's account of :func:`precision_runs`: one sentence per run, or '' when there is none."""
+    out = []
+    for r in rows:
+        units = {True: 'with bf16 units', False: 'without bf16 units: bf16 emulated, the same rounding, slower'}
+        made = f" (made on {r['cpu']}, {units[r['bf16_units']]})" if r['bf16_units'] is not None else ''
+        verdict = ('' if r['within'] is None else
+                   f": {'within' if r['within'] else 'outside'} the seeds' spread (two standard deviations)")
+        out.append(f"{display_name(r['model'])} trained with `amp` {r['amp']} (`{r['folder']}/`, seed {r['seed']}, "
+                   f"{r['epochs']} epochs, every other setting that of the seed set){made}: top-1 {r['top1']:.2f}% "
+                   f"against {r['base_top1']:.2f}% for the same run with `amp` {r['base_amp']}; the seed set's "
+                   f"{len(r['seeds'])} seeds ({', '.join(map(str, r['seeds']))}) {r['seed_mean']:.2f}% on average"
+                   + (f", standard deviation {r['seed_sd']:.2f}, range {r['seed_range'][0]:.2f}-"
+                      f"{r['seed_range'][1]:.2f}%" if r['seed_sd'] else '') + verdict + '.')
+    return '\n\n'.join(out)
 
 
 # ------------------------------------------------------------------------------------------------ tables, figures
