@@ -789,3 +789,11 @@ def test_detect_bench_command_runs_beside_a_companion_and_leaves_none(capsys):
                      '--rounds', '1', '--threads', '1']) == 0
     assert 'u_dwconv_test: training about' in capsys.readouterr().out
     assert not [c for t in tasks.iterdir() for c in (t / 'children').read_text().split()]
+
+
+def test_made_by_lists_every_merged_evaluation_oldest_first():
+    # earlier holds the most recent first: c1 made the file, c2 merged into it, c3 last; a repeated command once
+    doc = dict(provenance=dict(command='c3', earlier=[dict(command='c2'), dict(command='c1')]))
+    assert page.made_by(doc) == ['c1', 'c2', 'c3']
+    assert page.made_by(dict(provenance=dict(command='c1', earlier=[dict(command='c1')]))) == ['c1']
+    assert page.made_by(dict(provenance=dict(command='c1'))) == ['c1']

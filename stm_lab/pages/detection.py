@@ -33,6 +33,14 @@ def load(profile: str) -> Optional[dict]:
     return _load(layout.analysis(profile, 'detection'))
 
 
+def made_by(doc: dict) -> List[str]:
+    """The commands that made ``detection.json``, oldest first: an evaluation of some models merges into the saved
+    result (:func:`stm_lab.results.save_merged`), whose earlier provenance it keeps."""
+    prov = doc['provenance']
+    commands = [p.get('command') for p in reversed(prov.get('earlier', []))] + [prov.get('command')]
+    return list(dict.fromkeys(c for c in commands if c))
+
+
 def ap_records(doc: Optional[dict]) -> Dict[str, dict]:
     return {r['model']: r for r in (doc or {}).get('records', []) if r['kind'] == 'ap'}
 
