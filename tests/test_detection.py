@@ -581,7 +581,7 @@ def test_detection_page_builds_at_the_smoke_profile(tmp_path, smoke_results):
     text = _outputs(tmp_path / 'detection.ipynb')
     for needle in ('Table V, micro (COCO box AP)', 'cannot tell at this scale', 'input scale: ', 'box AP (± se)',
                    'AP small / medium / large', '40.3 / 37.3',
-                   'detection.json: stm-lab detect evaluate --profile smoke'):  # made by reproduce's step
+                   'detection.json made by: stm-lab detect evaluate --profile smoke'):  # made by reproduce's step
         assert needle in text, needle
     assert 'have not been made yet' not in text
 
