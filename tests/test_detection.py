@@ -581,7 +581,7 @@ def test_detection_page_builds_at_the_smoke_profile(tmp_path, smoke_results):
     text = _outputs(tmp_path / 'detection.ipynb')
     for needle in ('Table V, micro (COCO box AP)', 'cannot tell at this scale', 'input scale: ', 'box AP (± se)',
                    'AP small / medium / large', '40.3 / 37.3',
-                   'detection.json made by: stm-lab detect evaluate --profile smoke'):  # made by reproduce's step
+                   'detection.json made by:\nstm-lab detect evaluate --profile smoke'):  # made by reproduce's step
         assert needle in text, needle
     assert 'have not been made yet' not in text
 
@@ -797,3 +797,12 @@ def test_made_by_lists_every_merged_evaluation_oldest_first():
     assert page.made_by(doc) == ['c1', 'c2', 'c3']
     assert page.made_by(dict(provenance=dict(command='c1', earlier=[dict(command='c1')]))) == ['c1']
     assert page.made_by(dict(provenance=dict(command='c1'))) == ['c1']
+
+
+def test_detection_records_in_the_paper_order():
+    recs = [dict(kind='ap', model='u_internimage_micro'), dict(kind='demo_image', id=1), dict(kind='ap', model='u_x_micro'),
+            dict(kind='ap', model='u_halonet_micro'), dict(kind='scale', model='u_halonet_micro', s=2),
+            dict(kind='ap', model='u_pvt_micro')]
+    got = [(r['kind'], r.get('model')) for r in page.paper_order(recs)]
+    assert got == [('demo_image', None), ('ap', 'u_halonet_micro'), ('scale', 'u_halonet_micro'), ('ap', 'u_pvt_micro'),
+                   ('ap', 'u_internimage_micro'), ('ap', 'u_x_micro')]

@@ -16,7 +16,7 @@ import plotly.graph_objects as go
 from .. import layout, profiles
 from ..claims import BY_ID, Result, Verdict, check_rank_draws
 from ..detection.shapes import SHAPES
-from ..models import display_name, family_of
+from ..models import MAIN_FAMILIES, display_name, family_of
 from ..paper import TABLE5_MICRO
 from .common import color_of, models_in_order, two_panels
 from .evidence import paper_gap
@@ -29,8 +29,27 @@ def _load(result: layout.Result) -> Optional[dict]:
 
 
 def load(profile: str) -> Optional[dict]:
-    """``results/<profile>/detection.json``, or None before the detectors are evaluated."""
-    return _load(layout.analysis(profile, 'detection'))
+    """``results/<profile>/detection.json``, or None before the detectors are evaluated; its records in the paper's
+    model order (an evaluation merged later puts its models last in the file), shared records first."""
+    doc = _load(layout.analysis(profile, 'detection'))
+    if doc:
+        doc['records'] = paper_order(doc['records'])
+    return doc
+
+
+def paper_order(records: Iterable[dict]) -> List[dict]:
+    """Records without a model first, then the paper's five in its order, then any other model by name; the order
+    within one model is kept."""
+    def key(r):
+        m = r.get('model')
+        if m is None:
+            return 0, 0, ''
+        try:
+            fam = family_of(m)
+        except KeyError:  # a reader's mixer whose plugin is not loaded here: after the paper's five
+            fam = None
+        return 1, MAIN_FAMILIES.index(fam) if fam in MAIN_FAMILIES else len(MAIN_FAMILIES), m
+    return sorted(records, key=key)
 
 
 def made_by(doc: dict) -> List[str]:
