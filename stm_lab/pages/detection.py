@@ -212,9 +212,9 @@ def training_course(profile: str, models: Sequence[str]) -> dict:
     if not rows:
         return {}
     best = max((r for r in rows if r['box_AP50'] is not None), key=lambda r: r['box_AP50'], default=None)
+    at_target = [r['model'] for r in rows if r['box_AP50'] is not None and r['box_AP50'] >= AP50_TARGET]
     return dict(rows=rows, best=best and best['model'], best_AP50=best and best['box_AP50'], target=AP50_TARGET,
-                reached=bool(best and best['box_AP50'] >= AP50_TARGET),
-                at_target=[r['model'] for r in rows if r['box_AP50'] is not None and r['box_AP50'] >= AP50_TARGET])
+                reached=bool(at_target), at_target=at_target)
 
 
 def _span(values: Sequence[float], fmt: str) -> str:

@@ -4,15 +4,16 @@ training results (:mod:`stm_lab.training.reports`); nothing here trains."""
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Dict, Iterable, List, Mapping, Sequence, Tuple
 
 import plotly.graph_objects as go
 
+from .. import layout
 from ..ablations import image_se
 from ..claims import BY_ID, Result
 from ..models import display_name, family_of, scale_of
 from ..paper import ORIGINAL_TINY, TABLE3
-from .. import layout
 from ..training.config import evaluated_after
 from ..training.reports import config_changes
 from .common import color_of, family_color, names, stm_name, two_panels
@@ -199,8 +200,8 @@ def precision_runs(profile: str, others: Mapping[str, Mapping[str, dict]]) -> Li
             seeds = seed_set(profile, 'top1', [m]).get(m)
             scores = sorted(seeds.scores.items()) if seeds else []
             values = [v for _, v in scores]
-            mean = sum(values) / len(values) if values else None
-            sd = (math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None)
+            mean = statistics.mean(values) if values else None
+            sd = statistics.stdev(values) if len(values) > 1 else None
             top1 = doc['records'][-1]['top1_fp16']
             rows.append(dict(model=m, folder=folder, amp=doc['config']['train']['amp'],
                              base_amp=base_doc['config']['train']['amp'], seed=doc['config']['train']['seed'],
